@@ -1,0 +1,621 @@
+//! One connection, the same machinery on both sides of the socket.
+//!
+//! ```text
+//! read half -> reader (codec) -+-> reply  -> pending table -> the caller's future
+//!                              +-> call   -> dispatcher -> bound service (your layers, Router)
+//! handler result / post_message / call -> bounded queue -> writer -> write half
+//! ```
+//!
+//! The reader never waits on inbound work while it still has room in the inbound buffer, so
+//! replies to this side's calls get through even while the peer floods; the dispatcher runs
+//! notifications one at a time in wire order and spawns calls (up to a limit).
+
+mod dispatch;
+mod pending;
+mod reader;
+mod writer;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::unix::UCred;
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
+use tokio_util::sync::{CancellationToken, PollSender};
+use tokio_util::task::TaskTracker;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+
+use crate::codec::DEFAULT_MAX_FRAME_SIZE;
+use crate::error::{code, BoxError, Error, RpcError};
+use crate::frame::{Args, Frame, MAX_ID};
+use crate::request::Request;
+use crate::response::Response;
+use crate::router::Router;
+
+use pending::{Pending, PendingGuard};
+
+/// The type-erased service a connection drives.
+pub(crate) type BoxedService = BoxCloneSyncService<Request, Response, BoxError>;
+
+/// Boxes a user's stack, mapping its error into [`BoxError`].
+pub(crate) fn boxed<S>(service: S) -> BoxedService
+where
+    S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(service.map_err(Into::into))
+}
+
+/// Per-connection limits and buffer sizes, shared by clients and servers.
+///
+/// ```
+/// let config = diarrhoea::Config::new()
+///     .max_frame_size(1 << 20)
+///     .max_concurrent_requests(64);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) max_frame_size: usize,
+    pub(crate) outgoing_queue: usize,
+    pub(crate) inbound_buffer: usize,
+    pub(crate) max_concurrent_requests: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            outgoing_queue: 1024,
+            inbound_buffer: 4 * 1024 * 1024,
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// The defaults: 8 MiB frames, 1024 queued outgoing frames, 4 MiB inbound buffer,
+    /// 1024 concurrent incoming requests per connection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The longest line accepted (and sent). Longer incoming lines are discarded with an error
+    /// event; longer outgoing frames fail with -32003 before they are written.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes.max(16);
+        self
+    }
+
+    /// How many outgoing frames may wait for the writer; `post_message`, `call` and the
+    /// [`Caller`]/[`Notifier`] services wait (`poll_ready` is pending) while it is full.
+    pub fn outgoing_queue(mut self, frames: usize) -> Self {
+        self.outgoing_queue = frames.max(1);
+        self
+    }
+
+    /// How many bytes of incoming calls may wait for dispatch before the reader stops reading
+    /// (backpressure). While there is room, the reader keeps reading, so replies to this side's
+    /// own calls are never stuck behind inbound work.
+    pub fn inbound_buffer(mut self, bytes: usize) -> Self {
+        self.inbound_buffer = bytes.clamp(1024, u32::MAX as usize);
+        self
+    }
+
+    /// How many incoming requests may run at once on one connection; further requests wait
+    /// in wire order.
+    pub fn max_concurrent_requests(mut self, n: usize) -> Self {
+        self.max_concurrent_requests = n.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+}
+
+/// Something that happened on a connection: the Rust form of diarrhoea 1.1.0's `error`,
+/// `end` and `close` events.
+///
+/// Every event is also logged with `tracing`, so nothing is lost when nobody subscribes.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A frame was dropped (not JSON, too large, malformed), a notification handler failed,
+    /// or the socket failed. The connection stays open unless the socket failed.
+    Error(Arc<Error>),
+    /// Something was ignored that may be a mistake: a notification for an unknown method, a
+    /// reply with an unknown id.
+    Warning(Arc<Error>),
+    /// The peer has finished sending.
+    End,
+    /// The connection is closed; the last event.
+    Close,
+    /// This subscriber fell behind and missed this many events.
+    Lagged(u64),
+}
+
+/// A subscription to a connection's [`Event`]s, from [`Connection::events`].
+pub struct Events(broadcast::Receiver<Event>);
+
+impl Events {
+    /// The next event; `None` once the connection is closed and every event was seen.
+    pub async fn recv(&mut self) -> Option<Event> {
+        match self.0.recv().await {
+            Ok(event) => Some(event),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(Event::Lagged(n)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// State shared by a connection's tasks and every [`Connection`] handle.
+pub(crate) struct Shared {
+    id: u64,
+    config: Config,
+    /// Frames for the writer; bounded, so senders feel backpressure.
+    outgoing: mpsc::Sender<Frame>,
+    pending: Arc<Pending>,
+    next_call_id: AtomicU64,
+    /// Ids of the peer's requests in flight here, to refuse a duplicate.
+    inbound_ids: InboundIds,
+    events: broadcast::Sender<Event>,
+    /// Replaces the bound service (`Connection::bind`).
+    binding: watch::Sender<BoxedService>,
+    /// Cancelled by `end()`, or when inbound work is done: the writer flushes and shuts down.
+    ending: CancellationToken,
+    /// Cancelled to drop everything at once (`close()`, a socket error, a shutdown deadline).
+    abort: CancellationToken,
+    /// Cancelled by the server's graceful shutdown: answer new calls with -32004.
+    draining: CancellationToken,
+    /// Cancelled once every task of the connection has finished.
+    closed: CancellationToken,
+    peer_cred: Option<UCred>,
+}
+
+impl Shared {
+    fn emit(&self, event: Event) {
+        match &event {
+            Event::Error(e) => tracing::warn!(connection = self.id, error = %e, "diarrhoea: error"),
+            Event::Warning(e) => tracing::warn!(connection = self.id, warning = %e, "diarrhoea: ignored"),
+            Event::End => tracing::debug!(connection = self.id, "diarrhoea: peer ended"),
+            Event::Close => tracing::debug!(connection = self.id, "diarrhoea: closed"),
+            Event::Lagged(_) => {}
+        }
+        // No subscriber is fine: the event is logged above.
+        let _ = self.events.send(event);
+    }
+
+    fn error(&self, error: Error) {
+        self.emit(Event::Error(Arc::new(error)));
+    }
+
+    fn warning(&self, error: Error) {
+        self.emit(Event::Warning(Arc::new(error)));
+    }
+
+    /// Refuses frames the peer would discard, before they take a place in the queue.
+    fn check_size(&self, frame: &Frame) -> Result<(), Error> {
+        let len = frame.payload_len();
+        if len > self.config.max_frame_size {
+            return Err(Error::protocol(RpcError::new(
+                code::FRAME_TOO_LARGE,
+                format!(
+                    "frame too large: {len} bytes, the maximum is {}",
+                    self.config.max_frame_size
+                ),
+            )));
+        }
+        Ok(())
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), Error> {
+        if self.ending.is_cancelled() {
+            return Err(Error::closed());
+        }
+        self.check_size(&frame)?;
+        self.outgoing.send(frame).await.map_err(|_| Error::closed())
+    }
+
+    fn next_call_id(&self) -> u64 {
+        // Ids wrap below 2^53; an id still in flight after 2^53 calls is not a practical case.
+        self.next_call_id.fetch_add(1, Ordering::Relaxed) % MAX_ID + 1
+    }
+
+    /// Registers a call and builds its frame; the caller then queues the frame.
+    fn start_call(self: &Arc<Self>, req: Request) -> Result<(Frame, ResponseFuture), Error> {
+        if self.ending.is_cancelled() {
+            return Err(Error::closed());
+        }
+        let id = self.next_call_id();
+        let frame = req.into_call(id);
+        self.check_size(&frame)?;
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(id, tx)?;
+        let guard = PendingGuard { pending: self.pending.clone(), id, armed: true };
+        Ok((frame, ResponseFuture { state: State::Waiting { rx, guard } }))
+    }
+}
+
+/// The peer's request ids in flight on this side.
+#[derive(Default)]
+pub(crate) struct InboundIds(std::sync::Mutex<std::collections::HashSet<u64>>);
+
+impl InboundIds {
+    /// `false` if the id is already in flight.
+    fn insert(&self, id: u64) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id)
+    }
+
+    fn remove(&self, id: u64) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+}
+
+/// Handle to one connection: post notifications, make calls, bind handlers, watch events.
+///
+/// Cheap to clone; every clone drives the same connection. A client gets one from
+/// [`Client::connect`](crate::Client::connect), a server from
+/// [`Server::accept`](crate::Server::accept), and a handler can take one as its first
+/// parameter to talk back to the peer.
+///
+/// Dropping handles does not close the connection (a server keeps serving it): call
+/// [`end`](Connection::end) or [`close`](Connection::close).
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    /// Starts the tasks that drive `stream`, serving incoming calls with `service`.
+    pub(crate) fn spawn(stream: UnixStream, service: BoxedService, config: Config, parent: &Parent) -> Self {
+        ignore_sigpipe();
+        let peer_cred = stream.peer_cred().ok();
+        let (read, write) = stream.into_split();
+        let (outgoing, outgoing_rx) = mpsc::channel(config.outgoing_queue);
+        let (binding, binding_rx) = watch::channel(service);
+        let shared = Arc::new(Shared {
+            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            outgoing,
+            pending: Arc::default(),
+            inbound_ids: InboundIds::default(),
+            next_call_id: AtomicU64::new(0),
+            events: broadcast::channel(256).0,
+            binding,
+            ending: CancellationToken::new(),
+            abort: parent.abort.child_token(),
+            draining: parent.draining.clone(),
+            closed: CancellationToken::new(),
+            peer_cred,
+            config,
+        });
+        let writer = parent
+            .tracker
+            .spawn(writer::run(write, outgoing_rx, shared.clone()));
+        parent.tracker.spawn(drive(read, binding_rx, shared.clone(), writer));
+        Connection { shared }
+    }
+
+    /// A process-unique id for this connection, as used in logs.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The peer's credentials (uid, gid, pid), read from the socket when it was accepted.
+    pub fn peer_cred(&self) -> Option<UCred> {
+        self.shared.peer_cred
+    }
+
+    /// Sends a notification `["method",[args...]]`; no reply comes back.
+    ///
+    /// `args` must serialize to a JSON array: a tuple such as `(x, time)`, `(x,)` for one
+    /// argument, or `()` for none. Waits while the outgoing queue is full.
+    pub async fn post_message(&self, method: &str, args: impl Serialize) -> Result<(), Error> {
+        let frame = Frame::Notification { method: method.to_owned(), args: Args::new(&args)? };
+        self.shared.send(frame).await
+    }
+
+    /// Calls `method` on the peer and waits for its reply.
+    ///
+    /// Fails with [`Error::is_remote`] when the peer answers with an error reply, and with
+    /// [`Error::is_closed`] when the connection closes first. For a deadline, wrap the
+    /// [`caller`](Connection::caller) service in `tower::timeout::Timeout`, or the future in
+    /// `tokio::time::timeout`.
+    pub async fn call<R: DeserializeOwned>(&self, method: &str, args: impl Serialize) -> Result<R, Error> {
+        let (frame, reply) = self.shared.start_call(Request::new(method, args)?)?;
+        let permit = self.shared.outgoing.reserve().await.map_err(|_| Error::closed())?;
+        permit.send(frame);
+        reply.await?.deserialize()
+    }
+
+    /// Outgoing calls as a [`tower::Service`], to wrap in `Timeout`, `ConcurrencyLimit`,
+    /// `RateLimit`, `Buffer` and the like.
+    pub fn caller(&self) -> Caller {
+        Caller { shared: self.shared.clone(), outgoing: PollSender::new(self.shared.outgoing.clone()) }
+    }
+
+    /// Outgoing notifications as a [`tower::Service`].
+    pub fn notifier(&self) -> Notifier {
+        Notifier { shared: self.shared.clone(), outgoing: PollSender::new(self.shared.outgoing.clone()) }
+    }
+
+    /// Replaces the service that handles the peer's calls, from the next frame on.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: diarrhoea::Connection) {
+    /// conn.bind(diarrhoea::Router::new().route("hello", |name: String| async move {
+    ///     format!("hello, {name}")
+    /// }));
+    /// # }
+    /// ```
+    pub fn bind<S>(&self, service: S)
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.shared.binding.send_replace(boxed(service));
+    }
+
+    /// Subscribes to this connection's events from now on.
+    pub fn events(&self) -> Events {
+        Events(self.shared.events.subscribe())
+    }
+
+    /// Finishes sending: queued frames are written, then the write side is shut down. Incoming
+    /// calls already received are still answered... until the peer closes its side.
+    pub fn end(&self) {
+        self.shared.ending.cancel();
+    }
+
+    /// Closes at once: pending calls fail, running handlers are dropped.
+    pub fn close(&self) {
+        self.shared.abort.cancel();
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// Waits until the connection has closed.
+    pub async fn closed(&self) {
+        self.shared.closed.cancelled().await
+    }
+
+    /// How many of this side's calls are waiting for a reply.
+    pub fn pending_calls(&self) -> usize {
+        self.shared.pending.len()
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tokens and task tracking a connection inherits from whoever started it.
+pub(crate) struct Parent {
+    pub(crate) abort: CancellationToken,
+    pub(crate) draining: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+impl Parent {
+    pub(crate) fn standalone() -> Self {
+        Parent {
+            abort: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+}
+
+/// Runs the inbound side, then lets the writer finish, then reports the close.
+async fn drive(
+    read: tokio::net::unix::OwnedReadHalf,
+    binding: watch::Receiver<BoxedService>,
+    shared: Arc<Shared>,
+    writer: tokio::task::JoinHandle<()>,
+) {
+    let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+    let budget = Arc::new(Semaphore::new(shared.config.inbound_buffer));
+    let in_flight = TaskTracker::new();
+    let reader = reader::run(read, inbound_tx, budget, shared.clone());
+    let dispatcher = async {
+        dispatch::run(inbound_rx, binding, &in_flight, shared.clone()).await;
+        in_flight.close();
+        tokio::select! {
+            _ = in_flight.wait() => {}
+            _ = shared.abort.cancelled() => {}
+        }
+        if shared.draining.is_cancelled() {
+            let bye = RpcError::new(code::SHUTTING_DOWN, "shutting down");
+            let _ = shared.outgoing.try_send(Frame::ConnectionError(bye));
+        }
+        shared.ending.cancel();
+    };
+    tokio::join!(reader, dispatcher);
+    shared.ending.cancel();
+    let _ = writer.await;
+    shared.closed.cancel();
+    shared.emit(Event::Close);
+}
+
+/// Writing to a peer that went away must return `EPIPE`, never kill the process.
+///
+/// Rust binaries ignore SIGPIPE already, but a host process (or `-Zon-broken-pipe`) may not;
+/// a tokio signal listener installs a handler that stays for the life of the process.
+fn ignore_sigpipe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe()) {
+            tracing::warn!(error = %e, "diarrhoea: could not install a SIGPIPE handler");
+        }
+    });
+}
+
+/// Outgoing calls as a [`tower::Service`]: `poll_ready` waits for room in the outgoing queue.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+///
+/// # async fn f(conn: diarrhoea::Connection) -> Result<(), tower::BoxError> {
+/// let mut calls = ServiceBuilder::new()
+///     .timeout(Duration::from_secs(1))
+///     .concurrency_limit(64)
+///     .service(conn.caller());
+/// let reply = calls.ready().await?.call(diarrhoea::Request::new("echo", (1, 2))?).await?;
+/// let (a, b): (i32, i32) = reply.deserialize()?;
+/// # Ok(()) }
+/// ```
+pub struct Caller {
+    shared: Arc<Shared>,
+    outgoing: PollSender<Frame>,
+}
+
+impl Clone for Caller {
+    fn clone(&self) -> Self {
+        Caller { shared: self.shared.clone(), outgoing: self.outgoing.clone() }
+    }
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller").field("connection", &self.shared.id).finish()
+    }
+}
+
+impl Service<Request> for Caller {
+    type Response = Response;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.outgoing.poll_reserve(cx).map_err(|_| Error::closed())
+    }
+
+    fn call(&mut self, req: Request) -> ResponseFuture {
+        let (frame, reply) = match self.shared.start_call(req) {
+            Ok(started) => started,
+            Err(e) => {
+                self.outgoing.abort_send();
+                return ResponseFuture::failed(e);
+            }
+        };
+        match self.outgoing.send_item(frame) {
+            Ok(()) => reply,
+            Err(_) => ResponseFuture::failed(Error::closed()),
+        }
+    }
+}
+
+/// Outgoing notifications as a [`tower::Service`]: `poll_ready` waits for room in the
+/// outgoing queue; the response is `()` once the frame is queued.
+pub struct Notifier {
+    shared: Arc<Shared>,
+    outgoing: PollSender<Frame>,
+}
+
+impl Clone for Notifier {
+    fn clone(&self) -> Self {
+        Notifier { shared: self.shared.clone(), outgoing: self.outgoing.clone() }
+    }
+}
+
+impl fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Notifier").field("connection", &self.shared.id).finish()
+    }
+}
+
+impl Service<Request> for Notifier {
+    type Response = ();
+    type Error = Error;
+    type Future = std::future::Ready<Result<(), Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.outgoing.poll_reserve(cx).map_err(|_| Error::closed())
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let frame = req.into_notification();
+        let result = if self.shared.ending.is_cancelled() {
+            Err(Error::closed())
+        } else {
+            self.shared.check_size(&frame)
+        };
+        std::future::ready(match result {
+            Ok(()) => self.outgoing.send_item(frame).map_err(|_| Error::closed()),
+            Err(e) => {
+                self.outgoing.abort_send();
+                Err(e)
+            }
+        })
+    }
+}
+
+/// The reply to one outgoing call. Dropping it forgets the call.
+pub struct ResponseFuture {
+    state: State,
+}
+
+enum State {
+    Waiting { rx: oneshot::Receiver<Result<Response, Error>>, guard: PendingGuard },
+    Failed(Option<Error>),
+}
+
+impl ResponseFuture {
+    fn failed(error: Error) -> Self {
+        ResponseFuture { state: State::Failed(Some(error)) }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            State::Waiting { rx, guard } => {
+                let result = ready!(Pin::new(rx).poll(cx));
+                // The entry was removed by whoever answered.
+                guard.armed = false;
+                Poll::Ready(result.unwrap_or_else(|_| Err(Error::closed())))
+            }
+            State::Failed(error) => {
+                Poll::Ready(Err(error.take().expect("ResponseFuture polled after completion")))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// The service a connection serves before anything is bound: every call gets -32601.
+pub(crate) fn unbound() -> BoxedService {
+    boxed(Router::new())
+}
+
+/// How long the server waits for in-flight requests when shutting down, by default.
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);

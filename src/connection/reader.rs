@@ -1,0 +1,187 @@
+//! The reader: bytes from the socket become frames; replies go straight to the pending table,
+//! calls go to the dispatcher.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::Decoder;
+
+use super::{Event, Shared};
+use crate::codec::{Decoded, FrameCodec};
+use crate::error::{code, Error, Kind, RpcError};
+use crate::frame::Frame;
+use crate::request::Request;
+
+/// What the dispatcher receives: a call, and its share of the inbound buffer.
+pub(super) type Inbound = (Request, OwnedSemaphorePermit);
+
+/// Bytes read per `read` call at most; also the buffer size kept between frames.
+const READ_CHUNK: usize = 64 * 1024;
+/// A frame's cost in the inbound buffer beyond its payload, for the request's own fields.
+const FRAME_OVERHEAD: usize = 128;
+
+pub(super) async fn run(
+    mut read: OwnedReadHalf,
+    inbound: mpsc::UnboundedSender<Inbound>,
+    budget: Arc<Semaphore>,
+    shared: Arc<Shared>,
+) {
+    let mut codec = FrameCodec::new(shared.config.max_frame_size);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut inbound = Some(inbound);
+    let connection = super::Connection { shared: shared.clone() };
+    loop {
+        while let Some(item) = decode(&mut codec, &mut buf, false, &shared) {
+            if !handle(item, &mut inbound, &budget, &connection).await {
+                return finish(&shared);
+            }
+        }
+        // A big frame may have grown the buffer; do not keep that memory per connection.
+        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+            buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        buf.reserve(READ_CHUNK);
+        let read_result = tokio::select! {
+            biased;
+            _ = shared.abort.cancelled() => return finish(&shared),
+            _ = shared.draining.cancelled(), if inbound.is_some() => {
+                // Stop dispatching; keep reading so replies to our calls still arrive.
+                inbound = None;
+                continue;
+            }
+            r = read.read_buf(&mut buf) => r,
+        };
+        match read_result {
+            Ok(0) => {
+                while let Some(item) = decode(&mut codec, &mut buf, true, &shared) {
+                    if !handle(item, &mut inbound, &budget, &connection).await {
+                        break;
+                    }
+                }
+                shared.emit(Event::End);
+                return finish(&shared);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::ConnectionReset {
+                    shared.error(Error::io(e));
+                }
+                return finish(&shared);
+            }
+        }
+    }
+}
+
+fn finish(shared: &Shared) {
+    // No reply can arrive any more.
+    shared.pending.close();
+}
+
+fn decode(codec: &mut FrameCodec, buf: &mut BytesMut, eof: bool, shared: &Shared) -> Option<Decoded> {
+    let result = if eof { codec.decode_eof(buf) } else { codec.decode(buf) };
+    match result {
+        Ok(item) => item,
+        // The codec reports only per-frame faults as items; an Err here is unexpected.
+        Err(e) => {
+            shared.error(Error::io(e));
+            buf.clear();
+            None
+        }
+    }
+}
+
+/// Handles one decoded line; `false` when the connection is going away.
+async fn handle(
+    item: Decoded,
+    inbound: &mut Option<mpsc::UnboundedSender<Inbound>>,
+    budget: &Arc<Semaphore>,
+    connection: &super::Connection,
+) -> bool {
+    let shared = &connection.shared;
+    match item {
+        Err(invalid) => {
+            shared.error(Error::protocol(invalid.error.clone()));
+            match invalid.id {
+                Some(id) => reply_error(shared, id, invalid.error).await,
+                None => true,
+            }
+        }
+        Ok(Frame::Reply { id, result }) => {
+            let result = result.map_err(|rpc| Error::new(Kind::Remote(rpc)));
+            if !shared.pending.complete(id, result) {
+                shared.warning(Error::protocol(RpcError::new(
+                    code::INVALID_FRAME,
+                    format!("reply with unknown id {id} ignored"),
+                )));
+            }
+            true
+        }
+        Ok(Frame::ConnectionError(e)) => {
+            shared.error(Error::protocol(e).with_source("the peer sent a connection error"));
+            true
+        }
+        Ok(call) => dispatch(call, inbound.as_ref(), budget, connection).await,
+    }
+}
+
+/// Queues a call for the dispatcher, or answers it here when it cannot be dispatched.
+async fn dispatch(
+    call: Frame,
+    inbound: Option<&mpsc::UnboundedSender<Inbound>>,
+    budget: &Arc<Semaphore>,
+    connection: &super::Connection,
+) -> bool {
+    let shared = &connection.shared;
+    let cost = (call.payload_len() + FRAME_OVERHEAD).min(shared.config.inbound_buffer);
+    let req = Request::incoming(call, connection.clone()).expect("only calls reach dispatch");
+    let refusal = if inbound.is_none() {
+        Some(RpcError::new(code::SHUTTING_DOWN, "shutting down: call refused"))
+    } else if req.method().starts_with("$/") {
+        // Reserved for the protocol; never routed to user handlers or the fallback.
+        Some(RpcError::method_not_found(req.method()))
+    } else if req.id().is_some_and(|id| !shared.inbound_ids.insert(id)) {
+        let id = req.id().unwrap_or_default();
+        Some(RpcError::invalid_frame(format!("duplicate id {id}: a request with this id is in flight")))
+    } else {
+        None
+    };
+    if let Some(error) = refusal {
+        return match req.id() {
+            Some(id) => {
+                if error.code == code::INVALID_FRAME {
+                    shared.error(Error::protocol(error.clone()));
+                }
+                reply_error(shared, id, error).await
+            }
+            None if error.code == code::METHOD_NOT_FOUND => {
+                shared.warning(Error::protocol(error));
+                true
+            }
+            None => {
+                shared.error(Error::protocol(error).with_source("notification dropped"));
+                true
+            }
+        };
+    }
+    let permit = tokio::select! {
+        biased;
+        _ = shared.abort.cancelled() => return false,
+        permit = budget.clone().acquire_many_owned(cost as u32) => permit.expect("never closed"),
+    };
+    // The dispatcher only goes away when the connection does.
+    inbound.is_some_and(|tx| tx.send((req, permit)).is_ok())
+}
+
+/// Queues an error reply; `false` if the connection is being torn down.
+async fn reply_error(shared: &Shared, id: u64, error: RpcError) -> bool {
+    let frame = Frame::Reply { id, result: Err(error) };
+    tokio::select! {
+        biased;
+        _ = shared.abort.cancelled() => false,
+        // A writer that is gone means the connection is ending; keep reading replies.
+        _ = shared.outgoing.send(frame) => true,
+    }
+}

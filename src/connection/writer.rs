@@ -1,0 +1,79 @@
+//! The writer: the one task that writes to the socket. It takes every queued frame at once and
+//! writes them with one system call where it can.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use super::Shared;
+use crate::error::Error;
+use crate::frame::Frame;
+
+/// Frames taken from the queue per batch.
+const BATCH: usize = 256;
+/// Bytes gathered before a write; larger batches are written as they fill.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+pub(super) async fn run(mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<Frame>, shared: Arc<Shared>) {
+    let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let got = tokio::select! {
+            biased;
+            _ = shared.abort.cancelled() => return,
+            n = queue.recv_many(&mut batch, BATCH) => n,
+            _ = shared.ending.cancelled() => 0,
+        };
+        if got == 0 {
+            break;
+        }
+        for frame in batch.drain(..) {
+            frame.encode(&mut buf);
+            if buf.len() >= WRITE_CHUNK && !flush(&mut write, &mut buf, &shared).await {
+                return;
+            }
+        }
+        if !flush(&mut write, &mut buf, &shared).await {
+            return;
+        }
+        if buf.capacity() > 4 * WRITE_CHUNK {
+            buf = BytesMut::with_capacity(WRITE_CHUNK);
+        }
+    }
+    // Ending: write what is queued, refuse the rest, then shut down the write side.
+    queue.close();
+    while let Ok(frame) = queue.try_recv() {
+        frame.encode(&mut buf);
+    }
+    if flush(&mut write, &mut buf, &shared).await {
+        let _ = write.shutdown().await;
+    }
+}
+
+/// Writes the buffer; `false` after a failure, which tears the connection down.
+async fn flush(write: &mut OwnedWriteHalf, buf: &mut BytesMut, shared: &Shared) -> bool {
+    if buf.is_empty() {
+        return true;
+    }
+    let result = tokio::select! {
+        biased;
+        _ = shared.abort.cancelled() => return false,
+        r = write.write_all_buf(buf) => r,
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            if !matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+                shared.error(Error::io(e));
+            } else {
+                tracing::debug!(connection = shared.id, error = %e, "diarrhoea: peer went away");
+            }
+            buf.clear();
+            shared.abort.cancel();
+            false
+        }
+    }
+}

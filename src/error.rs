@@ -1,0 +1,280 @@
+//! The crate's one opaque error type, and the error that travels in a reply.
+//!
+//! Three kinds of error are kept apart:
+//! - [`Error`]: this crate's own failures (I/O, a closed connection, a remote error reply, a
+//!   result that did not decode). Opaque, with `is_*` checks and a `source()` chain.
+//! - [`RpcError`]: plain serializable data, the `{code, message, data}` object of an error reply.
+//! - Middleware errors travel as [`BoxError`] (e.g. `tower::timeout::error::Elapsed`); they are
+//!   turned into an [`RpcError`] in one place before a reply is written.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A type-erased error, as used by tower middleware.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Error codes of protocol v1, carried in [`RpcError::code`].
+///
+/// Codes from -32768 to -32000 are reserved for the protocol; handlers may use any other code.
+pub mod code {
+    /// The line is not valid JSON (or not valid UTF-8).
+    pub const PARSE_ERROR: i64 = -32700;
+    /// The JSON is not a frame of a known shape.
+    pub const INVALID_FRAME: i64 = -32600;
+    /// No handler is bound for the method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// The arguments do not fit the handler's parameters.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The handler failed without a code of its own, or panicked.
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// A deadline passed before the reply was ready.
+    pub const TIMEOUT: i64 = -32001;
+    /// A limit rejected the request.
+    pub const OVERLOADED: i64 = -32002;
+    /// The frame is larger than the receiver's maximum frame size.
+    pub const FRAME_TOO_LARGE: i64 = -32003;
+    /// The receiver is shutting down.
+    pub const SHUTTING_DOWN: i64 = -32004;
+    /// The caller cancelled the request.
+    pub const CANCELLED: i64 = -32800;
+}
+
+/// The error object of an error reply: `{"code":int,"message":string,"data":any?}`.
+///
+/// Handlers return it (or anything that converts into it) to answer a request with an error.
+///
+/// ```
+/// use diarrhoea::RpcError;
+/// let e = RpcError::new(42, "no such user").with_data(serde_json::json!({"user": 7}));
+/// assert_eq!(serde_json::to_string(&e).unwrap(),
+///            r#"{"code":42,"message":"no such user","data":{"user":7}}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcError {
+    /// One of [`code`] or an application code.
+    pub code: i64,
+    /// A short human-readable description.
+    pub message: String,
+    /// Optional structured detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl RpcError {
+    /// An error with a code and a message.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError { code, message: message.into(), data: None }
+    }
+
+    /// Attaches structured detail.
+    pub fn with_data(mut self, data: serde_json::Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// -32601 for `method`.
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(code::METHOD_NOT_FOUND, format!("method not found: {method}"))
+    }
+
+    /// -32602 with the reason the arguments did not fit.
+    pub fn invalid_params(reason: impl fmt::Display) -> Self {
+        Self::new(code::INVALID_PARAMS, format!("invalid params: {reason}"))
+    }
+
+    /// -32603 with a message.
+    pub fn internal(message: impl fmt::Display) -> Self {
+        Self::new(code::INTERNAL_ERROR, format!("internal error: {message}"))
+    }
+
+    /// -32600 with the reason the frame was rejected.
+    pub fn invalid_frame(reason: impl fmt::Display) -> Self {
+        Self::new(code::INVALID_FRAME, format!("invalid frame: {reason}"))
+    }
+
+    /// Maps a middleware error to the error a peer sees.
+    ///
+    /// An [`RpcError`] passes through; tower's `Elapsed` becomes -32001, `Overloaded` -32002,
+    /// this crate's [`Error`] keeps its remote error or becomes -32603, anything else -32603.
+    pub fn from_box_error(error: BoxError) -> Self {
+        let error = match error.downcast::<RpcError>() {
+            Ok(rpc) => return *rpc,
+            Err(e) => e,
+        };
+        if error.is::<tower::timeout::error::Elapsed>() {
+            return Self::new(code::TIMEOUT, "timeout: request deadline passed");
+        }
+        if error.is::<tower::load_shed::error::Overloaded>() {
+            return Self::new(code::OVERLOADED, "overloaded: service not ready (load shed)");
+        }
+        match error.downcast::<Error>() {
+            Ok(e) => match e.kind {
+                Kind::Remote(rpc) => rpc,
+                _ => Self::internal(e),
+            },
+            Err(e) => Self::internal(e),
+        }
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (code {})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+impl From<Error> for RpcError {
+    fn from(e: Error) -> Self {
+        RpcError::from_box_error(Box::new(e))
+    }
+}
+
+impl From<serde_json::Error> for RpcError {
+    fn from(e: serde_json::Error) -> Self {
+        RpcError::internal(e)
+    }
+}
+
+impl From<std::convert::Infallible> for RpcError {
+    fn from(e: std::convert::Infallible) -> Self {
+        match e {}
+    }
+}
+
+/// This crate's error: what failed, and why.
+///
+/// Use the `is_*` methods to branch, [`Error::remote`] to read a peer's error reply, and
+/// `source()` for the underlying cause.
+pub struct Error {
+    kind: Kind,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Kind {
+    /// The connection is closed, or closed before the reply came.
+    Closed,
+    /// The peer answered with an error reply.
+    Remote(RpcError),
+    /// Arguments could not be serialized into a JSON array.
+    Encode,
+    /// A reply could not be deserialized into the expected type.
+    Decode,
+    /// The peer sent something this side could not accept (bad frame, unknown reply id...).
+    Protocol(RpcError),
+    /// The socket path cannot be used (too long, occupied by a non-socket, live server).
+    Bind(&'static str),
+    /// An I/O error on the socket.
+    Io,
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Error { kind, source: None }
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub(crate) fn closed() -> Self {
+        Self::new(Kind::Closed)
+    }
+
+    pub(crate) fn io(e: std::io::Error) -> Self {
+        Self::new(Kind::Io).with_source(e)
+    }
+
+    pub(crate) fn protocol(rpc: RpcError) -> Self {
+        Self::new(Kind::Protocol(rpc))
+    }
+
+    pub(crate) fn bind(what: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::new(Kind::Bind(what)).with_source(source)
+    }
+
+    /// The connection was closed (by either side) before the operation completed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.kind, Kind::Closed)
+    }
+
+    /// The peer answered with an error reply; see [`Error::remote`].
+    pub fn is_remote(&self) -> bool {
+        matches!(self.kind, Kind::Remote(_))
+    }
+
+    /// Arguments could not be serialized, or a reply could not be deserialized.
+    pub fn is_serde(&self) -> bool {
+        matches!(self.kind, Kind::Encode | Kind::Decode)
+    }
+
+    /// The peer broke protocol v1 (a malformed frame, an oversized line, an unknown reply id).
+    pub fn is_protocol(&self) -> bool {
+        matches!(self.kind, Kind::Protocol(_))
+    }
+
+    /// The socket path could not be bound.
+    pub fn is_bind(&self) -> bool {
+        matches!(self.kind, Kind::Bind(_))
+    }
+
+    /// An I/O error on the socket.
+    pub fn is_io(&self) -> bool {
+        matches!(self.kind, Kind::Io)
+    }
+
+    /// The peer's error reply, or for a protocol error the error this side found.
+    pub fn remote(&self) -> Option<&RpcError> {
+        match &self.kind {
+            Kind::Remote(rpc) => Some(rpc),
+            _ => None,
+        }
+    }
+
+    /// The protocol error code this error maps to, if any (remote and protocol errors).
+    pub fn code(&self) -> Option<i64> {
+        match &self.kind {
+            Kind::Remote(rpc) | Kind::Protocol(rpc) => Some(rpc.code),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("diarrhoea::Error");
+        d.field("kind", &self.kind);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Closed => f.write_str("connection closed")?,
+            Kind::Remote(rpc) => write!(f, "peer answered with an error: {rpc}")?,
+            Kind::Encode => f.write_str("arguments could not be encoded as a JSON array")?,
+            Kind::Decode => f.write_str("reply could not be decoded into the expected type")?,
+            Kind::Protocol(rpc) => write!(f, "protocol error: {rpc}")?,
+            Kind::Bind(what) => write!(f, "cannot bind socket path: {what}")?,
+            Kind::Io => f.write_str("I/O error on the socket")?,
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

@@ -1,0 +1,111 @@
+//! Fast IPC/RPC between processes over Unix domain sockets, as a [`tower`] middleware stack.
+//!
+//! `diarrhoea` is the Rust successor of the Node.js library of the same name (1.1.0) and keeps
+//! its wire format: one JSON array per line, `["method",[args]]`. A Node peer talks to a Rust
+//! peer for notifications in both directions; Rust peers add request/response calls, both ways,
+//! on one connection.
+//!
+//! ```no_run
+//! use diarrhoea::{Client, Connection, Router, Server};
+//!
+//! # async fn f() -> Result<(), diarrhoea::Error> {
+//! // Server: bind handlers by method name; positional args deserialize into typed params.
+//! let router = Router::new()
+//!     .route("ping", |peer: Connection, x: String, time: u64| async move {
+//!         peer.post_message("pong", (x, time)).await
+//!     })
+//!     .route("add", |a: i64, b: i64| async move { a + b });
+//! let server = Server::bind("./test.sock")?;
+//! tokio::spawn(server.serve_with_shutdown(router, diarrhoea::shutdown_signal()));
+//!
+//! // Client: notifications and calls; the server can call the client back the same way.
+//! let conn = Client::connect("./test.sock").await?;
+//! conn.post_message("ping", ("hello", 1)).await?;
+//! let sum: i64 = conn.call("add", (2, 3)).await?;
+//! assert_eq!(sum, 5);
+//! conn.end();
+//! # Ok(()) }
+//! ```
+//!
+//! # Data flow and layout
+//!
+//! ```text
+//! read half -> codec (bytes -> Frame) -> Frame -+-> reply -> pending table -> the caller's future
+//!                                               +-> call  -> Request -> [your tower layers] -> Router -> handler
+//! handler result -> reply Frame -> one writer task -> codec (Frame -> bytes) -> write half
+//! caller -> Caller (a tower::Service) -> pending table (id) -> writer
+//! ```
+//!
+//! | module | role |
+//! | --- | --- |
+//! | `error` | [`Error`] (this crate's failures) and [`RpcError`] (the error in a reply) |
+//! | [`codec`] | [`FrameCodec`](codec::FrameCodec): lines with a maximum length to frames |
+//! | `frame` | [`Frame`]: the one place that knows the JSON shape |
+//! | `request`, `response` | [`Request`] and [`Response`], what flows through a stack |
+//! | `router`, `handler` | [`Router`]: method name to typed async fn |
+//! | `connection` | reader, dispatcher, writer and pending table: both sides share it |
+//! | `client`, `server` | [`Client::connect`]; [`Server`]: socket file, accepting, shutdown |
+//!
+//! # Protocol v1
+//!
+//! Every frame is one compact JSON array on one line of UTF-8, terminated by `\n` (`\r\n` is
+//! accepted on input; empty lines are ignored).
+//!
+//! | frame | shape |
+//! | --- | --- |
+//! | notification | `["method",[args...]]` (byte-identical to diarrhoea 1.1.0) |
+//! | request | `["method",[args...],id]` or `["method",[args...],id,meta]` |
+//! | reply | `[id,result]` |
+//! | error reply | `[id,null,{"code":int,"message":string,"data":any?}]` |
+//! | connection error | `[null,null,{"code":int,"message":string}]`, not tied to a request, sent before closing |
+//!
+//! - A string in position 0 means a call, a number means a reply.
+//! - `id` is an unsigned integer below 2^53, chosen by the side that sends the request and
+//!   unique among its own requests in flight on that connection; each direction has its own id
+//!   space. A request whose id is already in flight gets a -32600 error reply.
+//! - `meta` is an optional object; `timeout_ms` (a relative deadline in milliseconds) is its
+//!   first key; unknown keys are ignored.
+//! - Methods starting with `$/` are reserved for the protocol. Unknown `$/` methods get -32601
+//!   (requests) or are ignored with a warning (notifications).
+//! - Error codes: -32700 parse error, -32600 invalid frame, -32601 method not found, -32602
+//!   invalid params, -32603 internal error, -32001 timeout, -32002 overloaded, -32003 frame too
+//!   large, -32004 shutting down, -32800 cancelled. Handlers may use any other code.
+//! - A line that is not JSON, not UTF-8, not a frame of a known shape, or longer than the
+//!   receiver's maximum frame size (default 8 MiB) is dropped and reported on the receiving side;
+//!   the connection stays open. If such a line is a request whose id can be read, the sender
+//!   gets a -32600 error reply.
+//! - Arguments are positional: a handler of two parameters accepts exactly two arguments.
+//!
+//! A diarrhoea 1.1.0 (Node) peer knows only notifications: when it receives a request or reply
+//! it logs a warning and carries on. Notifications interoperate in both directions.
+//!
+//! # Ordering and flow control
+//!
+//! Per connection, notifications are handled in wire order: each handler's future completes
+//! before the next frame is dispatched. Requests are dispatched in wire order and run
+//! concurrently, up to [`Config::max_concurrent_requests`]. Replies to this side's own calls go
+//! straight from the reader to the waiting caller and never queue behind inbound work, as long as
+//! the inbound buffer ([`Config::inbound_buffer`]) has room; when it is full, the reader stops
+//! reading (backpressure). Outgoing frames wait in a bounded queue, so `post_message`, `call`,
+//! and [`Caller`]/[`Notifier`]'s `poll_ready` wait while the peer does not read.
+
+pub mod codec;
+mod error;
+mod frame;
+mod request;
+mod response;
+mod handler;
+mod router;
+mod connection;
+mod client;
+mod server;
+
+pub use client::{Client, ClientBuilder};
+pub use connection::{Caller, Config, Connection, Event, Events, Notifier, ResponseFuture};
+pub use error::{code, BoxError, Error, RpcError};
+pub use frame::{Args, Frame, InvalidFrame, Meta, MAX_ID};
+pub use handler::{FromContext, Handler};
+pub use request::{Extensions, Request};
+pub use response::{IntoReply, Json, Response};
+pub use router::{RouteFuture, Router};
+pub use server::{shutdown_signal, Server, ServerBuilder};

@@ -1,0 +1,194 @@
+//! [`Request`]: an incoming or outgoing call, as it travels through a tower stack.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::frame::{Args, Frame, Meta};
+
+/// A call or notification: the value that goes through a [`tower::Service`] stack.
+///
+/// On the receiving side the connection builds one from every incoming call and hands it to the
+/// bound service; on the calling side [`Caller`](crate::Caller) and
+/// [`Notifier`](crate::Notifier) take one and write it to the peer.
+pub struct Request {
+    method: String,
+    args: Args,
+    /// `Some` for a call that expects a reply; `None` for a notification.
+    id: Option<u64>,
+    meta: Meta,
+    /// The connection a request arrived on, so handlers can answer or call back.
+    connection: Option<Connection>,
+    extensions: Extensions,
+}
+
+impl Request {
+    /// A request for `method` with `args`, which must serialize to a JSON array (a tuple,
+    /// an array, a `Vec`, or `()` for none).
+    ///
+    /// ```
+    /// let req = diarrhoea::Request::new("echo", ("a", 1)).unwrap();
+    /// assert_eq!(req.args().get(), r#"["a",1]"#);
+    /// ```
+    pub fn new(method: impl Into<String>, args: impl Serialize) -> Result<Self, Error> {
+        Ok(Self::from_parts(method.into(), Args::new(&args)?))
+    }
+
+    /// A request from already-encoded arguments.
+    pub fn from_parts(method: String, args: Args) -> Self {
+        Request {
+            method,
+            args,
+            id: None,
+            meta: Meta::default(),
+            connection: None,
+            extensions: Extensions::default(),
+        }
+    }
+
+    pub(crate) fn incoming(frame: Frame, connection: Connection) -> Option<Self> {
+        let (method, args, id, meta) = match frame {
+            Frame::Notification { method, args } => (method, args, None, Meta::default()),
+            Frame::Request { method, args, id, meta } => (method, args, Some(id), meta),
+            Frame::Reply { .. } | Frame::ConnectionError(_) => return None,
+        };
+        Some(Request {
+            method,
+            args,
+            id,
+            meta,
+            connection: Some(connection),
+            extensions: Extensions::default(),
+        })
+    }
+
+    /// The method name.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The positional arguments, still as JSON.
+    pub fn args(&self) -> &Args {
+        &self.args
+    }
+
+    /// Takes the arguments out, leaving `[]`.
+    pub fn take_args(&mut self) -> Args {
+        std::mem::take(&mut self.args)
+    }
+
+    /// The id of an incoming call; `None` for a notification (and for an outgoing request
+    /// before it is sent).
+    pub fn id(&self) -> Option<u64> {
+        self.id
+    }
+
+    /// Whether the sender expects a reply.
+    pub fn is_call(&self) -> bool {
+        self.id.is_some()
+    }
+
+    /// Request metadata (`timeout_ms`).
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Mutable request metadata, e.g. to set `timeout_ms` on an outgoing call.
+    pub fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+
+    /// The connection an incoming request arrived on: a handle to answer or call the peer.
+    pub fn connection(&self) -> Option<&Connection> {
+        self.connection.as_ref()
+    }
+
+    /// Per-request values that layers pass to the layers and handlers below them.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Mutable per-request values.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+
+    pub(crate) fn into_notification(self) -> Frame {
+        Frame::Notification { method: self.method, args: self.args }
+    }
+
+    pub(crate) fn into_call(self, id: u64) -> Frame {
+        Frame::Request { method: self.method, args: self.args, id, meta: self.meta }
+    }
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Arguments may hold secrets: they are not printed.
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("id", &self.id)
+            .field("meta", &self.meta)
+            .field("args_len", &self.args.get().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A type map for per-request values, allocated only when something is inserted.
+#[derive(Default)]
+pub struct Extensions {
+    map: Option<Box<HashMap<TypeId, Box<dyn Any + Send + Sync>>>>,
+}
+
+impl Extensions {
+    /// Inserts a value, returning the previous value of the same type.
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
+        self.map
+            .get_or_insert_with(Default::default)
+            .insert(TypeId::of::<T>(), Box::new(value))
+            .and_then(|old| old.downcast().ok().map(|b| *b))
+    }
+
+    /// The value of type `T`, if any.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.map.as_ref()?.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+
+    /// The value of type `T`, mutably.
+    pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
+        self.map.as_mut()?.get_mut(&TypeId::of::<T>())?.downcast_mut()
+    }
+
+    /// Removes and returns the value of type `T`.
+    pub fn remove<T: Send + Sync + 'static>(&mut self) -> Option<T> {
+        self.map.as_mut()?.remove(&TypeId::of::<T>())?.downcast().ok().map(|b| *b)
+    }
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Extensions").field("len", &self.map.as_ref().map_or(0, |m| m.len())).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_hold_one_value_per_type() {
+        let mut ext = Extensions::default();
+        assert_eq!(ext.get::<u32>(), None);
+        assert_eq!(ext.insert(5u32), None);
+        assert_eq!(ext.insert(6u32), Some(5));
+        ext.insert("s");
+        *ext.get_mut::<u32>().unwrap() += 1;
+        assert_eq!(ext.get::<u32>(), Some(&7));
+        assert_eq!(ext.remove::<&str>(), Some("s"));
+        assert_eq!(ext.get::<&str>(), None);
+    }
+}

@@ -1,0 +1,144 @@
+//! [`Response`]: the result of a call, and [`IntoReply`] for what handlers may return.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Kind, RpcError};
+use crate::frame::Args;
+
+/// The result of a call, still as JSON: what a handler answered, or what a peer replied.
+#[derive(Clone)]
+pub struct Response(Box<RawValue>);
+
+impl Response {
+    /// Serializes `value` as the result.
+    pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Self, RpcError> {
+        serde_json::value::to_raw_value(value)
+            .map(Response)
+            .map_err(|e| RpcError::internal(format!("result could not be serialized: {e}")))
+    }
+
+    /// `null`, the result of a handler that returns nothing.
+    pub fn null() -> Self {
+        Response(RawValue::NULL.to_owned())
+    }
+
+    /// Wraps raw JSON.
+    pub fn from_raw(raw: Box<RawValue>) -> Self {
+        Response(raw)
+    }
+
+    /// Deserializes the result.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_str(self.0.get()).map_err(|e| Error::new(Kind::Decode).with_source(e))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The raw JSON value.
+    pub fn into_raw(self) -> Box<RawValue> {
+        self.0
+    }
+}
+
+impl PartialEq for Response {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for Response {}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Response({} bytes)", self.0.get().len())
+    }
+}
+
+/// What a handler may return: a value that becomes the reply, or an error reply.
+///
+/// Implemented for `()` (replies `null`), [`Response`], [`Args`], [`Json`], common value
+/// types, and `Result<T, E>` where `T: IntoReply` and `E: Into<RpcError>` — so a handler can
+/// use `?` on this crate's [`Error`] and on [`RpcError`]. Wrap any other serializable type in
+/// [`Json`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be returned from a diarrhoea handler",
+    note = "return a `Result<T, E>` with `E: Into<RpcError>`, or wrap a serializable value in `diarrhoea::Json`"
+)]
+pub trait IntoReply {
+    /// Converts into the reply.
+    fn into_reply(self) -> Result<Response, RpcError>;
+}
+
+/// Serializes any `T: Serialize` as a handler's result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoReply for Json<T> {
+    fn into_reply(self) -> Result<Response, RpcError> {
+        Response::new(&self.0)
+    }
+}
+
+impl IntoReply for () {
+    fn into_reply(self) -> Result<Response, RpcError> {
+        Ok(Response::null())
+    }
+}
+
+impl IntoReply for Response {
+    fn into_reply(self) -> Result<Response, RpcError> {
+        Ok(self)
+    }
+}
+
+impl IntoReply for Args {
+    fn into_reply(self) -> Result<Response, RpcError> {
+        Ok(Response(self.into_raw()))
+    }
+}
+
+impl IntoReply for Box<RawValue> {
+    fn into_reply(self) -> Result<Response, RpcError> {
+        Ok(Response(self))
+    }
+}
+
+impl<T: IntoReply, E: Into<RpcError>> IntoReply for Result<T, E> {
+    fn into_reply(self) -> Result<Response, RpcError> {
+        self.map_err(Into::into).and_then(IntoReply::into_reply)
+    }
+}
+
+macro_rules! serialize_reply {
+    ($($ty:ty),* $(,)?) => {$(
+        impl IntoReply for $ty {
+            fn into_reply(self) -> Result<Response, RpcError> {
+                Response::new(&self)
+            }
+        }
+    )*};
+}
+
+serialize_reply!(
+    bool, i8, i16, i32, i64, u8, u16, u32, u64, usize, isize, f32, f64, String, &'static str,
+    serde_json::Value,
+);
+
+impl<T: Serialize> IntoReply for Vec<T> {
+    fn into_reply(self) -> Result<Response, RpcError> {
+        Response::new(&self)
+    }
+}
+
+impl<T: Serialize> IntoReply for Option<T> {
+    fn into_reply(self) -> Result<Response, RpcError> {
+        Response::new(&self)
+    }
+}

@@ -1,0 +1,174 @@
+//! [`Router`]: method name to handler, the Rust form of diarrhoea 1.1.0's `bind(object)`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::{Service, ServiceExt};
+
+use crate::error::{BoxError, RpcError};
+use crate::handler::{Erased, ErasedHandler, Handler, HandlerFuture};
+use crate::request::Request;
+use crate::response::Response;
+
+type Route = Arc<dyn ErasedHandler>;
+
+/// Routes requests by method name to handlers, with an optional catch-all.
+///
+/// A `Router` is a [`tower::Service`] that is always ready, cheap to clone, and fails only with
+/// an [`RpcError`] (boxed): -32601 for an unknown method without a fallback, -32602 for
+/// arguments that do not fit, or the handler's own error. The connection turns those into error
+/// replies (for calls) or error events (for notifications).
+///
+/// ```
+/// use diarrhoea::{Connection, Router};
+///
+/// async fn ping(peer: Connection, x: String, time: u64) -> Result<(), diarrhoea::Error> {
+///     peer.post_message("pong", (x, time)).await
+/// }
+///
+/// let router = Router::new()
+///     .route("ping", ping)
+///     .route("add", |a: i64, b: i64| async move { a + b })
+///     .route("echo", |args: diarrhoea::Args| async move { args });
+/// ```
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: Arc<HashMap<Box<str>, Route>>,
+    fallback: Option<Route>,
+}
+
+impl Router {
+    /// A router with no routes: every call gets -32601.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Binds `method` to a typed async function.
+    ///
+    /// # Panics
+    /// If `method` is empty or starts with `$/` (reserved for the protocol). A method bound
+    /// twice keeps the last handler.
+    pub fn route<H: Handler<M>, M: 'static>(self, method: &str, handler: H) -> Self {
+        self.insert(method, Arc::new(Erased::new(handler)))
+    }
+
+    /// Binds `method` to any tower service, e.g. a handler wrapped in its own layers.
+    ///
+    /// The service is cloned for each request and driven with `oneshot`.
+    ///
+    /// # Panics
+    /// As [`Router::route`].
+    pub fn route_service<S>(self, method: &str, service: S) -> Self
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.insert(method, Arc::new(ServiceRoute(service)))
+    }
+
+    /// Handles every method that has no route: the Rust form of the `rpc` catch-all event.
+    pub fn fallback<H: Handler<M>, M: 'static>(mut self, handler: H) -> Self {
+        self.fallback = Some(Arc::new(Erased::new(handler)));
+        self
+    }
+
+    /// As [`Router::fallback`], with any tower service.
+    pub fn fallback_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.fallback = Some(Arc::new(ServiceRoute(service)));
+        self
+    }
+
+    /// Whether `method` has a route of its own (the fallback does not count).
+    pub fn has_route(&self, method: &str) -> bool {
+        self.routes.contains_key(method)
+    }
+
+    fn insert(mut self, method: &str, route: Route) -> Self {
+        assert!(!method.is_empty(), "diarrhoea: a method name cannot be empty");
+        assert!(
+            !method.starts_with("$/"),
+            "diarrhoea: method `{method}` starts with `$/`, which is reserved for the protocol"
+        );
+        Arc::make_mut(&mut self.routes).insert(method.into(), route);
+        self
+    }
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut methods: Vec<&str> = self.routes.keys().map(|k| &**k).collect();
+        methods.sort_unstable();
+        f.debug_struct("Router")
+            .field("methods", &methods)
+            .field("fallback", &self.fallback.is_some())
+            .finish()
+    }
+}
+
+impl Service<Request> for Router {
+    type Response = Response;
+    type Error = BoxError;
+    type Future = RouteFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> RouteFuture {
+        let route = self.routes.get(req.method()).or(self.fallback.as_ref());
+        RouteFuture {
+            inner: match route {
+                Some(route) => Ok(route.call(req)),
+                None => Err(Some(RpcError::method_not_found(req.method()))),
+            },
+        }
+    }
+}
+
+/// The future of [`Router`]'s `call`.
+pub struct RouteFuture {
+    inner: Result<HandlerFuture, Option<RpcError>>,
+}
+
+impl Future for RouteFuture {
+    type Output = Result<Response, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.inner {
+            Ok(fut) => fut.as_mut().poll(cx).map_err(BoxError::from),
+            Err(error) => Poll::Ready(Err(error.take().expect("RouteFuture polled after completion").into())),
+        }
+    }
+}
+
+impl fmt::Debug for RouteFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteFuture").finish_non_exhaustive()
+    }
+}
+
+struct ServiceRoute<S>(S);
+
+impl<S> ErasedHandler for ServiceRoute<S>
+where
+    S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    fn call(&self, req: Request) -> HandlerFuture {
+        let service = self.0.clone();
+        Box::pin(async move {
+            service.oneshot(req).await.map_err(|e| RpcError::from_box_error(e.into()))
+        })
+    }
+}
