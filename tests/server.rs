@@ -1,0 +1,141 @@
+//! Server lifecycle: the socket file rules and graceful shutdown, over real sockets.
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::time::Duration;
+
+use common::*;
+use diarrhoea::{code, Client, Server};
+
+#[tokio::test]
+async fn the_socket_file_is_0600_by_default_and_configurable() {
+    let (_dir, path) = socket_path();
+    let server = Server::bind(&path).unwrap();
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    drop(server);
+
+    let server = Server::builder().socket_mode(0o660).bind(&path).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+    drop(server);
+}
+
+#[tokio::test]
+async fn a_live_server_is_never_taken_over() {
+    let (_dir, path) = socket_path();
+    let first = Server::bind(&path).unwrap();
+    let err = Server::bind(&path).unwrap_err();
+    assert!(err.is_bind(), "{err}");
+    assert!(err.to_string().contains("live"), "{err}");
+    // The first server still serves.
+    tokio::spawn(first.serve(test_router()));
+    let client = Client::connect(&path).await.unwrap();
+    assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced() {
+    let (_dir, path) = socket_path();
+    // A socket file nobody listens on, as left by a killed process.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let server = Server::bind(&path).unwrap();
+    tokio::spawn(server.serve(test_router()));
+    let client = Client::connect(&path).await.unwrap();
+    assert_eq!(client.call::<i64>("add", (2, 2)).await.unwrap(), 4);
+}
+
+#[tokio::test]
+async fn files_directories_and_symlinks_at_the_path_are_never_touched() {
+    let (dir, path) = socket_path();
+    std::fs::write(&path, b"precious").unwrap();
+    let err = Server::bind(&path).unwrap_err();
+    assert!(err.is_bind(), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    std::fs::remove_file(&path).unwrap();
+
+    std::fs::create_dir(&path).unwrap();
+    assert!(Server::bind(&path).unwrap_err().is_bind());
+    assert!(path.is_dir());
+    std::fs::remove_dir(&path).unwrap();
+
+    let target = dir.path().join("target");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    assert!(Server::bind(&path).unwrap_err().is_bind());
+    assert_eq!(std::fs::read_link(&path).unwrap(), target);
+}
+
+#[tokio::test]
+async fn a_path_too_long_for_sun_path_is_refused_before_binding() {
+    let (dir, _) = socket_path();
+    let long = dir.path().join("s".repeat(120));
+    let err = Server::bind(&long).unwrap_err();
+    assert!(err.is_bind(), "{err}");
+    assert!(err.to_string().contains("long"), "{err}");
+    assert!(!long.exists());
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_calls_refuses_new_ones_and_removes_the_file() {
+    let (_dir, path) = socket_path();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::bind(&path).unwrap();
+    let serving = tokio::spawn(server.serve_with_shutdown(test_router(), async {
+        let _ = stopped.await;
+    }));
+    let client = Client::connect(&path).await.unwrap();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<u64>("sleep", (300,)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // Not accepting any more, and the file is gone.
+    assert!(!path.exists());
+    assert!(Client::connect(&path).await.is_err());
+    // A call made during the drain is refused with -32004.
+    let refused = client.call::<i64>("add", (1, 1)).await.unwrap_err();
+    assert_eq!(refused.code(), Some(code::SHUTTING_DOWN), "{refused}");
+    // The call in flight completes.
+    assert_eq!(within("in-flight call", slow).await.unwrap().unwrap(), 300);
+    within("serve to return", serving).await.unwrap().unwrap();
+    within("client closed", client.closed()).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_what_does_not_finish_by_the_deadline() {
+    let (_dir, path) = socket_path();
+    let server = Server::builder().shutdown_timeout(Duration::from_millis(100)).bind(&path).unwrap();
+    let (accepted, client) = tokio::join!(server.accept(test_router()), Client::connect(&path));
+    let (_accepted, client) = (accepted.unwrap(), client.unwrap());
+    let stuck = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<u64>("sleep", (60_000,)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    within("shutdown", server.shutdown()).await;
+    assert!(within("stuck call", stuck).await.unwrap().unwrap_err().is_closed());
+}
+
+#[tokio::test]
+async fn writing_to_a_peer_that_went_away_is_an_error_not_a_signal() {
+    let (_dir, path) = socket_path();
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (accepted, client) = tokio::join!(listener.accept(), Client::connect(&path));
+    drop(accepted.unwrap());
+    let client = client.unwrap();
+    let mut failed = false;
+    for _ in 0..1000 {
+        if client.post_message("ping", ("x".repeat(4096), 1)).await.is_err() {
+            failed = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(failed, "posting to a dead peer kept succeeding");
+    within("closed", client.closed()).await;
+}
