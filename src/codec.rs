@@ -40,7 +40,10 @@ pub struct FrameCodec {
 impl FrameCodec {
     /// A codec that discards lines longer than `max_frame_size` bytes.
     pub fn new(max_frame_size: usize) -> Self {
-        FrameCodec { lines: LinesCodec::new_with_max_length(max_frame_size), max_frame_size }
+        FrameCodec {
+            lines: LinesCodec::new_with_max_length(max_frame_size),
+            max_frame_size,
+        }
     }
 
     /// The maximum line length this codec accepts.
@@ -53,7 +56,10 @@ impl FrameCodec {
             None,
             RpcError::new(
                 code::FRAME_TOO_LARGE,
-                format!("frame too large: line longer than {} bytes discarded", self.max_frame_size),
+                format!(
+                    "frame too large: line longer than {} bytes discarded",
+                    self.max_frame_size
+                ),
             ),
         )
     }
@@ -145,7 +151,10 @@ mod tests {
     }
 
     fn ping(i: u64) -> Frame {
-        Frame::Notification { method: "ping".into(), args: Args::new(&(i,)).unwrap() }
+        Frame::Notification {
+            method: "ping".into(),
+            args: Args::new(&(i,)).unwrap(),
+        }
     }
 
     #[test]
@@ -161,7 +170,11 @@ mod tests {
             let mut got = Vec::new();
             for piece in wire.chunks(chunk) {
                 buf.extend_from_slice(piece);
-                got.extend(decode_all(&mut codec, &mut buf).into_iter().map(Result::unwrap));
+                got.extend(
+                    decode_all(&mut codec, &mut buf)
+                        .into_iter()
+                        .map(Result::unwrap),
+                );
             }
             assert_eq!(got, frames, "chunk size {chunk}");
         }
@@ -194,10 +207,15 @@ mod tests {
     #[test]
     fn oversized_line_arriving_whole_is_discarded() {
         let mut codec = FrameCodec::new(16);
-        let mut buf = BytesMut::from(format!("[\"ping\",[\"{}\"]]\n[\"ping\",[3]]\n", "y".repeat(50)).as_str());
+        let mut buf = BytesMut::from(
+            format!("[\"ping\",[\"{}\"]]\n[\"ping\",[3]]\n", "y".repeat(50)).as_str(),
+        );
         let got = decode_all(&mut codec, &mut buf);
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0].as_ref().unwrap_err().error.code, code::FRAME_TOO_LARGE);
+        assert_eq!(
+            got[0].as_ref().unwrap_err().error.code,
+            code::FRAME_TOO_LARGE
+        );
         assert_eq!(got[1], Ok(ping(3)));
     }
 

@@ -64,7 +64,11 @@ pub struct RpcError {
 impl RpcError {
     /// An error with a code and a message.
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into(), data: None }
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
     }
 
     /// Attaches structured detail.
@@ -75,7 +79,10 @@ impl RpcError {
 
     /// -32601 for `method`.
     pub fn method_not_found(method: &str) -> Self {
-        Self::new(code::METHOD_NOT_FOUND, format!("method not found: {method}"))
+        Self::new(
+            code::METHOD_NOT_FOUND,
+            format!("method not found: {method}"),
+        )
     }
 
     /// -32602 with the reason the arguments did not fit.
@@ -106,7 +113,10 @@ impl RpcError {
             return Self::new(code::TIMEOUT, "timeout: request deadline passed");
         }
         if error.is::<tower::load_shed::error::Overloaded>() {
-            return Self::new(code::OVERLOADED, "overloaded: service not ready (load shed)");
+            return Self::new(
+                code::OVERLOADED,
+                "overloaded: service not ready (load shed)",
+            );
         }
         match error.downcast::<Error>() {
             Ok(e) => match e.kind {
@@ -275,6 +285,8 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }

@@ -207,7 +207,12 @@ impl Frame {
                 buf.put_u8(b',');
                 buf.put_slice(args.get().as_bytes());
             }
-            Frame::Request { method, args, id, meta } => {
+            Frame::Request {
+                method,
+                args,
+                id,
+                meta,
+            } => {
                 json(buf, method.as_str());
                 buf.put_u8(b',');
                 buf.put_slice(args.get().as_bytes());
@@ -267,7 +272,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Parts<'a> {
                 f.write_str("a JSON array")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parts<'de>, A::Error> {
-                let mut parts = Parts { items: [None; 4], len: 0 };
+                let mut parts = Parts {
+                    items: [None; 4],
+                    len: 0,
+                };
                 while parts.len < 4 {
                     match seq.next_element::<&'de RawValue>()? {
                         Some(item) => parts.items[parts.len] = Some(item),
@@ -296,8 +304,8 @@ impl<'a> Parts<'a> {
             Some(b'"') => self.into_call(),
             Some(b'0'..=b'9' | b'-') => self.into_reply(),
             Some(b'n') if self.len == 3 && self.get(1) == "null" => {
-                let error = parse_error_object(self.get(2))
-                    .map_err(|e| InvalidFrame::new(None, e))?;
+                let error =
+                    parse_error_object(self.get(2)).map_err(|e| InvalidFrame::new(None, e))?;
                 Ok(Frame::ConnectionError(error))
             }
             _ => Err(InvalidFrame::new(
@@ -333,16 +341,26 @@ impl<'a> Parts<'a> {
                 .map_err(|e| invalid(&format!("meta (element 3): {e}")))?,
             Some(_) => return Err(invalid("meta (element 3) must be an object")),
         };
-        Ok(Frame::Request { method, args, id, meta })
+        Ok(Frame::Request {
+            method,
+            args,
+            id,
+            meta,
+        })
     }
 
     fn into_reply(self) -> Result<Frame, InvalidFrame> {
         // A reply is never answered, so a malformed one carries no id to reply to.
         let id = parse_id(self.get(0)).map_err(|e| InvalidFrame::new(None, e))?;
         let result = match self.len {
-            2 => Ok(Response::from_raw(self.items[1].expect("len == 2").to_owned())),
-            3 if self.get(1) == "null" => Err(parse_error_object(self.get(2))
-                .unwrap_or_else(|e| RpcError::invalid_frame(format!("malformed error reply: {e}")))),
+            2 => Ok(Response::from_raw(
+                self.items[1].expect("len == 2").to_owned(),
+            )),
+            3 if self.get(1) == "null" => {
+                Err(parse_error_object(self.get(2)).unwrap_or_else(|e| {
+                    RpcError::invalid_frame(format!("malformed error reply: {e}"))
+                }))
+            }
             _ => {
                 return Err(InvalidFrame::new(
                     None,
@@ -395,25 +413,47 @@ mod tests {
     #[test]
     fn notifications_are_byte_identical_to_diarrhoea_1_1_0() {
         let args = Args::new(&("flood1", 1732400000000u64)).unwrap();
-        let frame = Frame::Notification { method: "ping".into(), args };
+        let frame = Frame::Notification {
+            method: "ping".into(),
+            args,
+        };
         assert_eq!(encode(&frame), "[\"ping\",[\"flood1\",1732400000000]]\n");
-        let none = Frame::Notification { method: "ping".into(), args: Args::empty() };
+        let none = Frame::Notification {
+            method: "ping".into(),
+            args: Args::empty(),
+        };
         assert_eq!(encode(&none), "[\"ping\",[]]\n");
     }
 
     #[test]
     fn every_frame_round_trips() {
         let frames = [
-            Frame::Notification { method: "a\"b\n".into(), args: Args::new(&(1, "x")).unwrap() },
-            Frame::Request { method: "echo".into(), args: Args::empty(), id: 7, meta: Meta::default() },
+            Frame::Notification {
+                method: "a\"b\n".into(),
+                args: Args::new(&(1, "x")).unwrap(),
+            },
+            Frame::Request {
+                method: "echo".into(),
+                args: Args::empty(),
+                id: 7,
+                meta: Meta::default(),
+            },
             Frame::Request {
                 method: "echo".into(),
                 args: Args::new(&[1, 2]).unwrap(),
                 id: MAX_ID,
-                meta: Meta { timeout_ms: Some(250) },
+                meta: Meta {
+                    timeout_ms: Some(250),
+                },
             },
-            Frame::Reply { id: 7, result: Ok(Response::from_raw(raw(r#"{"a":[1,2]}"#))) },
-            Frame::Reply { id: 8, result: Err(RpcError::new(-1, "no")) },
+            Frame::Reply {
+                id: 7,
+                result: Ok(Response::from_raw(raw(r#"{"a":[1,2]}"#))),
+            },
+            Frame::Reply {
+                id: 8,
+                result: Err(RpcError::new(-1, "no")),
+            },
             Frame::ConnectionError(RpcError::new(code::OVERLOADED, "server full")),
         ];
         for frame in frames {
@@ -429,19 +469,38 @@ mod tests {
             method: "m".into(),
             args: Args::empty(),
             id: 3,
-            meta: Meta { timeout_ms: Some(5) },
+            meta: Meta {
+                timeout_ms: Some(5),
+            },
         };
         assert_eq!(encode(&req), "[\"m\",[],3,{\"timeout_ms\":5}]\n");
-        let err = Frame::Reply { id: 3, result: Err(RpcError::method_not_found("m")) };
-        assert_eq!(encode(&err), "[3,null,{\"code\":-32601,\"message\":\"method not found: m\"}]\n");
+        let err = Frame::Reply {
+            id: 3,
+            result: Err(RpcError::method_not_found("m")),
+        };
+        assert_eq!(
+            encode(&err),
+            "[3,null,{\"code\":-32601,\"message\":\"method not found: m\"}]\n"
+        );
         let conn = Frame::ConnectionError(RpcError::new(-32004, "bye"));
-        assert_eq!(encode(&conn), "[null,null,{\"code\":-32004,\"message\":\"bye\"}]\n");
+        assert_eq!(
+            encode(&conn),
+            "[null,null,{\"code\":-32004,\"message\":\"bye\"}]\n"
+        );
     }
 
     #[test]
     fn meta_ignores_unknown_keys() {
         let frame = Frame::parse(r#"["m",[],1,{"trace":"x","timeout_ms":9}]"#).unwrap();
-        assert!(matches!(frame, Frame::Request { meta: Meta { timeout_ms: Some(9) }, .. }));
+        assert!(matches!(
+            frame,
+            Frame::Request {
+                meta: Meta {
+                    timeout_ms: Some(9)
+                },
+                ..
+            }
+        ));
     }
 
     fn invalid(line: &str) -> InvalidFrame {
@@ -486,7 +545,11 @@ mod tests {
             let e = Frame::parse(line);
             match e {
                 Err(e) if line.starts_with("[5") => assert_eq!(e.id, None),
-                Err(e) => assert_eq!((e.id, e.error.code), (Some(7), code::INVALID_FRAME), "{line}"),
+                Err(e) => assert_eq!(
+                    (e.id, e.error.code),
+                    (Some(7), code::INVALID_FRAME),
+                    "{line}"
+                ),
                 Ok(f) => panic!("{line} parsed as {f:?}"),
             }
         }
@@ -496,7 +559,10 @@ mod tests {
     fn malformed_error_replies_still_reach_the_caller() {
         let frame = Frame::parse("[4,null,\"oops\"]").unwrap();
         match frame {
-            Frame::Reply { id: 4, result: Err(e) } => assert_eq!(e.code, code::INVALID_FRAME),
+            Frame::Reply {
+                id: 4,
+                result: Err(e),
+            } => assert_eq!(e.code, code::INVALID_FRAME),
             other => panic!("{other:?}"),
         }
     }
@@ -508,7 +574,9 @@ mod tests {
         // Raw values are skipped iteratively, so this parses; handlers then hit serde_json's
         // recursion limit when they deserialize.
         let frame = Frame::parse(&line).unwrap();
-        let Frame::Notification { args, .. } = frame else { panic!() };
+        let Frame::Notification { args, .. } = frame else {
+            panic!()
+        };
         assert!(args.deserialize::<serde_json::Value>().is_err());
         let bad = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
         assert!(Frame::parse(&bad).is_err());

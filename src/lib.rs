@@ -89,15 +89,15 @@
 //! reading (backpressure). Outgoing frames wait in a bounded queue, so `post_message`, `call`,
 //! and [`Caller`]/[`Notifier`]'s `poll_ready` wait while the peer does not read.
 
+mod client;
 pub mod codec;
+mod connection;
 mod error;
 mod frame;
+mod handler;
 mod request;
 mod response;
-mod handler;
 mod router;
-mod connection;
-mod client;
 mod server;
 
 pub use client::{Client, ClientBuilder};

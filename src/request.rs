@@ -53,7 +53,12 @@ impl Request {
     pub(crate) fn incoming(frame: Frame, connection: Connection) -> Option<Self> {
         let (method, args, id, meta) = match frame {
             Frame::Notification { method, args } => (method, args, None, Meta::default()),
-            Frame::Request { method, args, id, meta } => (method, args, Some(id), meta),
+            Frame::Request {
+                method,
+                args,
+                id,
+                meta,
+            } => (method, args, Some(id), meta),
             Frame::Reply { .. } | Frame::ConnectionError(_) => return None,
         };
         Some(Request {
@@ -118,11 +123,19 @@ impl Request {
     }
 
     pub(crate) fn into_notification(self) -> Frame {
-        Frame::Notification { method: self.method, args: self.args }
+        Frame::Notification {
+            method: self.method,
+            args: self.args,
+        }
     }
 
     pub(crate) fn into_call(self, id: u64) -> Frame {
-        Frame::Request { method: self.method, args: self.args, id, meta: self.meta }
+        Frame::Request {
+            method: self.method,
+            args: self.args,
+            id,
+            meta: self.meta,
+        }
     }
 }
 
@@ -141,6 +154,8 @@ impl fmt::Debug for Request {
 /// A type map for per-request values, allocated only when something is inserted.
 #[derive(Default)]
 pub struct Extensions {
+    // Boxed so a request without extensions carries one pointer, not a whole map.
+    #[allow(clippy::box_collection)]
     map: Option<Box<HashMap<TypeId, Box<dyn Any + Send + Sync>>>>,
 }
 
@@ -160,18 +175,28 @@ impl Extensions {
 
     /// The value of type `T`, mutably.
     pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
-        self.map.as_mut()?.get_mut(&TypeId::of::<T>())?.downcast_mut()
+        self.map
+            .as_mut()?
+            .get_mut(&TypeId::of::<T>())?
+            .downcast_mut()
     }
 
     /// Removes and returns the value of type `T`.
     pub fn remove<T: Send + Sync + 'static>(&mut self) -> Option<T> {
-        self.map.as_mut()?.remove(&TypeId::of::<T>())?.downcast().ok().map(|b| *b)
+        self.map
+            .as_mut()?
+            .remove(&TypeId::of::<T>())?
+            .downcast()
+            .ok()
+            .map(|b| *b)
     }
 }
 
 impl fmt::Debug for Extensions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Extensions").field("len", &self.map.as_ref().map_or(0, |m| m.len())).finish()
+        f.debug_struct("Extensions")
+            .field("len", &self.map.as_ref().map_or(0, |m| m.len()))
+            .finish()
     }
 }
 

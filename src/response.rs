@@ -127,7 +127,21 @@ macro_rules! serialize_reply {
 }
 
 serialize_reply!(
-    bool, i8, i16, i32, i64, u8, u16, u32, u64, usize, isize, f32, f64, String, &'static str,
+    bool,
+    i8,
+    i16,
+    i32,
+    i64,
+    u8,
+    u16,
+    u32,
+    u64,
+    usize,
+    isize,
+    f32,
+    f64,
+    String,
+    &'static str,
     serde_json::Value,
 );
 

@@ -94,7 +94,10 @@ impl Router {
     }
 
     fn insert(mut self, method: &str, route: Route) -> Self {
-        assert!(!method.is_empty(), "diarrhoea: a method name cannot be empty");
+        assert!(
+            !method.is_empty(),
+            "diarrhoea: a method name cannot be empty"
+        );
         assert!(
             !method.starts_with("$/"),
             "diarrhoea: method `{method}` starts with `$/`, which is reserved for the protocol"
@@ -146,7 +149,10 @@ impl Future for RouteFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.inner {
             Ok(fut) => fut.as_mut().poll(cx).map_err(BoxError::from),
-            Err(error) => Poll::Ready(Err(error.take().expect("RouteFuture polled after completion").into())),
+            Err(error) => Poll::Ready(Err(error
+                .take()
+                .expect("RouteFuture polled after completion")
+                .into())),
         }
     }
 }
@@ -168,7 +174,10 @@ where
     fn call(&self, req: Request) -> HandlerFuture {
         let service = self.0.clone();
         Box::pin(async move {
-            service.oneshot(req).await.map_err(|e| RpcError::from_box_error(e.into()))
+            service
+                .oneshot(req)
+                .await
+                .map_err(|e| RpcError::from_box_error(e.into()))
         })
     }
 }

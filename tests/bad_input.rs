@@ -13,7 +13,10 @@ use serde_json::json;
 
 /// A server connection and a raw peer on it, with the server's events subscribed before the
 /// peer writes anything.
-async fn setup(router: Router, config: Config) -> (tempfile::TempDir, Connection, diarrhoea::Events, RawPeer) {
+async fn setup(
+    router: Router,
+    config: Config,
+) -> (tempfile::TempDir, Connection, diarrhoea::Events, RawPeer) {
     let (dir, path) = socket_path();
     let server = Server::builder().config(config).bind(&path).unwrap();
     let (accepted, peer) = tokio::join!(server.accept(router), RawPeer::connect(&path));
@@ -36,10 +39,25 @@ async fn still_answers(peer: &mut RawPeer, id: u64) {
 async fn a_line_that_is_not_json_is_dropped_with_an_error_event() {
     let (_d, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
     peer.send("this is not json\n").await;
-    next_event(&mut events, "parse error", is_error_with_code(code::PARSE_ERROR)).await;
+    next_event(
+        &mut events,
+        "parse error",
+        is_error_with_code(code::PARSE_ERROR),
+    )
+    .await;
     peer.send("{\"an\":\"object\"}\n[1,2,3,4]\n").await;
-    next_event(&mut events, "invalid frame", is_error_with_code(code::INVALID_FRAME)).await;
-    next_event(&mut events, "invalid frame", is_error_with_code(code::INVALID_FRAME)).await;
+    next_event(
+        &mut events,
+        "invalid frame",
+        is_error_with_code(code::INVALID_FRAME),
+    )
+    .await;
+    next_event(
+        &mut events,
+        "invalid frame",
+        is_error_with_code(code::INVALID_FRAME),
+    )
+    .await;
     still_answers(&mut peer, 1).await;
 }
 
@@ -51,7 +69,12 @@ async fn a_malformed_request_with_a_readable_id_gets_invalid_frame() {
     assert_eq!(reply[0], 6);
     assert_eq!(reply[1], serde_json::Value::Null);
     assert_eq!(reply[2]["code"], code::INVALID_FRAME);
-    next_event(&mut events, "invalid frame", is_error_with_code(code::INVALID_FRAME)).await;
+    next_event(
+        &mut events,
+        "invalid frame",
+        is_error_with_code(code::INVALID_FRAME),
+    )
+    .await;
     peer.send("[\"echo\",[],7,\"not an object\"]\n").await;
     assert_eq!(peer.recv().await[2]["code"], code::INVALID_FRAME);
     still_answers(&mut peer, 8).await;
@@ -65,7 +88,12 @@ async fn unknown_methods() {
     assert_eq!(peer.recv().await[2]["code"], code::METHOD_NOT_FOUND);
     // A notification without a fallback is a warning event.
     peer.send("[\"nope\",[1]]\n").await;
-    next_event(&mut events, "warning", is_warning_with_code(code::METHOD_NOT_FOUND)).await;
+    next_event(
+        &mut events,
+        "warning",
+        is_warning_with_code(code::METHOD_NOT_FOUND),
+    )
+    .await;
     // Reserved `$/` methods are never routed; unknown ones are refused the same way.
     peer.send("[\"$/nope\",[],2]\n").await;
     assert_eq!(peer.recv().await[2]["code"], code::METHOD_NOT_FOUND);
@@ -85,23 +113,38 @@ async fn unknown_notifications_reach_the_catch_all() {
     // A request to an unknown method reaches the fallback too, and gets its reply.
     peer.send("[\"other\",[],4]\n").await;
     assert_eq!(peer.recv().await, json!([4, null]));
-    assert_eq!(*caught.lock().unwrap(), vec!["[1,\"two\"]".to_owned(), "[]".to_owned()]);
+    assert_eq!(
+        *caught.lock().unwrap(),
+        vec!["[1,\"two\"]".to_owned(), "[]".to_owned()]
+    );
 }
 
 #[tokio::test]
 async fn args_that_do_not_fit_the_handler() {
     let (_d, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
-    for (i, args) in ["[\"x\",3]", "[1]", "[1,2,3]", "[1.5,2]", "[]"].iter().enumerate() {
+    for (i, args) in ["[\"x\",3]", "[1]", "[1,2,3]", "[1.5,2]", "[]"]
+        .iter()
+        .enumerate()
+    {
         peer.send(format!("[\"add\",{args},{i}]\n")).await;
         let reply = peer.recv().await;
-        assert_eq!((reply[0].as_u64(), reply[2]["code"].as_i64()), (Some(i as u64), Some(code::INVALID_PARAMS)), "{args}");
+        assert_eq!(
+            (reply[0].as_u64(), reply[2]["code"].as_i64()),
+            (Some(i as u64), Some(code::INVALID_PARAMS)),
+            "{args}"
+        );
     }
     // Zero-argument handlers refuse arguments too.
     peer.send("[\"fail\",[1],9]\n").await;
     assert_eq!(peer.recv().await[2]["code"], code::INVALID_PARAMS);
     // A notification with bad args is an error event.
     peer.send("[\"ping\",[1,2]]\n").await;
-    next_event(&mut events, "invalid params event", is_error_with_code(code::INVALID_PARAMS)).await;
+    next_event(
+        &mut events,
+        "invalid params event",
+        is_error_with_code(code::INVALID_PARAMS),
+    )
+    .await;
     still_answers(&mut peer, 10).await;
 }
 
@@ -115,7 +158,12 @@ async fn a_line_longer_than_the_maximum_is_discarded() {
         peer.send(&piece).await;
     }
     peer.send("]\n").await;
-    next_event(&mut events, "frame too large", is_error_with_code(code::FRAME_TOO_LARGE)).await;
+    next_event(
+        &mut events,
+        "frame too large",
+        is_error_with_code(code::FRAME_TOO_LARGE),
+    )
+    .await;
     still_answers(&mut peer, 1).await;
     // A long request that fits is still served.
     let ok = format!("[\"echo\",[\"{}\"],2]\n", "y".repeat(60 * 1024));
@@ -127,21 +175,42 @@ async fn a_line_longer_than_the_maximum_is_discarded() {
 async fn invalid_utf8_is_dropped_with_an_error_event() {
     let (_d, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
     peer.send(b"[\"echo\",[\"\xff\xfe\"],1]\n").await;
-    next_event(&mut events, "utf-8 error", is_error_with_code(code::PARSE_ERROR)).await;
+    next_event(
+        &mut events,
+        "utf-8 error",
+        is_error_with_code(code::PARSE_ERROR),
+    )
+    .await;
     still_answers(&mut peer, 2).await;
 }
 
 #[tokio::test]
 async fn replies_with_unknown_ids_and_duplicate_request_ids() {
     let (_d, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
-    peer.send("[12345,\"nobody asked\"]\n[6,null,{\"code\":1,\"message\":\"x\"}]\n").await;
-    next_event(&mut events, "unknown reply id", is_warning_with_code(code::INVALID_FRAME)).await;
-    next_event(&mut events, "unknown reply id", is_warning_with_code(code::INVALID_FRAME)).await;
+    peer.send("[12345,\"nobody asked\"]\n[6,null,{\"code\":1,\"message\":\"x\"}]\n")
+        .await;
+    next_event(
+        &mut events,
+        "unknown reply id",
+        is_warning_with_code(code::INVALID_FRAME),
+    )
+    .await;
+    next_event(
+        &mut events,
+        "unknown reply id",
+        is_warning_with_code(code::INVALID_FRAME),
+    )
+    .await;
 
     // The first request with id 7 is still running when the second arrives.
     peer.send("[\"sleep\",[300],7]\n[\"echo\",[],7]\n").await;
     assert_eq!(peer.recv().await[2]["code"], code::INVALID_FRAME);
-    next_event(&mut events, "duplicate id", is_error_with_code(code::INVALID_FRAME)).await;
+    next_event(
+        &mut events,
+        "duplicate id",
+        is_error_with_code(code::INVALID_FRAME),
+    )
+    .await;
     assert_eq!(peer.recv().await, json!([7, 300]));
     // Once answered, the id is free again.
     peer.send("[\"echo\",[],7]\n").await;
@@ -154,7 +223,10 @@ async fn a_handler_that_panics_gets_an_internal_error_and_everything_survives() 
     peer.send("[\"panic\",[],1]\n").await;
     let reply = peer.recv().await;
     assert_eq!(reply[2]["code"], code::INTERNAL_ERROR);
-    assert!(reply[2]["message"].as_str().unwrap().contains("blew up"), "{reply}");
+    assert!(
+        reply[2]["message"].as_str().unwrap().contains("blew up"),
+        "{reply}"
+    );
     // A panicking notification handler is an error event, and the connection goes on.
     peer.send("[\"panic\",[]]\n").await;
     still_answers(&mut peer, 2).await;
@@ -172,11 +244,14 @@ async fn a_peer_that_closes_mid_frame_never_gets_it_dispatched() {
         async move { count.fetch_add(1, Ordering::SeqCst) }
     });
     let (_d, conn, mut events, mut peer) = setup(router, Config::new()).await;
-    peer.send("[\"ping\",[\"complete\"]]\n[\"ping\",[\"cut of").await;
+    peer.send("[\"ping\",[\"complete\"]]\n[\"ping\",[\"cut of")
+        .await;
     drop(peer);
-    next_event(&mut events, "mid-frame error", |e| {
-        matches!(e, Event::Error(e) if e.to_string().contains("mid-frame"))
-    })
+    next_event(
+        &mut events,
+        "mid-frame error",
+        |e| matches!(e, Event::Error(e) if e.to_string().contains("mid-frame")),
+    )
     .await;
     next_event(&mut events, "close", |e| matches!(e, Event::Close)).await;
     assert!(conn.is_closed());
@@ -192,8 +267,14 @@ async fn a_killed_peer_process_fails_pending_calls_and_nothing_hangs() {
         "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})\ns.sendall(b'[\"ping\",[\"half')\ntime.sleep(60)\n",
         path.to_str().unwrap()
     );
-    let mut child = std::process::Command::new("python3").arg("-c").arg(script).spawn().expect("python3");
-    let conn = within("accept", server.accept(test_router())).await.unwrap();
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .expect("python3");
+    let conn = within("accept", server.accept(test_router()))
+        .await
+        .unwrap();
     let mut events = conn.events();
     // The server calls the peer, which will never answer.
     let call = tokio::spawn({

@@ -25,7 +25,10 @@ async fn notification_ping_gets_a_pong_notification() {
         .connect(&path)
         .await
         .unwrap();
-    client.post_message("ping", ("flood1", 1732400000000u64)).await.unwrap();
+    client
+        .post_message("ping", ("flood1", 1732400000000u64))
+        .await
+        .unwrap();
     let pong = within("pong", rx.recv()).await.unwrap();
     assert_eq!(pong, ("flood1".to_owned(), 1732400000000));
 }
@@ -37,7 +40,10 @@ async fn calls_return_results_and_typed_errors() {
     let client = Client::connect(&path).await.unwrap();
 
     assert_eq!(client.call::<i64>("add", (2, 3)).await.unwrap(), 5);
-    let echoed: (String, Vec<u8>, Option<bool>) = client.call("echo", ("a", [1, 2], None::<bool>)).await.unwrap();
+    let echoed: (String, Vec<u8>, Option<bool>) = client
+        .call("echo", ("a", [1, 2], None::<bool>))
+        .await
+        .unwrap();
     assert_eq!(echoed, ("a".to_owned(), vec![1, 2], None));
 
     let err = client.call::<()>("fail", ()).await.unwrap_err();
@@ -71,7 +77,10 @@ async fn a_server_posts_and_calls_on_a_connection_it_accepted() {
         .connect(&path);
     let (accepted, client) = tokio::join!(server.accept(Router::new()), client);
     let (accepted, client) = (accepted.unwrap(), client.unwrap());
-    assert_eq!(accepted.call::<String>("whoami", ()).await.unwrap(), "client");
+    assert_eq!(
+        accepted.call::<String>("whoami", ()).await.unwrap(),
+        "client"
+    );
 
     // Node parity: bind per connection, after the fact.
     accepted.bind(Router::new().route("late", || async { 7 }));
@@ -142,10 +151,16 @@ async fn replies_reach_a_handler_while_the_peer_floods() {
     for _ in 0..5_000 {
         client.post_message("slow", ()).await.unwrap();
     }
-    assert_eq!(within("ask during the flood", ask).await.unwrap().unwrap(), 42);
+    assert_eq!(
+        within("ask during the flood", ask).await.unwrap().unwrap(),
+        42
+    );
     // The reply overtook the queued notifications instead of waiting behind them.
     let handled = *handled.lock().unwrap();
-    assert!(handled < 5_000, "the reply waited for all {handled} notifications");
+    assert!(
+        handled < 5_000,
+        "the reply waited for all {handled} notifications"
+    );
     client.close();
 }
 
@@ -179,15 +194,31 @@ async fn caller_and_notifier_are_tower_services() {
         .timeout(Duration::from_secs(5))
         .concurrency_limit(4)
         .service(client.caller());
-    let reply = caller.ready().await.unwrap().call(Request::new("add", (40, 2)).unwrap()).await.unwrap();
+    let reply = caller
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new("add", (40, 2)).unwrap())
+        .await
+        .unwrap();
     assert_eq!(reply.deserialize::<i64>().unwrap(), 42);
 
     // A deadline shorter than the handler: tower's Timeout fails the call locally.
     let mut impatient = tower::timeout::Timeout::new(client.caller(), Duration::from_millis(20));
-    let err = impatient.ready().await.unwrap().call(Request::new("sleep", (500,)).unwrap()).await.unwrap_err();
+    let err = impatient
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new("sleep", (500,)).unwrap())
+        .await
+        .unwrap_err();
     assert!(err.is::<tower::timeout::error::Elapsed>());
 
-    client.notifier().oneshot(Request::new("note", ("hi",)).unwrap()).await.unwrap();
+    client
+        .notifier()
+        .oneshot(Request::new("note", ("hi",)).unwrap())
+        .await
+        .unwrap();
     assert_eq!(within("note", rx.recv()).await.unwrap(), "hi");
 }
 
@@ -196,7 +227,9 @@ async fn poll_ready_is_pending_while_the_outgoing_queue_is_full() {
     let (_dir, path) = socket_path();
     // A peer that accepts and never reads.
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let client = Client::builder().config(Config::new().outgoing_queue(2)).connect(&path);
+    let client = Client::builder()
+        .config(Config::new().outgoing_queue(2))
+        .connect(&path);
     let (accepted, client) = tokio::join!(listener.accept(), client);
     let (mut silent_peer, client) = (accepted.unwrap().0, client.unwrap());
 
@@ -206,7 +239,11 @@ async fn poll_ready_is_pending_while_the_outgoing_queue_is_full() {
     for sent in 0..2_000 {
         match tokio::time::timeout(Duration::from_millis(200), notifier.ready()).await {
             Ok(ready) => {
-                ready.unwrap().call(Request::new("big", (&big,)).unwrap()).await.unwrap();
+                ready
+                    .unwrap()
+                    .call(Request::new("big", (&big,)).unwrap())
+                    .await
+                    .unwrap();
             }
             Err(_) => {
                 blocked_after = Some(sent);
@@ -216,7 +253,10 @@ async fn poll_ready_is_pending_while_the_outgoing_queue_is_full() {
     }
     let sent = blocked_after.expect("poll_ready never became pending");
     // Socket buffers hold some frames; the queue holds two more; nothing beyond that.
-    assert!(sent < 200, "queued {sent} frames of 64 KiB before backpressure");
+    assert!(
+        sent < 200,
+        "queued {sent} frames of 64 KiB before backpressure"
+    );
 
     // Once the peer reads, readiness comes back.
     let drain = tokio::spawn(async move {
@@ -224,7 +264,9 @@ async fn poll_ready_is_pending_while_the_outgoing_queue_is_full() {
         use tokio::io::AsyncReadExt;
         while silent_peer.read(&mut sink).await.unwrap_or(0) > 0 {}
     });
-    within("readiness after the peer reads", notifier.ready()).await.unwrap();
+    within("readiness after the peer reads", notifier.ready())
+        .await
+        .unwrap();
     client.close();
     drain.abort();
 }
@@ -268,7 +310,11 @@ async fn pending_calls_fail_with_closed_when_the_peer_goes_away() {
     assert!(err.is_closed(), "{err}");
     assert_eq!(client.pending_calls(), 0);
     within("client closed", client.closed()).await;
-    assert!(client.call::<u64>("add", (1, 1)).await.unwrap_err().is_closed());
+    assert!(client
+        .call::<u64>("add", (1, 1))
+        .await
+        .unwrap_err()
+        .is_closed());
 }
 
 #[tokio::test]
@@ -278,7 +324,9 @@ async fn dropping_a_call_forgets_it() {
     let client = Client::connect(&path).await.unwrap();
     for _ in 0..100 {
         let call = client.call::<u64>("sleep", (10_000,));
-        assert!(tokio::time::timeout(Duration::from_millis(1), call).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(1), call)
+            .await
+            .is_err());
     }
     assert_eq!(client.pending_calls(), 0);
 }
@@ -287,10 +335,20 @@ async fn dropping_a_call_forgets_it() {
 async fn oversized_outgoing_frames_fail_before_they_are_sent() {
     let (_dir, path) = socket_path();
     tokio::spawn(Server::bind(&path).unwrap().serve(test_router()));
-    let client = Client::builder().config(Config::new().max_frame_size(1024)).connect(&path).await.unwrap();
-    let err = client.call::<()>("echo", ("x".repeat(2048),)).await.unwrap_err();
+    let client = Client::builder()
+        .config(Config::new().max_frame_size(1024))
+        .connect(&path)
+        .await
+        .unwrap();
+    let err = client
+        .call::<()>("echo", ("x".repeat(2048),))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(diarrhoea::code::FRAME_TOO_LARGE), "{err}");
-    let err = client.post_message("echo", ("x".repeat(2048),)).await.unwrap_err();
+    let err = client
+        .post_message("echo", ("x".repeat(2048),))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(diarrhoea::code::FRAME_TOO_LARGE), "{err}");
     assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
 }

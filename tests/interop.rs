@@ -12,12 +12,18 @@ async fn an_independent_python_peer_speaks_protocol_v1() {
     let (_dir, path) = socket_path();
     tokio::spawn(Server::bind(&path).unwrap().serve(test_router()));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/peer.py");
-    let out = tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(&path).output())
-        .await
-        .unwrap()
-        .expect("python3 must be installed to run the interop test");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3").arg(script).arg(&path).output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 must be installed to run the interop test");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "peer failed:\n{stdout}\n{stderr}");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 10, "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+        10,
+        "{stdout}"
+    );
 }

@@ -18,7 +18,10 @@ async fn the_socket_file_is_0600_by_default_and_configurable() {
     drop(server);
 
     let server = Server::builder().socket_mode(0o660).bind(&path).unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
     drop(server);
 }
 
@@ -109,7 +112,10 @@ async fn shutdown_finishes_in_flight_calls_refuses_new_ones_and_removes_the_file
 #[tokio::test]
 async fn shutdown_closes_what_does_not_finish_by_the_deadline() {
     let (_dir, path) = socket_path();
-    let server = Server::builder().shutdown_timeout(Duration::from_millis(100)).bind(&path).unwrap();
+    let server = Server::builder()
+        .shutdown_timeout(Duration::from_millis(100))
+        .bind(&path)
+        .unwrap();
     let (accepted, client) = tokio::join!(server.accept(test_router()), Client::connect(&path));
     let (_accepted, client) = (accepted.unwrap(), client.unwrap());
     let stuck = tokio::spawn({
@@ -118,7 +124,11 @@ async fn shutdown_closes_what_does_not_finish_by_the_deadline() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     within("shutdown", server.shutdown()).await;
-    assert!(within("stuck call", stuck).await.unwrap().unwrap_err().is_closed());
+    assert!(within("stuck call", stuck)
+        .await
+        .unwrap()
+        .unwrap_err()
+        .is_closed());
 }
 
 #[tokio::test]
@@ -130,7 +140,11 @@ async fn writing_to_a_peer_that_went_away_is_an_error_not_a_signal() {
     let client = client.unwrap();
     let mut failed = false;
     for _ in 0..1000 {
-        if client.post_message("ping", ("x".repeat(4096), 1)).await.is_err() {
+        if client
+            .post_message("ping", ("x".repeat(4096), 1))
+            .await
+            .is_err()
+        {
             failed = true;
             break;
         }

@@ -31,7 +31,10 @@ impl Client {
 
     /// Options for connecting: handlers bound from the first frame, limits.
     pub fn builder() -> ClientBuilder {
-        ClientBuilder { config: Config::default(), service: None }
+        ClientBuilder {
+            config: Config::default(),
+            service: None,
+        }
     }
 }
 
@@ -64,9 +67,12 @@ impl ClientBuilder {
     /// Connects to the socket at `path`.
     pub async fn connect(self, path: impl AsRef<Path>) -> Result<Connection, Error> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|e| Error::io(std::io::Error::new(e.kind(), format!("connect to {}: {e}", path.display()))))?;
+        let stream = UnixStream::connect(path).await.map_err(|e| {
+            Error::io(std::io::Error::new(
+                e.kind(),
+                format!("connect to {}: {e}", path.display()),
+            ))
+        })?;
         Ok(self.start(stream))
     }
 

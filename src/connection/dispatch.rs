@@ -114,7 +114,9 @@ impl Future for Started {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut *self {
             Started::Running(fut) => Pin::new(&mut CatchUnwind(fut)).poll(cx),
-            Started::Failed(e) => Poll::Ready(Err(e.take().expect("Started polled after completion"))),
+            Started::Failed(e) => {
+                Poll::Ready(Err(e.take().expect("Started polled after completion")))
+            }
         }
     }
 }
@@ -150,17 +152,27 @@ async fn send_reply(shared: &Shared, id: u64, result: Result<Response, RpcError>
             || RpcError::internal("reply too large"),
             |_| RpcError::new(code::FRAME_TOO_LARGE, format!("reply {too_large}")),
         );
-        frame = Frame::Reply { id, result: Err(rpc) };
+        frame = Frame::Reply {
+            id,
+            result: Err(rpc),
+        };
     }
     if shared.outgoing.send(frame).await.is_err() {
-        tracing::debug!(connection = shared.id, id, "diarrhoea: reply not sent, connection ending");
+        tracing::debug!(
+            connection = shared.id,
+            id,
+            "diarrhoea: reply not sent, connection ending"
+        );
     }
 }
 
 fn report_notification_error(shared: &Shared, method: &str, error: BoxError) {
     let rpc = RpcError::from_box_error(error);
     let unknown = rpc.code == code::METHOD_NOT_FOUND;
-    let error = Error::protocol(rpc).with_source(format!("notification `{}`", crate::frame::truncate(method, 64)));
+    let error = Error::protocol(rpc).with_source(format!(
+        "notification `{}`",
+        crate::frame::truncate(method, 64)
+    ));
     if unknown {
         shared.warning(error);
     } else {

@@ -189,7 +189,9 @@ impl Shared {
     fn emit(&self, event: Event) {
         match &event {
             Event::Error(e) => tracing::warn!(connection = self.id, error = %e, "diarrhoea: error"),
-            Event::Warning(e) => tracing::warn!(connection = self.id, warning = %e, "diarrhoea: ignored"),
+            Event::Warning(e) => {
+                tracing::warn!(connection = self.id, warning = %e, "diarrhoea: ignored")
+            }
             Event::End => tracing::debug!(connection = self.id, "diarrhoea: peer ended"),
             Event::Close => tracing::debug!(connection = self.id, "diarrhoea: closed"),
             Event::Lagged(_) => {}
@@ -244,8 +246,17 @@ impl Shared {
         self.check_size(&frame)?;
         let (tx, rx) = oneshot::channel();
         self.pending.insert(id, tx)?;
-        let guard = PendingGuard { pending: self.pending.clone(), id, armed: true };
-        Ok((frame, ResponseFuture { state: State::Waiting { rx, guard } }))
+        let guard = PendingGuard {
+            pending: self.pending.clone(),
+            id,
+            armed: true,
+        };
+        Ok((
+            frame,
+            ResponseFuture {
+                state: State::Waiting { rx, guard },
+            },
+        ))
     }
 }
 
@@ -280,7 +291,12 @@ pub struct Connection {
 
 impl Connection {
     /// Starts the tasks that drive `stream`, serving incoming calls with `service`.
-    pub(crate) fn spawn(stream: UnixStream, service: BoxedService, config: Config, parent: &Parent) -> Self {
+    pub(crate) fn spawn(
+        stream: UnixStream,
+        service: BoxedService,
+        config: Config,
+        parent: &Parent,
+    ) -> Self {
         ignore_sigpipe();
         let peer_cred = stream.peer_cred().ok();
         let (read, write) = stream.into_split();
@@ -304,7 +320,9 @@ impl Connection {
         let writer = parent
             .tracker
             .spawn(writer::run(write, outgoing_rx, shared.clone()));
-        parent.tracker.spawn(drive(read, binding_rx, shared.clone(), writer));
+        parent
+            .tracker
+            .spawn(drive(read, binding_rx, shared.clone(), writer));
         Connection { shared }
     }
 
@@ -323,7 +341,10 @@ impl Connection {
     /// `args` must serialize to a JSON array: a tuple such as `(x, time)`, `(x,)` for one
     /// argument, or `()` for none. Waits while the outgoing queue is full.
     pub async fn post_message(&self, method: &str, args: impl Serialize) -> Result<(), Error> {
-        let frame = Frame::Notification { method: method.to_owned(), args: Args::new(&args)? };
+        let frame = Frame::Notification {
+            method: method.to_owned(),
+            args: Args::new(&args)?,
+        };
         self.shared.send(frame).await
     }
 
@@ -333,9 +354,18 @@ impl Connection {
     /// [`Error::is_closed`] when the connection closes first. For a deadline, wrap the
     /// [`caller`](Connection::caller) service in `tower::timeout::Timeout`, or the future in
     /// `tokio::time::timeout`.
-    pub async fn call<R: DeserializeOwned>(&self, method: &str, args: impl Serialize) -> Result<R, Error> {
+    pub async fn call<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+    ) -> Result<R, Error> {
         let (frame, reply) = self.shared.start_call(Request::new(method, args)?)?;
-        let permit = self.shared.outgoing.reserve().await.map_err(|_| Error::closed())?;
+        let permit = self
+            .shared
+            .outgoing
+            .reserve()
+            .await
+            .map_err(|_| Error::closed())?;
         permit.send(frame);
         reply.await?.deserialize()
     }
@@ -343,12 +373,18 @@ impl Connection {
     /// Outgoing calls as a [`tower::Service`], to wrap in `Timeout`, `ConcurrencyLimit`,
     /// `RateLimit`, `Buffer` and the like.
     pub fn caller(&self) -> Caller {
-        Caller { shared: self.shared.clone(), outgoing: PollSender::new(self.shared.outgoing.clone()) }
+        Caller {
+            shared: self.shared.clone(),
+            outgoing: PollSender::new(self.shared.outgoing.clone()),
+        }
     }
 
     /// Outgoing notifications as a [`tower::Service`].
     pub fn notifier(&self) -> Notifier {
-        Notifier { shared: self.shared.clone(), outgoing: PollSender::new(self.shared.outgoing.clone()) }
+        Notifier {
+            shared: self.shared.clone(),
+            outgoing: PollSender::new(self.shared.outgoing.clone()),
+        }
     }
 
     /// Replaces the service that handles the peer's calls, from the next frame on.
@@ -493,13 +529,18 @@ pub struct Caller {
 
 impl Clone for Caller {
     fn clone(&self) -> Self {
-        Caller { shared: self.shared.clone(), outgoing: self.outgoing.clone() }
+        Caller {
+            shared: self.shared.clone(),
+            outgoing: self.outgoing.clone(),
+        }
     }
 }
 
 impl fmt::Debug for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Caller").field("connection", &self.shared.id).finish()
+        f.debug_struct("Caller")
+            .field("connection", &self.shared.id)
+            .finish()
     }
 }
 
@@ -536,13 +577,18 @@ pub struct Notifier {
 
 impl Clone for Notifier {
     fn clone(&self) -> Self {
-        Notifier { shared: self.shared.clone(), outgoing: self.outgoing.clone() }
+        Notifier {
+            shared: self.shared.clone(),
+            outgoing: self.outgoing.clone(),
+        }
     }
 }
 
 impl fmt::Debug for Notifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Notifier").field("connection", &self.shared.id).finish()
+        f.debug_struct("Notifier")
+            .field("connection", &self.shared.id)
+            .finish()
     }
 }
 
@@ -578,13 +624,18 @@ pub struct ResponseFuture {
 }
 
 enum State {
-    Waiting { rx: oneshot::Receiver<Result<Response, Error>>, guard: PendingGuard },
+    Waiting {
+        rx: oneshot::Receiver<Result<Response, Error>>,
+        guard: PendingGuard,
+    },
     Failed(Option<Error>),
 }
 
 impl ResponseFuture {
     fn failed(error: Error) -> Self {
-        ResponseFuture { state: State::Failed(Some(error)) }
+        ResponseFuture {
+            state: State::Failed(Some(error)),
+        }
     }
 }
 
@@ -599,9 +650,9 @@ impl Future for ResponseFuture {
                 guard.armed = false;
                 Poll::Ready(result.unwrap_or_else(|_| Err(Error::closed())))
             }
-            State::Failed(error) => {
-                Poll::Ready(Err(error.take().expect("ResponseFuture polled after completion")))
-            }
+            State::Failed(error) => Poll::Ready(Err(error
+                .take()
+                .expect("ResponseFuture polled after completion"))),
         }
     }
 }

@@ -38,7 +38,12 @@ impl Pending {
 
     /// Delivers a reply; `false` if no call with that id is waiting.
     pub(crate) fn complete(&self, id: u64, result: Result<Response, Error>) -> bool {
-        let tx = self.inner.lock().unwrap_or_else(|p| p.into_inner()).calls.remove(&id);
+        let tx = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .calls
+            .remove(&id);
         match tx {
             // A caller that gave up in the meantime has dropped its receiver: that is fine.
             Some(tx) => {
@@ -50,7 +55,12 @@ impl Pending {
     }
 
     pub(crate) fn remove(&self, id: u64) -> bool {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).calls.remove(&id).is_some()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .calls
+            .remove(&id)
+            .is_some()
     }
 
     /// Fails every waiting call and refuses new ones.
@@ -67,7 +77,11 @@ impl Pending {
 
     /// How many calls are waiting.
     pub(crate) fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).calls.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .calls
+            .len()
     }
 }
 

@@ -32,7 +32,9 @@ pub(super) async fn run(
     let mut codec = FrameCodec::new(shared.config.max_frame_size);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut inbound = Some(inbound);
-    let connection = super::Connection { shared: shared.clone() };
+    let connection = super::Connection {
+        shared: shared.clone(),
+    };
     loop {
         while let Some(item) = decode(&mut codec, &mut buf, false, &shared) {
             if !handle(item, &mut inbound, &budget, &connection).await {
@@ -80,8 +82,17 @@ fn finish(shared: &Shared) {
     shared.pending.close();
 }
 
-fn decode(codec: &mut FrameCodec, buf: &mut BytesMut, eof: bool, shared: &Shared) -> Option<Decoded> {
-    let result = if eof { codec.decode_eof(buf) } else { codec.decode(buf) };
+fn decode(
+    codec: &mut FrameCodec,
+    buf: &mut BytesMut,
+    eof: bool,
+    shared: &Shared,
+) -> Option<Decoded> {
+    let result = if eof {
+        codec.decode_eof(buf)
+    } else {
+        codec.decode(buf)
+    };
     match result {
         Ok(item) => item,
         // The codec reports only per-frame faults as items; an Err here is unexpected.
@@ -138,13 +149,18 @@ async fn dispatch(
     let cost = (call.payload_len() + FRAME_OVERHEAD).min(shared.config.inbound_buffer);
     let req = Request::incoming(call, connection.clone()).expect("only calls reach dispatch");
     let refusal = if inbound.is_none() {
-        Some(RpcError::new(code::SHUTTING_DOWN, "shutting down: call refused"))
+        Some(RpcError::new(
+            code::SHUTTING_DOWN,
+            "shutting down: call refused",
+        ))
     } else if req.method().starts_with("$/") {
         // Reserved for the protocol; never routed to user handlers or the fallback.
         Some(RpcError::method_not_found(req.method()))
     } else if req.id().is_some_and(|id| !shared.inbound_ids.insert(id)) {
         let id = req.id().unwrap_or_default();
-        Some(RpcError::invalid_frame(format!("duplicate id {id}: a request with this id is in flight")))
+        Some(RpcError::invalid_frame(format!(
+            "duplicate id {id}: a request with this id is in flight"
+        )))
     } else {
         None
     };
@@ -177,7 +193,10 @@ async fn dispatch(
 
 /// Queues an error reply; `false` if the connection is being torn down.
 async fn reply_error(shared: &Shared, id: u64, error: RpcError) -> bool {
-    let frame = Frame::Reply { id, result: Err(error) };
+    let frame = Frame::Reply {
+        id,
+        result: Err(error),
+    };
     tokio::select! {
         biased;
         _ = shared.abort.cancelled() => false,

@@ -17,7 +17,11 @@ const BATCH: usize = 256;
 /// Bytes gathered before a write; larger batches are written as they fill.
 const WRITE_CHUNK: usize = 256 * 1024;
 
-pub(super) async fn run(mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<Frame>, shared: Arc<Shared>) {
+pub(super) async fn run(
+    mut write: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Frame>,
+    shared: Arc<Shared>,
+) {
     let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -66,7 +70,10 @@ async fn flush(write: &mut OwnedWriteHalf, buf: &mut BytesMut, shared: &Shared) 
     match result {
         Ok(()) => true,
         Err(e) => {
-            if !matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) {
                 shared.error(Error::io(e));
             } else {
                 tracing::debug!(connection = shared.id, error = %e, "diarrhoea: peer went away");

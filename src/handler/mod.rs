@@ -34,7 +34,10 @@ pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response, Rpc
 )]
 pub trait Handler<M>: Clone + Send + Sync + 'static {
     /// Runs the handler on a request.
-    fn call(&self, req: Request) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static;
+    fn call(
+        &self,
+        req: Request,
+    ) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static;
 }
 
 /// Values a handler can take as its first parameter, taken from the request rather than from
@@ -46,9 +49,9 @@ pub trait FromContext: Sized + Send + 'static {
 
 impl FromContext for Connection {
     fn from_request(req: &mut Request) -> Result<Self, RpcError> {
-        req.connection()
-            .cloned()
-            .ok_or_else(|| RpcError::internal("handler needs a Connection but the request has none"))
+        req.connection().cloned().ok_or_else(|| {
+            RpcError::internal("handler needs a Connection but the request has none")
+        })
     }
 }
 
@@ -119,7 +122,10 @@ where
     Fut: Future<Output = R> + Send + 'static,
     R: IntoReply,
 {
-    fn call(&self, req: Request) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static {
+    fn call(
+        &self,
+        req: Request,
+    ) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static {
         let called = parse_args::<NoArgs>(req.args()).map(|_| self());
         async move { called?.await.into_reply() }
     }
@@ -132,9 +138,12 @@ where
     R: IntoReply,
     C: FromContext,
 {
-    fn call(&self, mut req: Request) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static {
+    fn call(
+        &self,
+        mut req: Request,
+    ) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static {
         // A context-only handler (e.g. taking `Args`) sees all arguments itself.
-        let called = C::from_request(&mut req).map(|ctx| self(ctx));
+        let called = C::from_request(&mut req).map(self);
         async move { called?.await.into_reply() }
     }
 }
@@ -164,7 +173,10 @@ pub(crate) struct Erased<H, M> {
 
 impl<H, M> Erased<H, M> {
     pub(crate) fn new(handler: H) -> Self {
-        Erased { handler, _marker: PhantomData }
+        Erased {
+            handler,
+            _marker: PhantomData,
+        }
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use tokio::net::UnixListener;
 use tower::Service;
 
-use crate::connection::{boxed, BoxedService, Config, Connection, Parent, DEFAULT_SHUTDOWN_TIMEOUT};
+use crate::connection::{
+    boxed, BoxedService, Config, Connection, Parent, DEFAULT_SHUTDOWN_TIMEOUT,
+};
 use crate::error::{BoxError, Error};
 use crate::request::Request;
 use crate::response::Response;
@@ -53,7 +55,11 @@ impl Server {
 
     /// Options: socket mode, limits, shutdown deadline.
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { config: Config::default(), mode: 0o600, shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT }
+        ServerBuilder {
+            config: Config::default(),
+            mode: 0o600,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
     }
 
     /// The socket path, while the server still owns it.
@@ -82,13 +88,19 @@ impl Server {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    return Ok(Connection::spawn(stream, service, self.config.clone(), &self.connections))
+                    return Ok(Connection::spawn(
+                        stream,
+                        service,
+                        self.config.clone(),
+                        &self.connections,
+                    ))
                 }
                 Err(e) if is_per_connection(&e) => {
                     tracing::debug!(error = %e, "diarrhoea: accept failed for one connection");
                 }
                 Err(e) if is_out_of_descriptors(&e) => {
-                    backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
                     if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                         tracing::warn!(error = %e, ?backoff, "diarrhoea: out of file descriptors, accept backs off");
                         last_log = Some(Instant::now());
@@ -108,7 +120,8 @@ impl Server {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        self.serve_with_shutdown(service, std::future::pending()).await
+        self.serve_with_shutdown(service, std::future::pending())
+            .await
     }
 
     /// As [`Server::serve`], until `signal` completes; then shuts down gracefully (see
@@ -141,12 +154,23 @@ impl Server {
     /// them up to the shutdown timeout, after which the remaining connections are closed.
     pub async fn shutdown(mut self) {
         drop(self.socket_file.take());
-        let Server { listener, connections, shutdown_timeout, .. } = self;
+        let Server {
+            listener,
+            connections,
+            shutdown_timeout,
+            ..
+        } = self;
         drop(listener);
         connections.draining.cancel();
         connections.tracker.close();
-        if tokio::time::timeout(shutdown_timeout, connections.tracker.wait()).await.is_err() {
-            tracing::warn!(?shutdown_timeout, "diarrhoea: shutdown deadline passed, closing connections");
+        if tokio::time::timeout(shutdown_timeout, connections.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?shutdown_timeout,
+                "diarrhoea: shutdown deadline passed, closing connections"
+            );
             connections.abort.cancel();
             connections.tracker.wait().await;
         }
@@ -165,8 +189,10 @@ impl std::fmt::Debug for Server {
 /// Errors that concern only the connection being accepted.
 fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
-        || e.raw_os_error() == Some(71) // EPROTO
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    ) || e.raw_os_error() == Some(71) // EPROTO
 }
 
 /// EMFILE, ENFILE, ENOBUFS, ENOMEM: resources that come back when connections close.

@@ -15,7 +15,10 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A socket path in a fresh temporary directory, removed with the guard.
 pub fn socket_path() -> (TempDir, PathBuf) {
-    let dir = tempfile::Builder::new().prefix("dh").tempdir().expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("dh")
+        .tempdir()
+        .expect("temp dir");
     let path = dir.path().join("test.sock");
     (dir, path)
 }
@@ -23,9 +26,12 @@ pub fn socket_path() -> (TempDir, PathBuf) {
 /// The methods the tests call.
 pub fn test_router() -> Router {
     Router::new()
-        .route("ping", |peer: Connection, x: String, time: u64| async move {
-            peer.post_message("pong", (x, time)).await
-        })
+        .route(
+            "ping",
+            |peer: Connection, x: String, time: u64| async move {
+                peer.post_message("pong", (x, time)).await
+            },
+        )
         .route("echo", |args: Args| async move { args })
         .route("add", |a: i64, b: i64| async move { a + b })
         .route("ask", |peer: Connection, n: i64| async move {
@@ -35,7 +41,9 @@ pub fn test_router() -> Router {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             ms
         })
-        .route("fail", || async { Err::<(), _>(RpcError::new(42, "as asked")) })
+        .route("fail", || async {
+            Err::<(), _>(RpcError::new(42, "as asked"))
+        })
         .route("panic", || async {
             if true {
                 panic!("handler blew up on purpose");
@@ -80,8 +88,14 @@ pub struct RawPeer {
 
 impl RawPeer {
     pub async fn connect(path: &std::path::Path) -> Self {
-        let (read, write) = UnixStream::connect(path).await.expect("connect").into_split();
-        RawPeer { lines: BufReader::new(read).lines(), write }
+        let (read, write) = UnixStream::connect(path)
+            .await
+            .expect("connect")
+            .into_split();
+        RawPeer {
+            lines: BufReader::new(read).lines(),
+            write,
+        }
     }
 
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
