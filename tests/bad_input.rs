@@ -231,7 +231,7 @@ async fn a_handler_that_panics_gets_an_internal_error_and_everything_survives() 
     peer.send("[\"panic\",[]]\n").await;
     still_answers(&mut peer, 2).await;
     // And the server still accepts.
-    let mut other = RawPeer::connect(&dir.path().join("test.sock")).await;
+    let other = RawPeer::connect(&dir.path().join("test.sock")).await;
     drop(other.write);
 }
 

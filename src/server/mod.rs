@@ -153,7 +153,9 @@ impl Server {
     /// connection to refuse new calls (-32004) and finish the ones in flight, and waits for
     /// them up to the shutdown timeout, after which the remaining connections are closed.
     pub async fn shutdown(mut self) {
-        drop(self.socket_file.take());
+        if let Some(file) = self.socket_file.take() {
+            file.remove();
+        }
         let Server {
             listener,
             connections,

@@ -1,0 +1,35 @@
+//! The client half of the Node README example: post a notification, make a call, and
+//! handle what the server posts back.
+//!
+//! ```text
+//! cargo run --example hello_client [-- PATH]
+//! ```
+
+use diarrhoea::{Client, Router};
+
+#[tokio::main]
+async fn main() -> Result<(), diarrhoea::Error> {
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "./test.sock".into());
+
+    // Bound before connecting, so a message the server posts right away is never missed.
+    let handlers = Router::new().route("pong", |msg: String| async move {
+        println!("received pong: {msg}");
+    });
+    let conn = Client::builder().bind(handlers).connect(&path).await?;
+
+    // A notification, as in diarrhoea 1.1.0: `["hello",["rust"]]`, no reply.
+    conn.post_message("hello", ("rust",)).await?;
+
+    // A call: `["add",[2,3],1]`, answered by `[1,5]`.
+    let sum: i64 = conn.call("add", (2, 3)).await?;
+    println!("add(2, 3) = {sum}");
+
+    // Stop sending: the server finishes what it received and closes its side; `closed()`
+    // returns once everything that arrived here, the pong included, has been handled.
+    conn.end();
+    conn.closed().await;
+    println!("socket closed!");
+    Ok(())
+}
