@@ -97,7 +97,7 @@ async fn ten_thousand_notifications_are_handled_in_wire_order() {
         let record = record.clone();
         async move {
             // Yield so that a dispatcher that ran notifications concurrently would reorder.
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 tokio::task::yield_now().await;
             }
             record.lock().unwrap().push(i);
