@@ -41,8 +41,7 @@ async fn main() -> Result<(), diarrhoea::Error> {
     let conn = Client::builder().bind(handlers).connect(&path).await?;
 
     conn.post_message("ping", ("Hello world!",)).await?;
-    let next_ping = sleep(Duration::from_millis(200 + random(1300)));
-    tokio::pin!(next_ping);
+    let mut next_ping = std::pin::pin!(sleep(Duration::from_millis(200 + random(1300))));
     // Created once: a Ctrl-C between two turns of the loop is not lost.
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let mut received = 0;

@@ -121,6 +121,9 @@ impl RpcError {
         match error.downcast::<Error>() {
             Ok(e) => match e.kind {
                 Kind::Remote(rpc) => rpc,
+                Kind::Timeout => {
+                    Self::new(code::TIMEOUT, "timeout: a nested call's deadline passed")
+                }
                 _ => Self::internal(e),
             },
             Err(e) => Self::internal(e),
@@ -169,6 +172,8 @@ pub(crate) enum Kind {
     Closed,
     /// The peer answered with an error reply.
     Remote(RpcError),
+    /// A call's deadline passed before its reply came.
+    Timeout,
     /// Arguments could not be serialized into a JSON array.
     Encode,
     /// A reply could not be deserialized into the expected type.
@@ -217,6 +222,11 @@ impl Error {
         matches!(self.kind, Kind::Remote(_))
     }
 
+    /// A call's deadline passed before its reply came.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, Kind::Timeout)
+    }
+
     /// Arguments could not be serialized, or a reply could not be deserialized.
     pub fn is_serde(&self) -> bool {
         matches!(self.kind, Kind::Encode | Kind::Decode)
@@ -249,6 +259,7 @@ impl Error {
     pub fn code(&self) -> Option<i64> {
         match &self.kind {
             Kind::Remote(rpc) | Kind::Protocol(rpc) => Some(rpc.code),
+            Kind::Timeout => Some(code::TIMEOUT),
             _ => None,
         }
     }
@@ -269,6 +280,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Closed => f.write_str("connection closed")?,
+            Kind::Timeout => f.write_str("deadline passed before the reply came")?,
             Kind::Remote(rpc) => write!(f, "peer answered with an error: {rpc}")?,
             Kind::Encode => f.write_str("arguments could not be encoded as a JSON array")?,
             Kind::Decode => f.write_str("reply could not be decoded into the expected type")?,

@@ -76,8 +76,11 @@
 //!   gets a -32600 error reply.
 //! - Arguments are positional: a handler of two parameters accepts exactly two arguments.
 //!
-//! A diarrhoea 1.1.0 (Node) peer knows only notifications: when it receives a request or reply
-//! it logs a warning and carries on. Notifications interoperate in both directions.
+//! A diarrhoea 1.x (Node) peer knows only notifications, and reads elements 0 and 1 of every
+//! array: a request for a method it has bound runs that handler as a notification and is never
+//! answered (so give calls to a Node peer a deadline: [`Connection::call_with_timeout`]); a
+//! reply or a request for a method it has not bound only logs a warning there. Notifications
+//! interoperate in both directions.
 //!
 //! # Ordering and flow control
 //!
@@ -101,7 +104,9 @@ mod router;
 mod server;
 
 pub use client::{Client, ClientBuilder};
-pub use connection::{Caller, Config, Connection, Event, Events, Notifier, ResponseFuture};
+pub use connection::{
+    Caller, Config, Connection, Deadline, Event, Events, Notifier, PeerInfo, ResponseFuture,
+};
 pub use error::{code, BoxError, Error, RpcError};
 pub use frame::{Args, Frame, InvalidFrame, Meta, MAX_ID};
 pub use handler::{FromContext, Handler};

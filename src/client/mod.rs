@@ -5,7 +5,7 @@ use std::path::Path;
 use tokio::net::UnixStream;
 use tower::Service;
 
-use crate::connection::{boxed, unbound, BoxedService, Config, Connection, Parent};
+use crate::connection::{boxed, unbound, BoxedService, Config, Connection, Parent, PeerInfo};
 use crate::error::{BoxError, Error};
 use crate::request::Request;
 use crate::response::Response;
@@ -80,6 +80,7 @@ impl ClientBuilder {
     /// `UnixStream::pair()`).
     pub fn start(self, stream: UnixStream) -> Connection {
         let service = self.service.unwrap_or_else(unbound);
-        Connection::spawn(stream, service, self.config, &Parent::standalone())
+        let peer = PeerInfo::of(&stream);
+        Connection::spawn(stream, peer, service, self.config, &Parent::standalone())
     }
 }

@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
-use super::reader::Inbound;
-use super::{BoxedService, Shared};
+use super::reader::{cancelled, Inbound};
+use super::{BoxedService, Deadline, Shared};
 use crate::error::{code, BoxError, Error, RpcError};
 use crate::frame::Frame;
 use crate::response::Response;
@@ -54,33 +56,72 @@ pub(super) async fn run(
             }
             continue;
         };
+        let deadline = req.extensions().get::<Deadline>().map(|d| d.0);
+        let cancel = req
+            .extensions()
+            .get::<CancellationToken>()
+            .cloned()
+            .unwrap_or_default();
+        // Waiting for a permit and for readiness counts against the deadline.
         let permit = tokio::select! {
             biased;
             _ = shared.abort.cancelled() => return,
+            _ = expiry(deadline) => {
+                answer_unstarted(&shared, id, timed_out()).await;
+                continue;
+            }
             permit = limit.clone().acquire_owned() => permit.expect("never closed"),
         };
         let ready = tokio::select! {
             biased;
             _ = shared.abort.cancelled() => return,
+            _ = expiry(deadline) => {
+                answer_unstarted(&shared, id, timed_out()).await;
+                continue;
+            }
             ready = std::future::poll_fn(|cx| service.poll_ready(cx)) => ready,
         };
+        drop(budget);
+        if !shared.in_flight.start(id) {
+            // Cancelled while it waited: already answered.
+            continue;
+        }
         let response = match ready {
             Ok(()) => catch_unwind_call(&mut service, req),
             Err(e) => Started::Failed(Some(e)),
         };
-        drop(budget);
         let shared = shared.clone();
         in_flight.spawn(async move {
-            let outcome = tokio::select! {
+            let result = tokio::select! {
                 biased;
                 _ = shared.abort.cancelled() => return,
-                outcome = response => outcome,
+                _ = cancel.cancelled() => Err(cancelled()),
+                _ = expiry(deadline) => Err(timed_out()),
+                outcome = response => outcome.map_err(RpcError::from_box_error),
             };
-            let result = outcome.map_err(RpcError::from_box_error);
             send_reply(&shared, id, result).await;
-            shared.inbound_ids.remove(id);
+            shared.in_flight.finish(id);
             drop(permit);
         });
+    }
+}
+
+/// Completes at the deadline; never without one.
+async fn expiry(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn timed_out() -> RpcError {
+    RpcError::new(code::TIMEOUT, "timeout: request deadline passed")
+}
+
+/// Answers a request that never started, unless a `$/cancel` answered it first.
+async fn answer_unstarted(shared: &Shared, id: u64, error: RpcError) {
+    if shared.in_flight.remove_unstarted(id) {
+        send_reply(shared, id, Err(error)).await;
     }
 }
 

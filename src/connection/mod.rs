@@ -11,6 +11,7 @@
 //! notifications one at a time in wire order and spawns calls (up to a limit).
 
 mod dispatch;
+mod in_flight;
 mod pending;
 mod reader;
 mod writer;
@@ -20,7 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -34,13 +35,14 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use crate::codec::DEFAULT_MAX_FRAME_SIZE;
-use crate::error::{code, BoxError, Error, RpcError};
+use crate::error::{code, BoxError, Error, Kind, RpcError};
 use crate::frame::{Args, Frame, MAX_ID};
 use crate::request::Request;
 use crate::response::Response;
 use crate::router::Router;
 
-use pending::{Pending, PendingGuard};
+use in_flight::InFlight;
+use pending::Pending;
 
 /// The type-erased service a connection drives.
 pub(crate) type BoxedService = BoxCloneSyncService<Request, Response, BoxError>;
@@ -68,6 +70,7 @@ pub struct Config {
     pub(crate) outgoing_queue: usize,
     pub(crate) inbound_buffer: usize,
     pub(crate) max_concurrent_requests: usize,
+    pub(crate) request_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             outgoing_queue: 1024,
             inbound_buffer: 4 * 1024 * 1024,
             max_concurrent_requests: 1024,
+            request_timeout: None,
         }
     }
 }
@@ -116,7 +120,37 @@ impl Config {
         self.max_concurrent_requests = n.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
+
+    /// A deadline for every incoming request, counted from when its frame is read, so time
+    /// spent waiting for a permit or for the service to be ready counts. A peer's
+    /// `meta.timeout_ms` can only shorten it. Expired requests are answered -32001.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
 }
+
+/// Who is on the other end of a connection; in every incoming request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The process-unique id of the connection, as in logs.
+    pub connection_id: u64,
+    /// The peer's uid, gid and pid, read from the socket (`SO_PEERCRED`).
+    pub cred: Option<UCred>,
+}
+
+impl PeerInfo {
+    pub(crate) fn of(stream: &UnixStream) -> Self {
+        PeerInfo {
+            connection_id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            cred: stream.peer_cred().ok(),
+        }
+    }
+}
+
+/// When an incoming request must be answered by; in its extensions when a deadline applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub tokio::time::Instant);
 
 /// Something that happened on a connection: the Rust form of diarrhoea 1.1.0's `error`,
 /// `end` and `close` events.
@@ -169,8 +203,8 @@ pub(crate) struct Shared {
     outgoing: mpsc::Sender<Frame>,
     pending: Arc<Pending>,
     next_call_id: AtomicU64,
-    /// Ids of the peer's requests in flight here, to refuse a duplicate.
-    inbound_ids: InboundIds,
+    /// The peer's requests in flight here, to refuse a duplicate id and to cancel.
+    in_flight: InFlight,
     events: broadcast::Sender<Event>,
     /// Replaces the bound service (`Connection::bind`).
     binding: watch::Sender<BoxedService>,
@@ -182,7 +216,7 @@ pub(crate) struct Shared {
     draining: CancellationToken,
     /// Cancelled once every task of the connection has finished.
     closed: CancellationToken,
-    peer_cred: Option<UCred>,
+    peer: PeerInfo,
 }
 
 impl Shared {
@@ -237,43 +271,71 @@ impl Shared {
     }
 
     /// Registers a call and builds its frame; the caller then queues the frame.
+    ///
+    /// A request whose `meta.timeout_ms` is set fails locally with a timeout error when that
+    /// passes (and the peer, told the same deadline, gives up too).
     fn start_call(self: &Arc<Self>, req: Request) -> Result<(Frame, ResponseFuture), Error> {
         if self.ending.is_cancelled() {
             return Err(Error::closed());
         }
+        let timeout = req.meta().timeout_ms.map(Duration::from_millis);
         let id = self.next_call_id();
         let frame = req.into_call(id);
         self.check_size(&frame)?;
         let (tx, rx) = oneshot::channel();
         self.pending.insert(id, tx)?;
-        let guard = PendingGuard {
-            pending: self.pending.clone(),
+        let guard = CallGuard {
+            shared: self.clone(),
             id,
             armed: true,
         };
+        let deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
         Ok((
             frame,
             ResponseFuture {
-                state: State::Waiting { rx, guard },
+                state: State::Waiting {
+                    rx,
+                    guard,
+                    deadline,
+                },
             },
         ))
     }
 }
 
-/// The peer's request ids in flight on this side.
-#[derive(Default)]
-pub(crate) struct InboundIds(std::sync::Mutex<std::collections::HashSet<u64>>);
+/// Forgets a call whose future is dropped (or timed out) before its reply came, and tells the
+/// peer with `["$/cancel",[id]]` so it can stop working on it.
+struct CallGuard {
+    shared: Arc<Shared>,
+    id: u64,
+    armed: bool,
+}
 
-impl InboundIds {
-    /// `false` if the id is already in flight.
-    fn insert(&self, id: u64) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id)
-    }
-
-    fn remove(&self, id: u64) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if !self.armed || !self.shared.pending.remove(self.id) || self.shared.ending.is_cancelled()
+        {
+            return;
+        }
+        let cancel = Frame::Notification {
+            method: CANCEL_METHOD.to_owned(),
+            args: Args::new(&(self.id,)).expect("an id serializes"),
+        };
+        match self.shared.outgoing.try_send(cancel) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(cancel)) => {
+                // Drop cannot wait; a full queue gets the cancel from a task.
+                let outgoing = self.shared.outgoing.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move { outgoing.send(cancel).await });
+                }
+            }
+        }
     }
 }
+
+/// The protocol's cancellation notification: `["$/cancel",[id]]`.
+pub(crate) const CANCEL_METHOD: &str = "$/cancel";
 
 /// Handle to one connection: post notifications, make calls, bind handlers, watch events.
 ///
@@ -293,20 +355,20 @@ impl Connection {
     /// Starts the tasks that drive `stream`, serving incoming calls with `service`.
     pub(crate) fn spawn(
         stream: UnixStream,
+        peer: PeerInfo,
         service: BoxedService,
         config: Config,
         parent: &Parent,
     ) -> Self {
         ignore_sigpipe();
-        let peer_cred = stream.peer_cred().ok();
         let (read, write) = stream.into_split();
         let (outgoing, outgoing_rx) = mpsc::channel(config.outgoing_queue);
         let (binding, binding_rx) = watch::channel(service);
         let shared = Arc::new(Shared {
-            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            id: peer.connection_id,
             outgoing,
             pending: Arc::default(),
-            inbound_ids: InboundIds::default(),
+            in_flight: InFlight::default(),
             next_call_id: AtomicU64::new(0),
             events: broadcast::channel(256).0,
             binding,
@@ -314,7 +376,7 @@ impl Connection {
             abort: parent.abort.child_token(),
             draining: parent.draining.clone(),
             closed: CancellationToken::new(),
-            peer_cred,
+            peer,
             config,
         });
         let writer = parent
@@ -333,7 +395,7 @@ impl Connection {
 
     /// The peer's credentials (uid, gid, pid), read from the socket when it was accepted.
     pub fn peer_cred(&self) -> Option<UCred> {
-        self.shared.peer_cred
+        self.shared.peer.cred
     }
 
     /// Sends a notification `["method",[args...]]`; no reply comes back.
@@ -368,6 +430,33 @@ impl Connection {
             .map_err(|_| Error::closed())?;
         permit.send(frame);
         reply.await?.deserialize()
+    }
+
+    /// As [`call`](Connection::call), with a deadline: the peer is told `timeout_ms`, and the
+    /// call fails with [`Error::is_timeout`] when it passes (the peer is then sent
+    /// `$/cancel`).
+    pub async fn call_with_timeout<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+        timeout: Duration,
+    ) -> Result<R, Error> {
+        let mut req = Request::new(method, args)?;
+        req.meta_mut().timeout_ms = Some(timeout.as_millis().try_into().unwrap_or(u64::MAX));
+        let (frame, reply) = self.shared.start_call(req)?;
+        let permit = tokio::select! {
+            permit = self.shared.outgoing.reserve() => permit.map_err(|_| Error::closed())?,
+            _ = tokio::time::sleep(timeout) => return Err(Error::new(Kind::Timeout)),
+        };
+        permit.send(frame);
+        reply.await?.deserialize()
+    }
+
+    /// Sends a connection error `[null,null,{code,message}]` (not tied to any request), then
+    /// [`end`](Connection::end)s the connection: how a server tells a peer why it is refused.
+    pub async fn close_with_error(&self, error: RpcError) {
+        let _ = self.shared.send(Frame::ConnectionError(error)).await;
+        self.end();
     }
 
     /// Outgoing calls as a [`tower::Service`], to wrap in `Timeout`, `ConcurrencyLimit`,
@@ -626,7 +715,8 @@ pub struct ResponseFuture {
 enum State {
     Waiting {
         rx: oneshot::Receiver<Result<Response, Error>>,
-        guard: PendingGuard,
+        guard: CallGuard,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     },
     Failed(Option<Error>),
 }
@@ -644,11 +734,21 @@ impl Future for ResponseFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.state {
-            State::Waiting { rx, guard } => {
-                let result = ready!(Pin::new(rx).poll(cx));
-                // The entry was removed by whoever answered.
-                guard.armed = false;
-                Poll::Ready(result.unwrap_or_else(|_| Err(Error::closed())))
+            State::Waiting {
+                rx,
+                guard,
+                deadline,
+            } => {
+                if let Poll::Ready(result) = Pin::new(rx).poll(cx) {
+                    // The entry was removed by whoever answered.
+                    guard.armed = false;
+                    return Poll::Ready(result.unwrap_or_else(|_| Err(Error::closed())));
+                }
+                // On timeout the guard stays armed: it forgets the call and cancels it at the peer.
+                match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Err(Error::new(Kind::Timeout))),
+                    _ => Poll::Pending,
+                }
             }
             State::Failed(error) => Poll::Ready(Err(error
                 .take()

@@ -1,10 +1,10 @@
 //! The pending table: this side's calls waiting for their replies, keyed by id.
 //!
-//! A caller that drops its future removes its entry (see [`PendingGuard`]); a connection that
+//! A caller that drops its future removes its entry (see `CallGuard`); a connection that
 //! ends fails every waiter with a closed error, so nothing waits forever.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
@@ -82,20 +82,5 @@ impl Pending {
             .unwrap_or_else(|p| p.into_inner())
             .calls
             .len()
-    }
-}
-
-/// Removes a call's entry when its future is dropped before the reply came.
-pub(crate) struct PendingGuard {
-    pub(crate) pending: Arc<Pending>,
-    pub(crate) id: u64,
-    pub(crate) armed: bool,
-}
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            self.pending.remove(self.id);
-        }
     }
 }

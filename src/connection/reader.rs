@@ -2,14 +2,17 @@
 //! calls go to the dispatcher.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
-use super::{Event, Shared};
+use super::in_flight::Cancelled;
+use super::{Deadline, Event, Shared, CANCEL_METHOD};
 use crate::codec::{Decoded, FrameCodec};
 use crate::error::{code, Error, Kind, RpcError};
 use crate::frame::Frame;
@@ -146,8 +149,12 @@ async fn dispatch(
     connection: &super::Connection,
 ) -> bool {
     let shared = &connection.shared;
+    let arrived = Instant::now();
     let cost = (call.payload_len() + FRAME_OVERHEAD).min(shared.config.inbound_buffer);
-    let req = Request::incoming(call, connection.clone()).expect("only calls reach dispatch");
+    let mut req = Request::incoming(call, connection.clone()).expect("only calls reach dispatch");
+    if req.method() == CANCEL_METHOD && !req.is_call() {
+        return cancel(shared, &req).await;
+    }
     let refusal = if inbound.is_none() {
         Some(RpcError::new(
             code::SHUTTING_DOWN,
@@ -156,31 +163,30 @@ async fn dispatch(
     } else if req.method().starts_with("$/") {
         // Reserved for the protocol; never routed to user handlers or the fallback.
         Some(RpcError::method_not_found(req.method()))
-    } else if req.id().is_some_and(|id| !shared.inbound_ids.insert(id)) {
-        let id = req.id().unwrap_or_default();
-        Some(RpcError::invalid_frame(format!(
-            "duplicate id {id}: a request with this id is in flight"
-        )))
     } else {
         None
     };
     if let Some(error) = refusal {
-        return match req.id() {
-            Some(id) => {
-                if error.code == code::INVALID_FRAME {
-                    shared.error(Error::protocol(error.clone()));
-                }
-                reply_error(shared, id, error).await
-            }
-            None if error.code == code::METHOD_NOT_FOUND => {
-                shared.warning(Error::protocol(error));
-                true
-            }
-            None => {
-                shared.error(Error::protocol(error).with_source("notification dropped"));
-                true
-            }
+        return refuse(shared, req.id(), error).await;
+    }
+    req.extensions_mut().insert(shared.peer);
+    if let Some(id) = req.id() {
+        let Some(token) = shared.in_flight.insert(id) else {
+            let dup = RpcError::invalid_frame(format!(
+                "duplicate id {id}: a request with this id is in flight"
+            ));
+            shared.error(Error::protocol(dup.clone()));
+            return reply_error(shared, id, dup).await;
         };
+        req.extensions_mut().insert(token);
+        let remote = req.meta().timeout_ms.map(Duration::from_millis);
+        let timeout = match (shared.config.request_timeout, remote) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(timeout) = timeout {
+            req.extensions_mut().insert(Deadline(arrived + timeout));
+        }
     }
     let permit = tokio::select! {
         biased;
@@ -189,6 +195,48 @@ async fn dispatch(
     };
     // The dispatcher only goes away when the connection does.
     inbound.is_some_and(|tx| tx.send((req, permit)).is_ok())
+}
+
+/// Answers a call that will not be dispatched: an error reply, or an event for a notification.
+async fn refuse(shared: &Shared, id: Option<u64>, error: RpcError) -> bool {
+    match id {
+        Some(id) => reply_error(shared, id, error).await,
+        None if error.code == code::METHOD_NOT_FOUND => {
+            shared.warning(Error::protocol(error));
+            true
+        }
+        None => {
+            shared.error(Error::protocol(error).with_source("notification dropped"));
+            true
+        }
+    }
+}
+
+/// `["$/cancel",[id]]`: handled here, ahead of queued work, so it takes effect at once.
+async fn cancel(shared: &Shared, req: &Request) -> bool {
+    let Ok((id,)) = req.args().deserialize::<(u64,)>() else {
+        shared.warning(Error::protocol(RpcError::invalid_params(
+            "$/cancel takes one request id",
+        )));
+        return true;
+    };
+    match shared.in_flight.cancel(id) {
+        Cancelled::Queued => reply_error(shared, id, cancelled()).await,
+        // A running handler's task answers once its future is dropped.
+        Cancelled::Running => true,
+        Cancelled::Unknown => {
+            tracing::debug!(
+                connection = shared.id,
+                id,
+                "diarrhoea: cancel for a request not in flight"
+            );
+            true
+        }
+    }
+}
+
+pub(super) fn cancelled() -> RpcError {
+    RpcError::new(code::CANCELLED, "cancelled by the caller")
 }
 
 /// Queues an error reply; `false` if the connection is being torn down.

@@ -55,6 +55,25 @@ impl FromContext for Connection {
     }
 }
 
+/// The token cancelled when the peer sends `$/cancel` for this request, for handlers that
+/// want to stop cooperatively (the handler's future is dropped either way). Never cancelled
+/// for notifications.
+impl FromContext for tokio_util::sync::CancellationToken {
+    fn from_request(req: &mut Request) -> Result<Self, RpcError> {
+        Ok(req.extensions().get::<Self>().cloned().unwrap_or_default())
+    }
+}
+
+/// Who sent the request.
+impl FromContext for crate::connection::PeerInfo {
+    fn from_request(req: &mut Request) -> Result<Self, RpcError> {
+        req.extensions()
+            .get::<Self>()
+            .copied()
+            .ok_or_else(|| RpcError::internal("handler needs PeerInfo but the request has none"))
+    }
+}
+
 /// All positional arguments, unparsed: for variadic handlers such as `echo(...args)`.
 impl FromContext for Args {
     fn from_request(req: &mut Request) -> Result<Self, RpcError> {

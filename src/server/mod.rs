@@ -10,7 +10,7 @@ use tokio::net::UnixListener;
 use tower::Service;
 
 use crate::connection::{
-    boxed, BoxedService, Config, Connection, Parent, DEFAULT_SHUTDOWN_TIMEOUT,
+    boxed, BoxedService, Config, Connection, Parent, PeerInfo, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 use crate::error::{BoxError, Error};
 use crate::request::Request;
@@ -79,21 +79,24 @@ impl Server {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        self.accept_boxed(boxed(service)).await
+        self.accept_with(|_| boxed(service)).await
     }
 
-    async fn accept_boxed(&self, service: BoxedService) -> Result<Connection, Error> {
+    /// Accepts the next connection, building its service from the peer's identity.
+    async fn accept_with(
+        &self,
+        make: impl FnOnce(&PeerInfo) -> BoxedService,
+    ) -> Result<Connection, Error> {
+        let mut make = Some(make);
         let mut backoff = Duration::ZERO;
         let mut last_log: Option<Instant> = None;
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    return Ok(Connection::spawn(
-                        stream,
-                        service,
-                        self.config.clone(),
-                        &self.connections,
-                    ))
+                    let peer = PeerInfo::of(&stream);
+                    let make = make.take().expect("only the accepted connection takes it");
+                    let (config, parent) = (self.config.clone(), &self.connections);
+                    return Ok(Connection::spawn(stream, peer, make(&peer), config, parent));
                 }
                 Err(e) if is_per_connection(&e) => {
                     tracing::debug!(error = %e, "diarrhoea: accept failed for one connection");
@@ -134,11 +137,43 @@ impl Server {
         F: Future<Output = ()> + Send,
     {
         let service = boxed(service);
+        self.serve_each_with_shutdown(move |_| service.clone(), signal)
+            .await
+    }
+
+    /// As [`Server::serve_with_shutdown`], with a fresh service for every connection, built by
+    /// `make` from the peer's identity: for layers that must hold state per connection, such
+    /// as a per-connection `ConcurrencyLimit` or `RateLimit` (a cloned `ConcurrencyLimit`
+    /// shares its semaphore with the original, so one built outside `make` is server-wide).
+    ///
+    /// ```no_run
+    /// use tower::ServiceBuilder;
+    /// # async fn f(router: diarrhoea::Router) -> Result<(), diarrhoea::Error> {
+    /// diarrhoea::Server::bind("./test.sock")?
+    ///     .serve_each_with_shutdown(
+    ///         move |_peer| ServiceBuilder::new().concurrency_limit(64).service(router.clone()),
+    ///         diarrhoea::shutdown_signal(),
+    ///     )
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn serve_each_with_shutdown<M, S, F>(
+        self,
+        mut make: M,
+        signal: F,
+    ) -> Result<(), Error>
+    where
+        M: FnMut(&PeerInfo) -> S + Send,
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        F: Future<Output = ()> + Send,
+    {
         let mut signal = std::pin::pin!(signal);
         let result = loop {
             tokio::select! {
                 _ = &mut signal => break Ok(()),
-                accepted = self.accept_boxed(service.clone()) => {
+                accepted = self.accept_with(|peer| boxed(make(peer))) => {
                     if let Err(e) = accepted {
                         break Err(e);
                     }

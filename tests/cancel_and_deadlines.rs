@@ -1,0 +1,198 @@
+//! `$/cancel` and deadlines, both ways, over real sockets.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use diarrhoea::{code, Client, Config, PeerInfo, Request, Router, Server};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+async fn raw_setup(config: Config, router: Router) -> (tempfile::TempDir, RawPeer) {
+    let (dir, path) = socket_path();
+    let server = Server::builder().config(config).bind(&path).unwrap();
+    tokio::spawn(server.serve(router));
+    let peer = RawPeer::connect(&path).await;
+    (dir, peer)
+}
+
+#[tokio::test]
+async fn a_running_request_is_cancelled_by_the_peer() {
+    let (_d, mut peer) = raw_setup(Config::new(), test_router()).await;
+    peer.send("[\"sleep\",[60000],1]\n").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    peer.send("[\"$/cancel\",[1]]\n").await;
+    assert_eq!(
+        peer.recv().await,
+        json!([1, null, {"code": code::CANCELLED, "message": "cancelled by the caller"}])
+    );
+    // Cancelling it again, or an id never seen, is ignored.
+    peer.send("[\"$/cancel\",[1]]\n[\"$/cancel\",[999]]\n[\"add\",[1,1],2]\n")
+        .await;
+    assert_eq!(peer.recv().await, json!([2, 2]));
+}
+
+#[tokio::test]
+async fn a_queued_request_is_answered_cancelled_at_once() {
+    let config = Config::new().max_concurrent_requests(1);
+    let (_d, mut peer) = raw_setup(config, test_router()).await;
+    // Request 1 holds the only permit; request 2 waits behind it.
+    peer.send("[\"sleep\",[60000],1]\n[\"add\",[1,2],2]\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    peer.send("[\"$/cancel\",[2]]\n").await;
+    let reply = peer.recv().await;
+    assert_eq!(
+        (reply[0].as_u64(), reply[2]["code"].as_i64()),
+        (Some(2), Some(code::CANCELLED))
+    );
+    peer.send("[\"$/cancel\",[1]]\n").await;
+    assert_eq!(peer.recv().await[2]["code"], code::CANCELLED);
+    // Request 2 was never run: the next reply is for request 3.
+    peer.send("[\"add\",[2,2],3]\n").await;
+    assert_eq!(peer.recv().await, json!([3, 4]));
+}
+
+/// Sets a flag when the handler's future is dropped, and sees the token fire for work that
+/// outlives it.
+struct OnDrop(Arc<AtomicBool>, CancellationToken, Arc<AtomicBool>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+        self.2.store(self.1.is_cancelled(), Ordering::SeqCst);
+    }
+}
+
+/// A router whose `wait` handler never finishes on its own.
+fn waiting_router(dropped: Arc<AtomicBool>, token_fired: Arc<AtomicBool>) -> Router {
+    test_router().route("wait", move |token: CancellationToken| {
+        let guard = OnDrop(dropped.clone(), token, token_fired.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await
+        }
+    })
+}
+
+async fn eventually(what: &str, flag: &AtomicBool) {
+    within(what, async {
+        while !flag.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn dropping_a_call_cancels_the_handler_at_the_peer() {
+    let (_dir, path) = socket_path();
+    let (dropped, token_fired) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    tokio::spawn(
+        Server::bind(&path)
+            .unwrap()
+            .serve(waiting_router(dropped.clone(), token_fired.clone())),
+    );
+    let client = Client::connect(&path).await.unwrap();
+    let call = client.call::<()>("wait", ());
+    assert!(tokio::time::timeout(Duration::from_millis(50), call)
+        .await
+        .is_err());
+    eventually("the handler's future to be dropped", &dropped).await;
+    assert!(
+        token_fired.load(Ordering::SeqCst),
+        "the handler's token was not cancelled"
+    );
+    assert_eq!(client.pending_calls(), 0);
+}
+
+#[tokio::test]
+async fn the_peers_timeout_ms_is_honoured() {
+    let (_d, mut peer) = raw_setup(Config::new(), test_router()).await;
+    peer.send("[\"sleep\",[60000],1,{\"timeout_ms\":50}]\n")
+        .await;
+    assert_eq!(peer.recv().await[2]["code"], code::TIMEOUT);
+    // A generous remote deadline does not stretch a short local one, and vice versa.
+    peer.send("[\"sleep\",[10],2,{\"timeout_ms\":60000}]\n")
+        .await;
+    assert_eq!(peer.recv().await, json!([2, 10]));
+}
+
+#[tokio::test]
+async fn time_waiting_for_a_permit_counts_against_the_deadline() {
+    let config = Config::new()
+        .max_concurrent_requests(1)
+        .request_timeout(Duration::from_millis(200));
+    let (_d, mut peer) = raw_setup(config, test_router()).await;
+    // The first request holds the permit past its own deadline: both expire, the second while
+    // it is still waiting for the permit.
+    peer.send("[\"sleep\",[60000],1]\n[\"add\",[1,1],2]\n")
+        .await;
+    let mut codes = [peer.recv().await, peer.recv().await];
+    codes.sort_by_key(|r| r[0].as_u64());
+    assert_eq!(codes[0][2]["code"], code::TIMEOUT);
+    assert_eq!(codes[1][2]["code"], code::TIMEOUT);
+    // The service keeps working.
+    peer.send("[\"add\",[1,1],3]\n").await;
+    assert_eq!(peer.recv().await, json!([3, 2]));
+}
+
+#[tokio::test]
+async fn a_call_with_a_timeout_fails_locally_and_tells_the_peer() {
+    let (_dir, path) = socket_path();
+    let (dropped, token_fired) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    tokio::spawn(
+        Server::bind(&path)
+            .unwrap()
+            .serve(waiting_router(dropped.clone(), token_fired)),
+    );
+    let client = Client::connect(&path).await.unwrap();
+    let err = client
+        .call_with_timeout::<()>("wait", (), Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(err.code(), Some(code::TIMEOUT));
+    assert_eq!(client.pending_calls(), 0);
+    // The peer got timeout_ms too: its deadline or the $/cancel, whichever came first, ended it.
+    eventually("the peer to drop the handler", &dropped).await;
+
+    // The Caller service honours meta.timeout_ms the same way.
+    let mut req = Request::new("sleep", (60_000,)).unwrap();
+    req.meta_mut().timeout_ms = Some(30);
+    let err = client.caller().oneshot(req).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // And a call that beats its deadline succeeds.
+    assert_eq!(
+        client
+            .call_with_timeout::<i64>("add", (1, 2), Duration::from_secs(5))
+            .await
+            .unwrap(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn requests_carry_the_peers_identity() {
+    let (_dir, path) = socket_path();
+    let router = Router::new().route("whoami", |peer: PeerInfo| async move {
+        let cred = peer.cred.expect("credentials of a Unix socket peer");
+        diarrhoea::Json((cred.uid(), cred.pid()))
+    });
+    tokio::spawn(Server::bind(&path).unwrap().serve(router));
+    let client = Client::connect(&path).await.unwrap();
+    let (uid, pid): (u32, Option<i32>) = client.call("whoami", ()).await.unwrap();
+    let me = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    assert_eq!(uid, me);
+    assert_eq!(pid, Some(std::process::id() as i32));
+}
