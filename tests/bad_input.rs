@@ -289,3 +289,18 @@ async fn a_killed_peer_process_fails_pending_calls_and_nothing_hangs() {
     next_event(&mut events, "close", |e| matches!(e, Event::Close)).await;
     drop(dir);
 }
+
+#[tokio::test]
+async fn missing_trailing_arguments_fill_option_parameters() {
+    let router = Router::new().route("opt", |x: String, time: Option<u64>| async move {
+        diarrhoea::Json((x, time))
+    });
+    let (_d, _conn, _events, mut peer) = setup(router, Config::new()).await;
+    // As diarrhoea 1.x's flood_client sends its first ping: one argument of two.
+    peer.send("[\"opt\",[\"Hello world!\"],1]\n[\"opt\",[\"a\",5],2]\n[\"opt\",[],3]\n")
+        .await;
+    assert_eq!(peer.recv().await, json!([1, ["Hello world!", null]]));
+    assert_eq!(peer.recv().await, json!([2, ["a", 5]]));
+    // A required parameter still needs its argument.
+    assert_eq!(peer.recv().await[2]["code"], code::INVALID_PARAMS);
+}

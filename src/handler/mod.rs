@@ -92,8 +92,35 @@ pub struct Positional<T>(PhantomData<T>);
 pub struct WithContext<C, T>(PhantomData<(C, T)>);
 
 /// Arguments that fit no parameter list become -32602, never a dropped connection.
-fn parse_args<T: DeserializeOwned>(args: &Args) -> Result<T, RpcError> {
-    args.deserialize().map_err(RpcError::invalid_params)
+///
+/// Missing trailing arguments are read as `null` (Node passes them as `undefined`), so trailing
+/// `Option` parameters are optional; any other parameter still needs its argument.
+fn parse_args<T: DeserializeOwned>(args: &Args, arity: usize) -> Result<T, RpcError> {
+    let error = match args.deserialize() {
+        Ok(parsed) => return Ok(parsed),
+        Err(e) => e,
+    };
+    let given: Vec<&serde_json::value::RawValue> =
+        serde_json::from_str(args.get()).map_err(|_| RpcError::invalid_params(&error))?;
+    if given.len() >= arity {
+        return Err(RpcError::invalid_params(error));
+    }
+    let mut padded = String::with_capacity(args.get().len() + 5 * arity);
+    padded.push('[');
+    for (i, arg) in given
+        .iter()
+        .map(|a| a.get())
+        .chain(std::iter::repeat("null"))
+        .take(arity)
+        .enumerate()
+    {
+        if i > 0 {
+            padded.push(',');
+        }
+        padded.push_str(arg);
+    }
+    padded.push(']');
+    serde_json::from_str(&padded).map_err(|_| RpcError::invalid_params(error))
 }
 
 /// Zero-argument handlers accept only `[]`.
@@ -111,7 +138,7 @@ macro_rules! impl_handler {
         {
             #[allow(non_snake_case)]
             fn call(&self, req: Request) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static {
-                let called = parse_args::<($($arg,)*)>(req.args()).map(|($($arg,)*)| self($($arg),*));
+                let called = parse_args::<($($arg,)*)>(req.args(), [$(stringify!($arg)),*].len()).map(|($($arg,)*)| self($($arg),*));
                 async move { called?.await.into_reply() }
             }
         }
@@ -127,7 +154,7 @@ macro_rules! impl_handler {
             #[allow(non_snake_case)]
             fn call(&self, mut req: Request) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static {
                 let called = C::from_request(&mut req).and_then(|ctx| {
-                    parse_args::<($($arg,)*)>(req.args()).map(|($($arg,)*)| self(ctx, $($arg),*))
+                    parse_args::<($($arg,)*)>(req.args(), [$(stringify!($arg)),*].len()).map(|($($arg,)*)| self(ctx, $($arg),*))
                 });
                 async move { called?.await.into_reply() }
             }
@@ -145,7 +172,7 @@ where
         &self,
         req: Request,
     ) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static {
-        let called = parse_args::<NoArgs>(req.args()).map(|_| self());
+        let called = parse_args::<NoArgs>(req.args(), 0).map(|_| self());
         async move { called?.await.into_reply() }
     }
 }
