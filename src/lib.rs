@@ -98,6 +98,7 @@ mod connection;
 mod error;
 mod frame;
 mod handler;
+pub mod layer;
 mod request;
 mod response;
 mod router;

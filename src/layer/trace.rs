@@ -1,0 +1,532 @@
+//! [`Trace`]: one `tracing` span per request, with its latency and outcome.
+//!
+//! In four parts, like tower's own middleware: [`TraceLayer`] (the configuration, applied with
+//! `ServiceBuilder::layer`), [`Trace`] (the service), [`TraceFuture`] (the named future that
+//! records the outcome) and [`Direction`].
+//!
+//! Each request gets a span named `diarrhoea.request` with the fields
+//!
+//! | field | value |
+//! | --- | --- |
+//! | `connection` | the connection id ([`PeerInfo`], or the request's [`Connection`], or the id given with [`TraceLayer::connection_id`]) |
+//! | `direction` | `incoming` (a peer's request, around a server stack) or `outgoing` (around [`Connection::caller`] or [`Connection::notifier`]) |
+//! | `method` | the method name (truncated to 128 characters) |
+//! | `id` | the request id when it is known (incoming calls; an outgoing call gets its id only inside [`Caller`](crate::Caller)) |
+//! | `latency_us` | microseconds from `call` to the response |
+//! | `outcome` | `ok` or `error` |
+//! | `code` | the error code, when the error maps to one |
+//!
+//! and, when the future completes, one event `diarrhoea: request finished` inside that span
+//! with `latency_us`, `outcome` and `code`.
+//!
+//! Arguments, results and error messages are **not** recorded by default: they may hold
+//! secrets (serde's messages for arguments that do not fit quote the argument). With
+//! [`TraceLayer::show_payloads`] they are recorded as fields `args`, `result` and `error`,
+//! truncated on a character boundary. Truncation works on the raw JSON text and never walks
+//! the JSON, so deeply nested input costs no stack.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+use tracing::field::Empty;
+use tracing::{Level, Span};
+
+use crate::connection::{Connection, PeerInfo};
+use crate::error::{code, BoxError, Error, RpcError};
+use crate::request::Request;
+use crate::response::Response;
+
+/// The payload length shown by [`TraceLayer::show_payloads`] unless told otherwise.
+pub const DEFAULT_PAYLOAD_CHARS: usize = 256;
+
+/// Method names longer than this are cut in spans: a method name comes from the peer.
+const METHOD_CHARS: usize = 128;
+
+/// Which way a traced request travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A request from the peer, handled here (around a server or client's bound stack).
+    Incoming,
+    /// A request to the peer (around [`Connection::caller`] or [`Connection::notifier`]).
+    Outgoing,
+}
+
+impl Direction {
+    /// `"incoming"` or `"outgoing"`, as recorded in spans.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Incoming => "incoming",
+            Direction::Outgoing => "outgoing",
+        }
+    }
+}
+
+/// Traces every request with a span; see the [module docs](self).
+///
+/// ```
+/// use diarrhoea::layer::TraceLayer;
+/// use tower::ServiceBuilder;
+///
+/// // Around the handlers: incoming requests, no payloads.
+/// let server_stack = ServiceBuilder::new()
+///     .layer(TraceLayer::incoming())
+///     .service(diarrhoea::Router::new());
+/// // Debugging: show arguments and results, cut at 64 characters.
+/// let verbose = TraceLayer::incoming().show_payloads(64);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct TraceLayer {
+    direction: Direction,
+    /// The level of spans and of the completion event.
+    level: Level,
+    /// `Some(max_chars)` when arguments, results and error messages are recorded.
+    payloads: Option<usize>,
+    /// For outgoing requests, which carry no connection of their own.
+    connection_id: Option<u64>,
+}
+
+impl TraceLayer {
+    /// Traces requests travelling in `direction`, at `DEBUG` level, without payloads.
+    pub const fn new(direction: Direction) -> Self {
+        TraceLayer {
+            direction,
+            level: Level::DEBUG,
+            payloads: None,
+            connection_id: None,
+        }
+    }
+
+    /// Traces a peer's requests: put it outermost around the service a connection serves.
+    pub const fn incoming() -> Self {
+        Self::new(Direction::Incoming)
+    }
+
+    /// Traces this side's requests: put it outermost around [`Connection::caller`] or
+    /// [`Connection::notifier`], with [`connection_id`](Self::connection_id) set.
+    pub const fn outgoing() -> Self {
+        Self::new(Direction::Outgoing)
+    }
+
+    /// The connection id to record when the request does not say (outgoing requests).
+    pub const fn connection_id(mut self, id: u64) -> Self {
+        self.connection_id = Some(id);
+        self
+    }
+
+    /// The level of spans and events (default `DEBUG`).
+    pub const fn level(mut self, level: Level) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// Opt-in: records arguments, results and error messages, each cut to `max_chars`
+    /// characters (see [`DEFAULT_PAYLOAD_CHARS`]). They may hold secrets.
+    pub const fn show_payloads(mut self, max_chars: usize) -> Self {
+        self.payloads = Some(max_chars);
+        self
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace {
+            inner,
+            config: *self,
+        }
+    }
+}
+
+/// The service of [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+    config: TraceLayer,
+}
+
+impl<S> Trace<S> {
+    /// Wraps `inner`, tracing as `layer` says.
+    pub const fn new(inner: S, layer: TraceLayer) -> Self {
+        Trace {
+            inner,
+            config: layer,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Creates a span at a level only known at run time (callsites need a constant level).
+macro_rules! span_at {
+    ($level:expr, $($rest:tt)*) => {
+        match $level {
+            Level::ERROR => tracing::span!(Level::ERROR, $($rest)*),
+            Level::WARN => tracing::span!(Level::WARN, $($rest)*),
+            Level::INFO => tracing::span!(Level::INFO, $($rest)*),
+            Level::DEBUG => tracing::span!(Level::DEBUG, $($rest)*),
+            _ => tracing::span!(Level::TRACE, $($rest)*),
+        }
+    };
+}
+
+macro_rules! event_at {
+    ($level:expr, $($rest:tt)*) => {
+        match $level {
+            Level::ERROR => tracing::event!(Level::ERROR, $($rest)*),
+            Level::WARN => tracing::event!(Level::WARN, $($rest)*),
+            Level::INFO => tracing::event!(Level::INFO, $($rest)*),
+            Level::DEBUG => tracing::event!(Level::DEBUG, $($rest)*),
+            _ => tracing::event!(Level::TRACE, $($rest)*),
+        }
+    };
+}
+
+impl<S> Service<Request> for Trace<S>
+where
+    S: Service<Request>,
+    S::Response: 'static,
+    S::Error: fmt::Display + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TraceFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> TraceFuture<S::Future> {
+        let config = self.config;
+        let method = truncate(req.method(), METHOD_CHARS);
+        let span = span_at!(
+            config.level,
+            "diarrhoea.request",
+            connection = Empty,
+            direction = config.direction.as_str(),
+            method = &*method,
+            id = Empty,
+            args = Empty,
+            latency_us = Empty,
+            outcome = Empty,
+            code = Empty,
+        );
+        if !span.is_disabled() {
+            let connection = req
+                .extensions()
+                .get::<PeerInfo>()
+                .map(|peer| peer.connection_id)
+                .or_else(|| req.connection().map(Connection::id))
+                .or(config.connection_id);
+            if let Some(connection) = connection {
+                span.record("connection", connection);
+            }
+            if let Some(id) = req.id() {
+                span.record("id", id);
+            }
+            if let Some(max) = config.payloads {
+                span.record("args", &*truncate(req.args().get(), max));
+            }
+        }
+        let inner = span.in_scope(|| self.inner.call(req));
+        TraceFuture {
+            inner,
+            span,
+            start: Instant::now(),
+            level: config.level,
+            payloads: config.payloads,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Trace`]: polls the inner future inside the request's span and records
+    /// the outcome when it completes. Dropping it (a cancelled request) records nothing more.
+    pub struct TraceFuture<F> {
+        #[pin]
+        inner: F,
+        span: Span,
+        start: Instant,
+        level: Level,
+        payloads: Option<usize>,
+    }
+}
+
+impl<F, T, E> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    T: 'static,
+    E: fmt::Display + 'static,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let result = ready!(this.inner.poll(cx));
+        if this.span.is_disabled() {
+            return Poll::Ready(result);
+        }
+        let latency_us = u64::try_from(this.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        this.span.record("latency_us", latency_us);
+        match &result {
+            Ok(response) => {
+                this.span.record("outcome", "ok");
+                match this.payloads {
+                    Some(max) => {
+                        let shown = show_response(response, *max);
+                        event_at!(*this.level, latency_us, outcome = "ok", result = %shown, "diarrhoea: request finished");
+                    }
+                    None => {
+                        event_at!(
+                            *this.level,
+                            latency_us,
+                            outcome = "ok",
+                            "diarrhoea: request finished"
+                        );
+                    }
+                }
+            }
+            Err(error) => {
+                this.span.record("outcome", "error");
+                let code = error_code(error);
+                if let Some(code) = code {
+                    this.span.record("code", code);
+                }
+                match this.payloads {
+                    Some(max) => {
+                        let message = error.to_string();
+                        let shown = truncate(&message, *max);
+                        event_at!(*this.level, latency_us, outcome = "error", code, error = %shown, "diarrhoea: request finished");
+                    }
+                    None => {
+                        event_at!(
+                            *this.level,
+                            latency_us,
+                            outcome = "error",
+                            code,
+                            "diarrhoea: request finished"
+                        );
+                    }
+                }
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<F> fmt::Debug for TraceFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceFuture")
+            .field("span", &self.span)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result's JSON text when the response is a [`Response`]; `()` for notifications.
+fn show_response(response: &dyn Any, max: usize) -> Cow<'_, str> {
+    match response.downcast_ref::<Response>() {
+        Some(response) => truncate(response.get(), max),
+        None => Cow::Borrowed("()"),
+    }
+}
+
+/// The protocol code an error stands for: what the peer sees (incoming) or was told
+/// (outgoing). `None` for failures without one, such as a closed connection.
+fn error_code(error: &dyn Any) -> Option<i64> {
+    if let Some(error) = error.downcast_ref::<BoxError>() {
+        return code_of(&**error).or(Some(code::INTERNAL_ERROR));
+    }
+    if let Some(error) = error.downcast_ref::<RpcError>() {
+        return Some(error.code);
+    }
+    if let Some(error) = error.downcast_ref::<Error>() {
+        return error.code();
+    }
+    None
+}
+
+/// As [`RpcError::from_box_error`] maps it, without taking the error.
+pub(crate) fn code_of(error: &(dyn StdError + 'static)) -> Option<i64> {
+    if let Some(rpc) = error.downcast_ref::<RpcError>() {
+        Some(rpc.code)
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        Some(code::TIMEOUT)
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        Some(code::OVERLOADED)
+    } else if let Some(error) = error.downcast_ref::<Error>() {
+        error.code()
+    } else {
+        None
+    }
+}
+
+/// At most `max_chars` characters of `text`, cut on a character boundary, with a note of the
+/// full length when cut. Looks at the text only: it never parses or walks the JSON.
+pub(crate) fn truncate(text: &str, max_chars: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max_chars) {
+        None => Cow::Borrowed(text),
+        Some((cut, _)) => Cow::Owned(format!("{}…({} bytes)", &text[..cut], text.len())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::test_subscriber::Recorder;
+    use tower_test::mock;
+
+    fn request(method: &str, args: &str) -> Request {
+        let raw = serde_json::value::RawValue::from_string(args.to_owned()).unwrap();
+        Request::from_parts(method.to_owned(), crate::Args::from_raw(raw).unwrap())
+    }
+
+    #[test]
+    fn truncate_cuts_on_char_boundaries() {
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("abcd", 3), "abc…(4 bytes)");
+        // 'é' is two bytes: a byte-based cut at 3 would split it.
+        assert_eq!(truncate("aéé", 2), "aé…(5 bytes)");
+        assert_eq!(truncate("", 0), "");
+    }
+
+    #[test]
+    fn truncate_never_walks_deep_json() {
+        // A million levels of nesting: a recursive walk would overflow the stack.
+        let deep = format!("{}{}", "[".repeat(1_000_000), "]".repeat(1_000_000));
+        let shown = truncate(&deep, DEFAULT_PAYLOAD_CHARS);
+        assert!(shown.starts_with(&"[".repeat(256)));
+        assert!(shown.ends_with("…(2000000 bytes)"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_method_latency_and_outcome_without_payloads() {
+        let recorder = Recorder::default();
+        let _guard = tracing::subscriber::set_default(recorder.clone());
+        let (mut service, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(TraceLayer::outgoing().connection_id(7));
+
+        assert!(service.poll_ready().is_ready());
+        let fut = service.call(request("echo", r#"["secret"]"#));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), "echo");
+        tokio::time::advance(std::time::Duration::from_millis(5)).await;
+        send.send_response(Response::new(&"also secret").unwrap());
+        fut.await.unwrap();
+
+        let spans = recorder.spans();
+        assert_eq!(spans.len(), 1);
+        let span = &spans[0];
+        assert_eq!(span.name, "diarrhoea.request");
+        assert_eq!(span.field("connection"), Some("7"));
+        assert_eq!(span.field("direction"), Some("outgoing"));
+        assert_eq!(span.field("method"), Some("echo"));
+        assert_eq!(span.field("outcome"), Some("ok"));
+        assert_eq!(span.field("latency_us"), Some("5000"));
+        assert_eq!(span.field("args"), None);
+        let events = recorder.events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].field("outcome"), Some("ok"));
+        assert!(!recorder.everything().contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn records_error_codes() {
+        let recorder = Recorder::default();
+        let _guard = tracing::subscriber::set_default(recorder.clone());
+        let (mut service, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(TraceLayer::incoming());
+
+        assert!(service.poll_ready().is_ready());
+        let fut = service.call(request("add", "[1]"));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(RpcError::invalid_params("needs 2 arguments, \"hunter2\""));
+        let error = fut.await.unwrap_err();
+        assert_eq!(code_of(&*error), Some(code::INVALID_PARAMS));
+
+        assert!(service.poll_ready().is_ready());
+        let fut = service.call(request("slow", "[]"));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(tower::timeout::error::Elapsed::new());
+        fut.await.unwrap_err();
+
+        assert!(service.poll_ready().is_ready());
+        let fut = service.call(request("other", "[]"));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error("some middleware failed");
+        fut.await.unwrap_err();
+
+        let spans = recorder.spans();
+        let codes: Vec<_> = spans.iter().map(|s| s.field("code")).collect();
+        assert_eq!(codes, [Some("-32602"), Some("-32001"), Some("-32603")]);
+        assert!(spans.iter().all(|s| s.field("outcome") == Some("error")));
+        assert!(spans
+            .iter()
+            .all(|s| s.field("direction") == Some("incoming")));
+        // Error messages may quote arguments: not shown by default.
+        assert!(!recorder.everything().contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn payloads_are_opt_in_and_truncated() {
+        let recorder = Recorder::default();
+        let _guard = tracing::subscriber::set_default(recorder.clone());
+        let (mut service, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(TraceLayer::incoming().show_payloads(8));
+
+        assert!(service.poll_ready().is_ready());
+        let mut req = request("echo", r#"["ééééééééééé"]"#);
+        req.extensions_mut().insert(PeerInfo {
+            connection_id: 42,
+            cred: None,
+        });
+        let fut = service.call(req);
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            req.args().get(),
+            r#"["ééééééééééé"]"#,
+            "the request passes unchanged"
+        );
+        send.send_response(Response::new(&"0123456789").unwrap());
+        fut.await.unwrap();
+
+        let span = &recorder.spans()[0];
+        assert_eq!(span.field("connection"), Some("42"));
+        assert_eq!(span.field("args"), Some("[\"éééééé…(26 bytes)"));
+        assert_eq!(
+            recorder.events()[0].field("result"),
+            Some("\"0123456…(12 bytes)")
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_and_requests_pass_through() {
+        let (mut service, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(TraceLayer::incoming());
+        handle.allow(0);
+        assert!(service.poll_ready().is_pending());
+        handle.allow(1);
+        assert!(service.poll_ready().is_ready());
+        let fut = service.call(request("m", "[1,2]"));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!((req.method(), req.args().get()), ("m", "[1,2]"));
+        send.send_response(Response::null());
+        assert_eq!(fut.await.unwrap(), Response::null());
+    }
+}
