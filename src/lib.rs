@@ -91,6 +91,97 @@
 //! the inbound buffer ([`Config::inbound_buffer`]) has room; when it is full, the reader stops
 //! reading (backpressure). Outgoing frames wait in a bounded queue, so `post_message`, `call`,
 //! and [`Caller`]/[`Notifier`]'s `poll_ready` wait while the peer does not read.
+//!
+//! # Order
+//!
+//! Layers run outermost first. The recommended server stack, built per connection with
+//! [`Server::serve_each_with_shutdown`] so that per-connection limits are per connection:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use diarrhoea::layer::{AllowPeersLayer, NameOverloadLayer, TraceLayer};
+//! use tower::limit::GlobalConcurrencyLimitLayer;
+//! use tower::ServiceBuilder;
+//!
+//! # async fn f(router: diarrhoea::Router) -> Result<(), Box<dyn std::error::Error>> {
+//! let allow = AllowPeersLayer::own_uid()?;
+//! // One semaphore for the whole server: the layer is built once and cloned per connection.
+//! let global = GlobalConcurrencyLimitLayer::new(1024);
+//! let server = diarrhoea::Server::builder()
+//!     // The deadline: enforced by the dispatcher around permit, readiness and call.
+//!     .config(diarrhoea::Config::new().request_timeout(Duration::from_secs(5)))
+//!     .bind("./app.sock")?;
+//! server
+//!     .serve_each_with_shutdown(
+//!         move |_peer| {
+//!             ServiceBuilder::new()
+//!                 .layer(TraceLayer::incoming()) // 1. sees every outcome
+//!                 .layer(allow.clone()) // 2. refused peers take no permit
+//!                 .layer(NameOverloadLayer::new("per-connection concurrency limit (64)"))
+//!                 .load_shed() // 3. right outside the limit it sheds for
+//!                 .concurrency_limit(64)
+//!                 .layer(NameOverloadLayer::new("server-wide concurrency limit (1024)"))
+//!                 .load_shed()
+//!                 .layer(global.clone())
+//!                 .service(router.clone())
+//!         },
+//!         diarrhoea::shutdown_signal(),
+//!     )
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Why this order:
+//! - **[`TraceLayer`](layer::TraceLayer) outermost**, so it sees every outcome: refusals,
+//!   shed requests, handler errors. Requests that the dispatcher gives up on (deadline passed,
+//!   `$/cancel`, connection closed) drop the stack's future; the span then records `dropped`.
+//! - **The deadline is not a tower `Timeout`.** tower's `Timeout` starts its timer in `call`,
+//!   so time spent waiting in `poll_ready` for a concurrency permit or a rate-limit slot does
+//!   not count (tower-rs/tower#648). Use [`Config::request_timeout`] (and the peer's
+//!   `meta.timeout_ms`): the dispatcher enforces the earlier of the two around waiting for the
+//!   per-connection permit, `poll_ready` and `call`, and answers -32001. A tower `Timeout`
+//!   inside the limits, around the router, can still bound handler time alone.
+//! - **[`AllowPeersLayer`](layer::AllowPeersLayer) before the limits**, so a refused peer
+//!   uses up no permit and no rate.
+//! - **`LoadShed` right outside the limit it sheds for**, with a
+//!   [`NameOverloadLayer`](layer::NameOverloadLayer) right outside it: `LoadShed` rejects when
+//!   the service *directly below* it is not ready; any layer in between that is always ready,
+//!   or waits on its own (a `Buffer`), hides the limit from it. Without `LoadShed` a limit makes
+//!   callers wait, which is backpressure: the dispatcher stops, the inbound buffer fills, and
+//!   the reader stops reading from the socket.
+//! - **`ConcurrencyLimit` holds its permit from `poll_ready` until the response future
+//!   completes.** The dispatcher readies the stack only for the request it is about to call,
+//!   so no permit sits idle; but a handler that awaits a nested call to the peer keeps its
+//!   permit while it waits, so a chain of calls back and forth needs a limit at least as deep
+//!   as the chain's share on each side, or shedding.
+//! - A `ConcurrencyLimit` in a stack given to [`Server::serve_with_shutdown`] is shared by
+//!   every connection (clones share its semaphore): build the stack per connection for a
+//!   per-connection limit, and share one `GlobalConcurrencyLimitLayer` for a server-wide one.
+//! - tower's `RateLimit` is not `Clone`: put a `Buffer` right outside it (per connection), and
+//!   `LoadShed` outside the `Buffer` with a small bound to reject instead of queueing.
+//!
+//! On the calling side, around [`Connection::caller`]:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use diarrhoea::layer::TraceLayer;
+//! use tower::ServiceBuilder;
+//!
+//! # fn f(conn: diarrhoea::Connection) {
+//! let calls = ServiceBuilder::new()
+//!     .layer(TraceLayer::outgoing().connection_id(conn.id()))
+//!     .timeout(Duration::from_secs(2)) // counts the wait below: it happens inside `call`
+//!     .buffer(1024) // Clone, and moves waiting for the limits out of `poll_ready`
+//!     .concurrency_limit(64)
+//!     .service(conn.caller());
+//! # }
+//! ```
+//!
+//! Here the `Buffer` is what makes the `Timeout` count the time spent waiting for a permit:
+//! the buffer's worker waits for the limit, after the `Timeout`'s `call` has started its
+//! timer. A `Retry` (idempotent methods only) goes between `Timeout` and `Buffer`, so the
+//! deadline covers every attempt. A [`Request`] whose `meta.timeout_ms` is set also tells the
+//! peer the deadline, and the [`Caller`] fails it locally when it passes.
 
 mod client;
 pub mod codec;

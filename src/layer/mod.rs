@@ -13,9 +13,9 @@
 //! Each layer is in four parts, like tower's: the layer (configuration), the service, a named
 //! future, and the error it produces (an [`RpcError`](crate::RpcError), boxed).
 
-mod allow_peers;
-mod overload;
-pub(crate) mod trace;
+pub mod allow_peers;
+pub mod overload;
+pub mod trace;
 
 pub use allow_peers::{own_uid, AllowPeers, AllowPeersFuture, AllowPeersLayer, PEER_NOT_ALLOWED};
 pub use overload::{overloaded, NameOverload, NameOverloadFuture, NameOverloadLayer};

@@ -13,7 +13,7 @@
 //! | `method` | the method name (truncated to 128 characters) |
 //! | `id` | the request id when it is known (incoming calls; an outgoing call gets its id only inside [`Caller`](crate::Caller)) |
 //! | `latency_us` | microseconds from `call` to the response |
-//! | `outcome` | `ok` or `error` |
+//! | `outcome` | `ok`, `error`, or `dropped` (the future was dropped unfinished: the deadline passed, the peer sent `$/cancel`, or the connection closed) |
 //! | `code` | the error code, when the error maps to one |
 //!
 //! and, when the future completes, one event `diarrhoea: request finished` inside that span
@@ -251,6 +251,7 @@ where
             start: Instant::now(),
             level: config.level,
             payloads: config.payloads,
+            done: false,
         }
     }
 }
@@ -265,7 +266,29 @@ pin_project! {
         start: Instant,
         level: Level,
         payloads: Option<usize>,
+        // Set once the outcome is recorded; a future dropped before that records `dropped`.
+        done: bool,
     }
+
+    impl<F> PinnedDrop for TraceFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.done || this.span.is_disabled() {
+                return;
+            }
+            // Dropped unfinished: the deadline passed, the peer cancelled, or the connection
+            // closed (the dispatcher enforces those outside the whole stack).
+            let latency_us = micros(this.start.elapsed());
+            this.span.record("latency_us", latency_us);
+            this.span.record("outcome", "dropped");
+            let _entered = this.span.enter();
+            event_at!(*this.level, latency_us, outcome = "dropped", "diarrhoea: request dropped unfinished");
+        }
+    }
+}
+
+fn micros(elapsed: std::time::Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl<F, T, E> Future for TraceFuture<F>
@@ -280,10 +303,11 @@ where
         let this = self.project();
         let _entered = this.span.enter();
         let result = ready!(this.inner.poll(cx));
+        *this.done = true;
         if this.span.is_disabled() {
             return Poll::Ready(result);
         }
-        let latency_us = u64::try_from(this.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let latency_us = micros(this.start.elapsed());
         this.span.record("latency_us", latency_us);
         match &result {
             Ok(response) => {
@@ -513,6 +537,23 @@ mod tests {
             recorder.events()[0].field("result"),
             Some("\"0123456…(12 bytes)")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_request_is_recorded_as_dropped() {
+        let recorder = Recorder::default();
+        let _guard = tracing::subscriber::set_default(recorder.clone());
+        let (mut service, mut handle) =
+            mock::spawn_layer::<Request, Response, _>(TraceLayer::incoming());
+        assert!(service.poll_ready().is_ready());
+        let fut = service.call(request("slow", "[]"));
+        let _pending = handle.next_request().await.unwrap();
+        // As the dispatcher does when a deadline passes.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), fut).await;
+        let span = &recorder.spans()[0];
+        assert_eq!(span.field("outcome"), Some("dropped"));
+        assert_eq!(span.field("latency_us"), Some("1000000"));
+        assert_eq!(recorder.events()[0].field("outcome"), Some("dropped"));
     }
 
     #[tokio::test]
