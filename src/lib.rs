@@ -157,8 +157,10 @@
 //! - A `ConcurrencyLimit` in a stack given to [`Server::serve_with_shutdown`] is shared by
 //!   every connection (clones share its semaphore): build the stack per connection for a
 //!   per-connection limit, and share one `GlobalConcurrencyLimitLayer` for a server-wide one.
-//! - tower's `RateLimit` is not `Clone`: put a `Buffer` right outside it (per connection), and
-//!   `LoadShed` outside the `Buffer` with a small bound to reject instead of queueing.
+//! - tower's `RateLimit` is not `Clone`: put a `Buffer` right outside it (per connection);
+//!   requests over the rate then wait (backpressure). A `LoadShed` outside that `Buffer` sheds
+//!   whenever the buffer is full, which also happens for a moment while its worker task
+//!   catches up: give the buffer at least as much room as the concurrency limit above it.
 //!
 //! On the calling side, around [`Connection::caller`]:
 //!

@@ -22,8 +22,9 @@
 //! ```
 //!
 //! tower's `RateLimit` never rejects by itself: it makes callers wait in `poll_ready`. To
-//! reject requests over the rate instead, shed in front of it (`LoadShed` outside `RateLimit`,
-//! behind a `Buffer` when the stack must be `Clone`) and name it the same way.
+//! reject requests over the rate instead, shed right in front of it and name it the same way.
+//! In a stack that must be `Clone` there is a `Buffer` between them, and the `LoadShed` then
+//! sheds when the buffer is full rather than exactly when the rate is used up.
 //!
 //! Errors other than `Overloaded` pass through untouched (boxed), so an inner layer's name is
 //! kept when an outer one sees the error.
