@@ -222,9 +222,11 @@ impl Error {
         matches!(self.kind, Kind::Remote(_))
     }
 
-    /// A call's deadline passed before its reply came.
+    /// A call's deadline passed: locally, or at the peer, which answered -32001 first (a call
+    /// with a deadline sends it to the peer, so either side may notice first).
     pub fn is_timeout(&self) -> bool {
-        matches!(self.kind, Kind::Timeout)
+        matches!(&self.kind, Kind::Timeout)
+            || matches!(&self.kind, Kind::Remote(rpc) if rpc.code == code::TIMEOUT)
     }
 
     /// Arguments could not be serialized, or a reply could not be deserialized.

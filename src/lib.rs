@@ -207,4 +207,4 @@ pub use handler::{FromContext, Handler};
 pub use request::{Extensions, Request};
 pub use response::{IntoReply, Json, Response};
 pub use router::{RouteFuture, Router};
-pub use server::{shutdown_signal, Server, ServerBuilder};
+pub use server::{shutdown_signal, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};

@@ -81,6 +81,13 @@ impl ClientBuilder {
     pub fn start(self, stream: UnixStream) -> Connection {
         let service = self.service.unwrap_or_else(unbound);
         let peer = PeerInfo::of(&stream);
-        Connection::spawn(stream, peer, service, self.config, &Parent::standalone())
+        Connection::spawn(
+            stream,
+            peer,
+            service,
+            self.config,
+            &Parent::standalone(),
+            None,
+        )
     }
 }

@@ -12,6 +12,7 @@
 
 mod dispatch;
 mod in_flight;
+mod outbox;
 mod pending;
 mod reader;
 mod writer;
@@ -28,8 +29,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::unix::UCred;
 use tokio::net::UnixStream;
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
-use tokio_util::sync::{CancellationToken, PollSender};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
@@ -42,6 +43,7 @@ use crate::response::Response;
 use crate::router::Router;
 
 use in_flight::InFlight;
+use outbox::{Outbox, OutboxPoller};
 use pending::Pending;
 
 /// The type-erased service a connection drives.
@@ -68,6 +70,8 @@ where
 pub struct Config {
     pub(crate) max_frame_size: usize,
     pub(crate) outgoing_queue: usize,
+    pub(crate) outgoing_buffer: usize,
+    pub(crate) partial_frame_timeout: Duration,
     pub(crate) inbound_buffer: usize,
     pub(crate) max_concurrent_requests: usize,
     pub(crate) request_timeout: Option<Duration>,
@@ -78,6 +82,8 @@ impl Default for Config {
         Config {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             outgoing_queue: 1024,
+            outgoing_buffer: 8 * 1024 * 1024,
+            partial_frame_timeout: Duration::from_secs(30),
             inbound_buffer: 4 * 1024 * 1024,
             max_concurrent_requests: 1024,
             request_timeout: None,
@@ -86,8 +92,9 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The defaults: 8 MiB frames, 1024 queued outgoing frames, 4 MiB inbound buffer,
-    /// 1024 concurrent incoming requests per connection.
+    /// The defaults: 8 MiB frames, 1024 queued outgoing frames holding at most 8 MiB, a 4 MiB
+    /// inbound buffer, 1024 concurrent incoming requests per connection, 30 s for a peer to
+    /// finish a line it started, no request timeout.
     pub fn new() -> Self {
         Self::default()
     }
@@ -103,6 +110,21 @@ impl Config {
     /// [`Caller`]/[`Notifier`] services wait (`poll_ready` is pending) while it is full.
     pub fn outgoing_queue(mut self, frames: usize) -> Self {
         self.outgoing_queue = frames.max(1);
+        self
+    }
+
+    /// How many bytes of outgoing frames may wait for the writer (default 8 MiB); senders wait
+    /// while it is spent, so a peer that stops reading costs at most this much memory here.
+    /// A frame larger than the whole budget is charged the whole budget.
+    pub fn outgoing_buffer(mut self, bytes: usize) -> Self {
+        self.outgoing_buffer = bytes.clamp(1024, u32::MAX as usize);
+        self
+    }
+
+    /// How long a peer may leave a line unfinished without sending another byte before the
+    /// connection is closed (default 30 s), so a stalled half-frame cannot pin a connection.
+    pub fn partial_frame_timeout(mut self, timeout: Duration) -> Self {
+        self.partial_frame_timeout = timeout;
         self
     }
 
@@ -200,7 +222,7 @@ pub(crate) struct Shared {
     id: u64,
     config: Config,
     /// Frames for the writer; bounded, so senders feel backpressure.
-    outgoing: mpsc::Sender<Frame>,
+    outgoing: Outbox,
     pending: Arc<Pending>,
     next_call_id: AtomicU64,
     /// The peer's requests in flight here, to refuse a duplicate id and to cancel.
@@ -212,8 +234,11 @@ pub(crate) struct Shared {
     ending: CancellationToken,
     /// Cancelled to drop everything at once (`close()`, a socket error, a shutdown deadline).
     abort: CancellationToken,
-    /// Cancelled by the server's graceful shutdown: answer new calls with -32004.
+    /// Cancelled by the server's graceful shutdown or `close_with_error`: refuse new calls,
+    /// finish the ones in flight, say goodbye, end.
     draining: CancellationToken,
+    /// The goodbye: `close_with_error`'s error, else -32004 "shutting down".
+    farewell: std::sync::Mutex<Option<RpcError>>,
     /// Cancelled once every task of the connection has finished.
     closed: CancellationToken,
     peer: PeerInfo,
@@ -232,6 +257,16 @@ impl Shared {
         }
         // No subscriber is fine: the event is logged above.
         let _ = self.events.send(event);
+    }
+
+    /// Why calls are refused while draining.
+    fn farewell(&self) -> RpcError {
+        let farewell = self
+            .farewell
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        farewell.unwrap_or_else(|| RpcError::new(code::SHUTTING_DOWN, "shutting down"))
     }
 
     fn error(&self, error: Error) {
@@ -262,7 +297,7 @@ impl Shared {
             return Err(Error::closed());
         }
         self.check_size(&frame)?;
-        self.outgoing.send(frame).await.map_err(|_| Error::closed())
+        self.outgoing.send(frame).await
     }
 
     fn next_call_id(&self) -> u64 {
@@ -284,6 +319,8 @@ impl Shared {
         self.check_size(&frame)?;
         let (tx, rx) = oneshot::channel();
         self.pending.insert(id, tx)?;
+        // Inside an outgoing trace span, this ties the span to the call's id.
+        tracing::debug!(connection = self.id, id, "diarrhoea: call");
         let guard = CallGuard {
             shared: self.clone(),
             id,
@@ -321,13 +358,13 @@ impl Drop for CallGuard {
             method: CANCEL_METHOD.to_owned(),
             args: Args::new(&(self.id,)).expect("an id serializes"),
         };
-        match self.shared.outgoing.try_send(cancel) {
+        match self.shared.outgoing.try_send_control(cancel) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(cancel)) => {
                 // Drop cannot wait; a full queue gets the cancel from a task.
                 let outgoing = self.shared.outgoing.clone();
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move { outgoing.send(cancel).await });
+                    runtime.spawn(async move { outgoing.send_control(cancel).await });
                 }
             }
         }
@@ -359,10 +396,11 @@ impl Connection {
         service: BoxedService,
         config: Config,
         parent: &Parent,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Self {
         ignore_sigpipe();
         let (read, write) = stream.into_split();
-        let (outgoing, outgoing_rx) = mpsc::channel(config.outgoing_queue);
+        let (outgoing, outgoing_rx) = Outbox::new(config.outgoing_queue, config.outgoing_buffer);
         let (binding, binding_rx) = watch::channel(service);
         let shared = Arc::new(Shared {
             id: peer.connection_id,
@@ -374,7 +412,8 @@ impl Connection {
             binding,
             ending: CancellationToken::new(),
             abort: parent.abort.child_token(),
-            draining: parent.draining.clone(),
+            draining: parent.draining.child_token(),
+            farewell: std::sync::Mutex::new(None),
             closed: CancellationToken::new(),
             peer,
             config,
@@ -382,9 +421,12 @@ impl Connection {
         let writer = parent
             .tracker
             .spawn(writer::run(write, outgoing_rx, shared.clone()));
-        parent
-            .tracker
-            .spawn(drive(read, binding_rx, shared.clone(), writer));
+        let driven = shared.clone();
+        parent.tracker.spawn(async move {
+            drive(read, binding_rx, driven, writer).await;
+            // The connection's place in the server's limit is free again.
+            drop(slot);
+        });
         Connection { shared }
     }
 
@@ -422,13 +464,7 @@ impl Connection {
         args: impl Serialize,
     ) -> Result<R, Error> {
         let (frame, reply) = self.shared.start_call(Request::new(method, args)?)?;
-        let permit = self
-            .shared
-            .outgoing
-            .reserve()
-            .await
-            .map_err(|_| Error::closed())?;
-        permit.send(frame);
+        self.shared.outgoing.send(frame).await?;
         reply.await?.deserialize()
     }
 
@@ -444,19 +480,23 @@ impl Connection {
         let mut req = Request::new(method, args)?;
         req.meta_mut().timeout_ms = Some(timeout.as_millis().try_into().unwrap_or(u64::MAX));
         let (frame, reply) = self.shared.start_call(req)?;
-        let permit = tokio::select! {
-            permit = self.shared.outgoing.reserve() => permit.map_err(|_| Error::closed())?,
+        tokio::select! {
+            sent = self.shared.outgoing.send(frame) => sent?,
             _ = tokio::time::sleep(timeout) => return Err(Error::new(Kind::Timeout)),
-        };
-        permit.send(frame);
+        }
         reply.await?.deserialize()
     }
 
-    /// Sends a connection error `[null,null,{code,message}]` (not tied to any request), then
-    /// [`end`](Connection::end)s the connection: how a server tells a peer why it is refused.
-    pub async fn close_with_error(&self, error: RpcError) {
-        let _ = self.shared.send(Frame::ConnectionError(error)).await;
-        self.end();
+    /// Closes with a reason: new calls are refused with `error`, calls in flight are answered,
+    /// then a connection error `[null,null,{code,message}]` carrying `error` is sent and the
+    /// connection [`end`](Connection::end)s. How a server tells a peer why it is refused.
+    pub fn close_with_error(&self, error: RpcError) {
+        *self
+            .shared
+            .farewell
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(error);
+        self.shared.draining.cancel();
     }
 
     /// Outgoing calls as a [`tower::Service`], to wrap in `Timeout`, `ConcurrencyLimit`,
@@ -464,7 +504,7 @@ impl Connection {
     pub fn caller(&self) -> Caller {
         Caller {
             shared: self.shared.clone(),
-            outgoing: PollSender::new(self.shared.outgoing.clone()),
+            outgoing: self.shared.outgoing.poller(),
         }
     }
 
@@ -472,7 +512,7 @@ impl Connection {
     pub fn notifier(&self) -> Notifier {
         Notifier {
             shared: self.shared.clone(),
-            outgoing: PollSender::new(self.shared.outgoing.clone()),
+            outgoing: self.shared.outgoing.poller(),
         }
     }
 
@@ -571,8 +611,10 @@ async fn drive(
             _ = shared.abort.cancelled() => {}
         }
         if shared.draining.is_cancelled() {
-            let bye = RpcError::new(code::SHUTTING_DOWN, "shutting down");
-            let _ = shared.outgoing.try_send(Frame::ConnectionError(bye));
+            let _ = shared
+                .outgoing
+                .send_control(Frame::ConnectionError(shared.farewell()))
+                .await;
         }
         shared.ending.cancel();
     };
@@ -613,7 +655,7 @@ fn ignore_sigpipe() {
 /// ```
 pub struct Caller {
     shared: Arc<Shared>,
-    outgoing: PollSender<Frame>,
+    outgoing: OutboxPoller,
 }
 
 impl Clone for Caller {
@@ -639,18 +681,18 @@ impl Service<Request> for Caller {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.outgoing.poll_reserve(cx).map_err(|_| Error::closed())
+        self.outgoing.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> ResponseFuture {
         let (frame, reply) = match self.shared.start_call(req) {
             Ok(started) => started,
             Err(e) => {
-                self.outgoing.abort_send();
+                self.outgoing.abort();
                 return ResponseFuture::failed(e);
             }
         };
-        match self.outgoing.send_item(frame) {
+        match self.outgoing.send(frame) {
             Ok(()) => reply,
             Err(_) => ResponseFuture::failed(Error::closed()),
         }
@@ -661,7 +703,7 @@ impl Service<Request> for Caller {
 /// outgoing queue; the response is `()` once the frame is queued.
 pub struct Notifier {
     shared: Arc<Shared>,
-    outgoing: PollSender<Frame>,
+    outgoing: OutboxPoller,
 }
 
 impl Clone for Notifier {
@@ -687,7 +729,7 @@ impl Service<Request> for Notifier {
     type Future = std::future::Ready<Result<(), Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.outgoing.poll_reserve(cx).map_err(|_| Error::closed())
+        self.outgoing.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
@@ -698,9 +740,9 @@ impl Service<Request> for Notifier {
             self.shared.check_size(&frame)
         };
         std::future::ready(match result {
-            Ok(()) => self.outgoing.send_item(frame).map_err(|_| Error::closed()),
+            Ok(()) => self.outgoing.send(frame),
             Err(e) => {
-                self.outgoing.abort_send();
+                self.outgoing.abort();
                 Err(e)
             }
         })

@@ -38,6 +38,9 @@ pub(super) async fn run(
     let connection = super::Connection {
         shared: shared.clone(),
     };
+    // Whether the last byte read left a line unfinished (a partial frame, or an oversized one
+    // being discarded).
+    let mut mid_line = false;
     loop {
         while let Some(item) = decode(&mut codec, &mut buf, false, &shared) {
             if !handle(item, &mut inbound, &budget, &connection).await {
@@ -57,6 +60,10 @@ pub(super) async fn run(
                 inbound = None;
                 continue;
             }
+            _ = tokio::time::sleep(shared.config.partial_frame_timeout), if mid_line => {
+                stalled(&shared);
+                return finish(&shared);
+            }
             r = read.read_buf(&mut buf) => r,
         };
         match read_result {
@@ -69,7 +76,7 @@ pub(super) async fn run(
                 shared.emit(Event::End);
                 return finish(&shared);
             }
-            Ok(_) => {}
+            Ok(_) => mid_line = buf.last() != Some(&b'\n'),
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::ConnectionReset {
                     shared.error(Error::io(e));
@@ -78,6 +85,19 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// A peer that stopped in the middle of a line: say why, then stop reading (the connection
+/// closes once the work in flight is answered).
+fn stalled(shared: &Shared) {
+    let timeout = shared.config.partial_frame_timeout;
+    let why = RpcError::invalid_frame(format!(
+        "partial frame timeout: no byte for {timeout:?} in the middle of a line"
+    ));
+    shared.error(Error::protocol(why.clone()));
+    let _ = shared
+        .outgoing
+        .try_send_control(Frame::ConnectionError(why));
 }
 
 fn finish(shared: &Shared) {
@@ -156,10 +176,7 @@ async fn dispatch(
         return cancel(shared, &req).await;
     }
     let refusal = if inbound.is_none() {
-        Some(RpcError::new(
-            code::SHUTTING_DOWN,
-            "shutting down: call refused",
-        ))
+        Some(shared.farewell())
     } else if req.method().starts_with("$/") {
         // Reserved for the protocol; never routed to user handlers or the fallback.
         Some(RpcError::method_not_found(req.method()))

@@ -8,9 +8,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
+use super::outbox::Queued;
 use super::Shared;
 use crate::error::Error;
-use crate::frame::Frame;
 
 /// Frames taken from the queue per batch.
 const BATCH: usize = 256;
@@ -19,7 +19,7 @@ const WRITE_CHUNK: usize = 256 * 1024;
 
 pub(super) async fn run(
     mut write: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Frame>,
+    mut queue: mpsc::Receiver<Queued>,
     shared: Arc<Shared>,
 ) {
     let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
@@ -34,8 +34,9 @@ pub(super) async fn run(
         if got == 0 {
             break;
         }
-        for frame in batch.drain(..) {
-            frame.encode(&mut buf);
+        for queued in batch.drain(..) {
+            // Dropping `queued` returns its bytes to the budget: they are in `buf` now.
+            queued.frame.encode(&mut buf);
             if buf.len() >= WRITE_CHUNK && !flush(&mut write, &mut buf, &shared).await {
                 return;
             }
@@ -49,8 +50,8 @@ pub(super) async fn run(
     }
     // Ending: write what is queued, refuse the rest, then shut down the write side.
     queue.close();
-    while let Ok(frame) = queue.try_recv() {
-        frame.encode(&mut buf);
+    while let Ok(queued) = queue.try_recv() {
+        queued.frame.encode(&mut buf);
     }
     if flush(&mut write, &mut buf, &shared).await {
         let _ = write.shutdown().await;

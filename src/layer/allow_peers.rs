@@ -162,15 +162,10 @@ where
                     method = %crate::layer::trace::truncate(req.method(), 64),
                     "diarrhoea: {}", error.message
                 );
-                if let Some(conn) = req.connection().cloned() {
-                    let bye = error.clone();
-                    // Spawned so the error reply to this request is queued first (it is sent
-                    // by the dispatcher when this future completes); the peer gets the
-                    // connection error in any case.
-                    tokio::spawn(async move {
-                        tokio::task::yield_now().await;
-                        conn.close_with_error(bye).await;
-                    });
+                // Requests in flight (this one included) are answered before the connection
+                // error is sent and the connection ends.
+                if let Some(conn) = req.connection() {
+                    conn.close_with_error(error.clone());
                 }
                 AllowPeersFuture::refused(error)
             }

@@ -6,13 +6,17 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
 use tower::Service;
 
 use crate::connection::{
     boxed, BoxedService, Config, Connection, Parent, PeerInfo, DEFAULT_SHUTDOWN_TIMEOUT,
 };
-use crate::error::{BoxError, Error};
+use crate::error::{code, BoxError, Error, RpcError};
+use crate::frame::Frame;
 use crate::request::Request;
 use crate::response::Response;
 
@@ -43,6 +47,9 @@ pub struct Server {
     socket_file: Option<SocketFile>,
     config: Config,
     shutdown_timeout: Duration,
+    /// One permit per open connection, up to `max_connections`.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
     /// Shared with every accepted connection: graceful and hard stop, and their tasks.
     connections: Parent,
 }
@@ -59,6 +66,7 @@ impl Server {
             config: Config::default(),
             mode: 0o600,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 
@@ -90,13 +98,26 @@ impl Server {
         let mut make = Some(make);
         let mut backoff = Duration::ZERO;
         let mut last_log: Option<Instant> = None;
+        let mut last_full_log: Option<Instant> = None;
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
+                    let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                        self.refuse_full(stream, &mut last_full_log);
+                        continue;
+                    };
                     let peer = PeerInfo::of(&stream);
                     let make = make.take().expect("only the accepted connection takes it");
                     let (config, parent) = (self.config.clone(), &self.connections);
-                    return Ok(Connection::spawn(stream, peer, make(&peer), config, parent));
+                    let service = make(&peer);
+                    return Ok(Connection::spawn(
+                        stream,
+                        peer,
+                        service,
+                        config,
+                        parent,
+                        Some(slot),
+                    ));
                 }
                 Err(e) if is_per_connection(&e) => {
                     tracing::debug!(error = %e, "diarrhoea: accept failed for one connection");
@@ -113,6 +134,31 @@ impl Server {
                 Err(e) => return Err(Error::io(e)),
             }
         }
+    }
+
+    /// Tells a connection over the limit why, then closes it; never waits on it.
+    fn refuse_full(&self, stream: tokio::net::UnixStream, last_log: &mut Option<Instant>) {
+        let limit = self.max_connections;
+        let full = RpcError::new(
+            code::OVERLOADED,
+            format!("overloaded: server full ({limit} connections)"),
+        );
+        let mut line = bytes::BytesMut::new();
+        Frame::ConnectionError(full).encode(&mut line);
+        // A fresh socket's send buffer has room for one short line; if not, closing says enough.
+        let _ = stream.try_write(&line);
+        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(
+                limit,
+                "diarrhoea: connection limit reached, refusing connections"
+            );
+            *last_log = Some(Instant::now());
+        }
+    }
+
+    /// How many connections are open now.
+    pub fn connections(&self) -> usize {
+        self.max_connections - self.slots.available_permits()
     }
 
     /// Accepts and serves connections until the listener fails; each connection gets a clone
@@ -243,7 +289,11 @@ pub struct ServerBuilder {
     config: Config,
     mode: u32,
     shutdown_timeout: Duration,
+    max_connections: usize,
 }
+
+/// The default limit of open connections per server.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 impl ServerBuilder {
     /// Limits and buffer sizes for every accepted connection.
@@ -255,6 +305,13 @@ impl ServerBuilder {
     /// Permission bits of the socket file (default `0o600`: only this user may connect).
     pub fn socket_mode(mut self, mode: u32) -> Self {
         self.mode = mode & 0o777;
+        self
+    }
+
+    /// How many connections may be open at once (default 1024). The next one receives a
+    /// connection error `[null,null,{"code":-32002,...}]` and is closed.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 
@@ -273,6 +330,8 @@ impl ServerBuilder {
             socket_file: Some(socket_file),
             config: self.config,
             shutdown_timeout: self.shutdown_timeout,
+            slots: Arc::new(Semaphore::new(self.max_connections)),
+            max_connections: self.max_connections,
             connections: Parent::standalone(),
         })
     }

@@ -1,0 +1,150 @@
+//! The outgoing queue: bounded in frames (a channel) and in bytes (a semaphore), so a peer that
+//! stops reading holds its senders back instead of growing memory.
+//!
+//! A frame is charged `min(its payload, the byte budget)` until the writer has encoded it.
+
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::{PollSemaphore, PollSender};
+
+use crate::error::Error;
+use crate::frame::Frame;
+
+/// A frame in the queue, with its share of the byte budget.
+pub(crate) struct Queued {
+    pub(crate) frame: Frame,
+    /// Released when the writer has encoded the frame.
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    slots: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    budget: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(frames: usize, budget: usize) -> (Self, mpsc::Receiver<Queued>) {
+        let (slots, rx) = mpsc::channel(frames);
+        (
+            Outbox {
+                slots,
+                bytes: Arc::new(Semaphore::new(budget)),
+                budget,
+            },
+            rx,
+        )
+    }
+
+    fn cost(&self, frame: &Frame) -> u32 {
+        frame.payload_len().clamp(1, self.budget) as u32
+    }
+
+    /// Queues a frame, waiting for room in bytes and then in frames.
+    pub(crate) async fn send(&self, frame: Frame) -> Result<(), Error> {
+        let bytes = self
+            .bytes
+            .clone()
+            .acquire_many_owned(self.cost(&frame))
+            .await;
+        let bytes = bytes.map_err(|_| Error::closed())?;
+        let queued = Queued {
+            frame,
+            _bytes: Some(bytes),
+        };
+        self.slots.send(queued).await.map_err(|_| Error::closed())
+    }
+
+    /// Queues a small control frame (`$/cancel`, a connection error) without waiting; it is
+    /// not charged, so it cannot be starved by the budget.
+    pub(crate) fn try_send_control(
+        &self,
+        frame: Frame,
+    ) -> Result<(), mpsc::error::TrySendError<Frame>> {
+        self.slots
+            .try_send(Queued {
+                frame,
+                _bytes: None,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(q) => mpsc::error::TrySendError::Full(q.frame),
+                mpsc::error::TrySendError::Closed(q) => mpsc::error::TrySendError::Closed(q.frame),
+            })
+    }
+
+    /// As [`Outbox::try_send_control`], waiting for a frame slot.
+    pub(crate) async fn send_control(&self, frame: Frame) -> Result<(), Error> {
+        let queued = Queued {
+            frame,
+            _bytes: None,
+        };
+        self.slots.send(queued).await.map_err(|_| Error::closed())
+    }
+
+    pub(crate) fn poller(&self) -> OutboxPoller {
+        OutboxPoller {
+            slots: PollSender::new(self.slots.clone()),
+            bytes: PollSemaphore::new(self.bytes.clone()),
+            held: None,
+            budget: self.budget,
+        }
+    }
+}
+
+/// The queue as `poll_ready`/`call` for tower services.
+///
+/// `poll_ready` waits until the byte budget has room and a frame slot is free; `send` then
+/// charges the frame, taking what is left of the budget if the frame is larger than that: the
+/// budget may be exceeded by the one frame each ready service holds.
+pub(crate) struct OutboxPoller {
+    slots: PollSender<Queued>,
+    bytes: PollSemaphore,
+    held: Option<OwnedSemaphorePermit>,
+    budget: usize,
+}
+
+impl Clone for OutboxPoller {
+    fn clone(&self) -> Self {
+        OutboxPoller {
+            slots: self.slots.clone(),
+            bytes: self.bytes.clone(),
+            held: None,
+            budget: self.budget,
+        }
+    }
+}
+
+impl OutboxPoller {
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.held.is_none() {
+            match ready!(self.bytes.poll_acquire(cx)) {
+                Some(permit) => self.held = Some(permit),
+                None => return Poll::Ready(Err(Error::closed())),
+            }
+        }
+        self.slots.poll_reserve(cx).map_err(|_| Error::closed())
+    }
+
+    pub(crate) fn send(&mut self, frame: Frame) -> Result<(), Error> {
+        let mut bytes = self.held.take().ok_or_else(Error::closed)?;
+        let want = frame.payload_len().clamp(1, self.budget) - 1;
+        let semaphore = self.bytes.clone_inner();
+        let more = want.min(semaphore.available_permits()) as u32;
+        if let Ok(extra) = semaphore.try_acquire_many_owned(more) {
+            bytes.merge(extra);
+        }
+        let queued = Queued {
+            frame,
+            _bytes: Some(bytes),
+        };
+        self.slots.send_item(queued).map_err(|_| Error::closed())
+    }
+
+    pub(crate) fn abort(&mut self) {
+        self.held = None;
+        self.slots.abort_send();
+    }
+}
