@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Deadline, PeerInfo};
 use crate::error::Error;
 use crate::frame::{Args, Frame, Meta};
 
@@ -23,6 +23,10 @@ pub struct Request {
     meta: Meta,
     /// The connection a request arrived on, so handlers can answer or call back.
     connection: Option<Connection>,
+    /// Who sent an incoming request.
+    peer: Option<PeerInfo>,
+    /// When an incoming request must be answered by.
+    deadline: Option<Deadline>,
     extensions: Extensions,
 }
 
@@ -46,6 +50,8 @@ impl Request {
             id: None,
             meta: Meta::default(),
             connection: None,
+            peer: None,
+            deadline: None,
             extensions: Extensions::default(),
         }
     }
@@ -66,7 +72,9 @@ impl Request {
             args,
             id,
             meta,
+            peer: Some(connection.peer()),
             connection: Some(connection),
+            deadline: None,
             extensions: Extensions::default(),
         })
     }
@@ -110,6 +118,28 @@ impl Request {
     /// The connection an incoming request arrived on: a handle to answer or call the peer.
     pub fn connection(&self) -> Option<&Connection> {
         self.connection.as_ref()
+    }
+
+    /// Who sent an incoming request: the connection id and the peer's credentials.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        self.peer.as_ref()
+    }
+
+    /// When an incoming request must be answered by: the earlier of
+    /// [`Config::request_timeout`](crate::Config::request_timeout) and the peer's
+    /// `meta.timeout_ms`, counted from when the frame was read. After it, the request is
+    /// answered -32001 and its handler dropped.
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
+
+    /// Sets who sent the request: for proxies, and for testing layers without a socket.
+    pub fn set_peer(&mut self, peer: PeerInfo) {
+        self.peer = Some(peer);
+    }
+
+    pub(crate) fn set_deadline(&mut self, deadline: Deadline) {
+        self.deadline = Some(deadline);
     }
 
     /// Per-request values that layers pass to the layers and handlers below them.

@@ -11,14 +11,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::Service;
 
-use super::reader::{cancelled, Inbound};
-use super::{BoxedService, Deadline, Shared};
+use super::reader::Inbound;
+use super::{BoxedService, Shared};
 use crate::error::{code, BoxError, Error, RpcError};
 use crate::frame::Frame;
 use crate::response::Response;
@@ -26,28 +26,38 @@ use crate::response::Response;
 pub(super) async fn run(
     mut inbound: mpsc::UnboundedReceiver<Inbound>,
     mut binding: watch::Receiver<BoxedService>,
-    in_flight: &TaskTracker,
     shared: Arc<Shared>,
 ) {
     let mut service = binding.borrow_and_update().clone();
     let limit = Arc::new(Semaphore::new(shared.config.max_concurrent_requests));
+    // Requests still running after their first poll; dropping the set aborts them.
+    let mut tasks = JoinSet::new();
+    // One registration for the life of the loop, rather than one per frame.
+    let abort = shared.abort.clone().cancelled_owned();
+    tokio::pin!(abort);
     loop {
-        let (req, budget) = tokio::select! {
-            biased;
-            _ = shared.abort.cancelled() => return,
-            next = inbound.recv() => match next {
-                Some(next) => next,
-                None => return,
+        while tasks.try_join_next().is_some() {}
+        // Under load the next call is already queued: take it without building a wait.
+        let (req, budget) = match inbound.try_recv() {
+            Ok(next) => next,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => tokio::select! {
+                biased;
+                _ = &mut abort => return,
+                next = inbound.recv() => match next {
+                    Some(next) => next,
+                    None => break,
+                },
             },
         };
         if binding.has_changed().unwrap_or(false) {
             service = binding.borrow_and_update().clone();
         }
-        let method = req.method().to_owned();
         let Some(id) = req.id() else {
+            let method = req.method().to_owned();
             let outcome = tokio::select! {
                 biased;
-                _ = shared.abort.cancelled() => return,
+                _ = &mut abort => return,
                 outcome = call(&mut service, req) => outcome,
             };
             drop(budget);
@@ -56,53 +66,84 @@ pub(super) async fn run(
             }
             continue;
         };
-        let deadline = req.extensions().get::<Deadline>().map(|d| d.0);
-        let cancel = req
-            .extensions()
-            .get::<CancellationToken>()
-            .cloned()
-            .unwrap_or_default();
+        let deadline = req.deadline().map(|d| d.0);
         // Waiting for a permit and for readiness counts against the deadline.
-        let permit = tokio::select! {
-            biased;
-            _ = shared.abort.cancelled() => return,
-            _ = expiry(deadline) => {
-                answer_unstarted(&shared, id, timed_out()).await;
-                continue;
-            }
-            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                biased;
+                _ = &mut abort => return,
+                _ = expiry(deadline) => {
+                    answer_unstarted(&shared, id, timed_out()).await;
+                    continue;
+                }
+                permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+            },
         };
-        let ready = tokio::select! {
-            biased;
-            _ = shared.abort.cancelled() => return,
-            _ = expiry(deadline) => {
-                answer_unstarted(&shared, id, timed_out()).await;
-                continue;
-            }
-            ready = std::future::poll_fn(|cx| service.poll_ready(cx)) => ready,
+        let ready = match poll_once(|cx| service.poll_ready(cx)).await {
+            Poll::Ready(ready) => ready,
+            Poll::Pending => tokio::select! {
+                biased;
+                _ = &mut abort => return,
+                _ = expiry(deadline) => {
+                    answer_unstarted(&shared, id, timed_out()).await;
+                    continue;
+                }
+                ready = std::future::poll_fn(|cx| service.poll_ready(cx)) => ready,
+            },
         };
         drop(budget);
         if !shared.in_flight.start(id) {
             // Cancelled while it waited: already answered.
             continue;
         }
-        let response = match ready {
+        let mut response = match ready {
             Ok(()) => catch_unwind_call(&mut service, req),
             Err(e) => Started::Failed(Some(e)),
         };
-        let shared = shared.clone();
-        in_flight.spawn(async move {
-            let result = tokio::select! {
+        // Most handlers finish at once: answer inline, without a task of their own.
+        if let Poll::Ready(outcome) = poll_once(|cx| Pin::new(&mut response).poll(cx)).await {
+            tokio::select! {
                 biased;
-                _ = shared.abort.cancelled() => return,
-                _ = cancel.cancelled() => Err(cancelled()),
-                _ = expiry(deadline) => Err(timed_out()),
-                outcome = response => outcome.map_err(RpcError::from_box_error),
+                _ = &mut abort => return,
+                _ = answer(&shared, id, outcome.map_err(RpcError::from_box_error)) => {}
+            }
+            drop(permit);
+            continue;
+        }
+        let task_shared = shared.clone();
+        let task = tasks.spawn(async move {
+            let outcome = match deadline {
+                None => response.await.map_err(RpcError::from_box_error),
+                Some(deadline) => match tokio::time::timeout_at(deadline, response).await {
+                    Ok(outcome) => outcome.map_err(RpcError::from_box_error),
+                    Err(_) => Err(timed_out()),
+                },
             };
-            send_reply(&shared, id, result).await;
-            shared.in_flight.finish(id);
+            answer(&task_shared, id, outcome).await;
             drop(permit);
         });
+        shared.in_flight.set_task(id, task);
+    }
+    // The inbound side is done: let the requests in flight finish, unless torn down.
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut abort => return,
+            next = tasks.join_next() => if next.is_none() { return },
+        }
+    }
+}
+
+/// Polls once with the task's context: `Ready` or `Pending`, never a wait.
+async fn poll_once<T>(mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+    std::future::poll_fn(|cx| Poll::Ready(poll(cx))).await
+}
+
+/// Replies to a finished request, unless a `$/cancel` has answered it already.
+async fn answer(shared: &Shared, id: u64, result: Result<Response, RpcError>) {
+    if shared.in_flight.finish(id) {
+        send_reply(shared, id, result).await;
     }
 }
 

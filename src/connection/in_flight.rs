@@ -1,20 +1,37 @@
 //! The peer's requests on this side, by id: to refuse a duplicate id, and to find a request
 //! that the peer cancels.
 //!
-//! A request is answered exactly once: whoever removes a not-yet-started entry (a `$/cancel`,
-//! an expired deadline) answers it; once started, its task answers it.
+//! A request is answered exactly once, by whoever removes its entry: its task when it
+//! finishes, a `$/cancel` (which also aborts the task), or an expired deadline.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
 pub(crate) struct InFlight(Mutex<HashMap<u64, Entry>>);
 
+#[derive(Default)]
 struct Entry {
-    cancel: CancellationToken,
+    /// Made only when a handler asks for it.
+    token: Option<CancellationToken>,
+    /// Set once the request runs in a task of its own.
+    task: Option<AbortHandle>,
     started: bool,
+}
+
+impl Entry {
+    /// Stops the request's work: its task, and whatever watches its token.
+    fn cancel(self) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+        if let Some(token) = self.token {
+            token.cancel();
+        }
+    }
 }
 
 /// What a `$/cancel` found.
@@ -23,7 +40,7 @@ pub(crate) enum Cancelled {
     Unknown,
     /// Queued, not started: removed; the canceller answers -32800.
     Queued,
-    /// Running: its token is cancelled; its task answers -32800.
+    /// Running: removed and its task aborted; the canceller answers -32800.
     Running,
 }
 
@@ -32,26 +49,42 @@ impl InFlight {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a request; `None` if the id is already in flight.
-    pub(crate) fn insert(&self, id: u64) -> Option<CancellationToken> {
+    /// Registers a request; `false` if the id is already in flight.
+    pub(crate) fn insert(&self, id: u64) -> bool {
         let mut map = self.lock();
         if map.contains_key(&id) {
-            return None;
+            return false;
         }
-        let cancel = CancellationToken::new();
-        map.insert(
-            id,
-            Entry {
-                cancel: cancel.clone(),
-                started: false,
-            },
-        );
-        Some(cancel)
+        map.insert(id, Entry::default());
+        true
+    }
+
+    /// The request's cancellation token, made on first use; an already cancelled token for a
+    /// request that is no longer in flight.
+    pub(crate) fn token(&self, id: u64) -> CancellationToken {
+        match self.lock().get_mut(&id) {
+            Some(entry) => entry
+                .token
+                .get_or_insert_with(CancellationToken::new)
+                .clone(),
+            None => {
+                let token = CancellationToken::new();
+                token.cancel();
+                token
+            }
+        }
     }
 
     /// Marks a request as running; `false` if it was answered while it waited.
     pub(crate) fn start(&self, id: u64) -> bool {
         self.lock().get_mut(&id).map(|e| e.started = true).is_some()
+    }
+
+    /// Remembers the task a request runs in, so a cancel can stop it.
+    pub(crate) fn set_task(&self, id: u64, task: AbortHandle) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.task = Some(task);
+        }
     }
 
     /// Removes a request that has not started; `true` if the caller must now answer it.
@@ -66,24 +99,22 @@ impl InFlight {
         }
     }
 
+    /// Removes a request the peer cancelled and stops it; the caller answers -32800.
     pub(crate) fn cancel(&self, id: u64) -> Cancelled {
-        let mut map = self.lock();
-        match map.get(&id) {
-            None => Cancelled::Unknown,
-            Some(e) if e.started => {
-                e.cancel.cancel();
-                Cancelled::Running
-            }
-            Some(_) => {
-                if let Some(e) = map.remove(&id) {
-                    e.cancel.cancel();
-                }
-                Cancelled::Queued
-            }
+        let Some(entry) = self.lock().remove(&id) else {
+            return Cancelled::Unknown;
+        };
+        let started = entry.started;
+        entry.cancel();
+        if started {
+            Cancelled::Running
+        } else {
+            Cancelled::Queued
         }
     }
 
-    pub(crate) fn finish(&self, id: u64) {
-        self.lock().remove(&id);
+    /// Removes a finished request; `true` if it was still ours to answer (not cancelled).
+    pub(crate) fn finish(&self, id: u64) -> bool {
+        self.lock().remove(&id).is_some()
     }
 }

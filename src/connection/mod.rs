@@ -152,7 +152,7 @@ impl Config {
     }
 }
 
-/// Who is on the other end of a connection; in every incoming request's extensions.
+/// Who is on the other end of a connection; on every incoming request ([`Request::peer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerInfo {
     /// The process-unique id of the connection, as in logs.
@@ -170,7 +170,7 @@ impl PeerInfo {
     }
 }
 
-/// When an incoming request must be answered by; in its extensions when a deadline applies.
+/// When an incoming request must be answered by ([`Request::deadline`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(pub tokio::time::Instant);
 
@@ -389,6 +389,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The token cancelled when the peer cancels its request `id`, made on first use.
+    pub(crate) fn cancellation(&self, id: u64) -> CancellationToken {
+        self.shared.in_flight.token(id)
+    }
+
     /// Starts the tasks that drive `stream`, serving incoming calls with `service`.
     pub(crate) fn spawn(
         stream: UnixStream,
@@ -433,6 +438,11 @@ impl Connection {
     /// A process-unique id for this connection, as used in logs.
     pub fn id(&self) -> u64 {
         self.shared.id
+    }
+
+    /// The connection id and the peer's credentials.
+    pub fn peer(&self) -> PeerInfo {
+        self.shared.peer
     }
 
     /// The peer's credentials (uid, gid, pid), read from the socket when it was accepted.
@@ -601,15 +611,9 @@ async fn drive(
 ) {
     let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
     let budget = Arc::new(Semaphore::new(shared.config.inbound_buffer));
-    let in_flight = TaskTracker::new();
     let reader = reader::run(read, inbound_tx, budget, shared.clone());
     let dispatcher = async {
-        dispatch::run(inbound_rx, binding, &in_flight, shared.clone()).await;
-        in_flight.close();
-        tokio::select! {
-            _ = in_flight.wait() => {}
-            _ = shared.abort.cancelled() => {}
-        }
+        dispatch::run(inbound_rx, binding, shared.clone()).await;
         if shared.draining.is_cancelled() {
             let _ = shared
                 .outgoing

@@ -186,29 +186,31 @@ async fn dispatch(
     if let Some(error) = refusal {
         return refuse(shared, req.id(), error).await;
     }
-    req.extensions_mut().insert(shared.peer);
     if let Some(id) = req.id() {
-        let Some(token) = shared.in_flight.insert(id) else {
+        if !shared.in_flight.insert(id) {
             let dup = RpcError::invalid_frame(format!(
                 "duplicate id {id}: a request with this id is in flight"
             ));
             shared.error(Error::protocol(dup.clone()));
             return reply_error(shared, id, dup).await;
-        };
-        req.extensions_mut().insert(token);
+        }
         let remote = req.meta().timeout_ms.map(Duration::from_millis);
         let timeout = match (shared.config.request_timeout, remote) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         if let Some(timeout) = timeout {
-            req.extensions_mut().insert(Deadline(arrived + timeout));
+            req.set_deadline(Deadline(arrived + timeout));
         }
     }
-    let permit = tokio::select! {
-        biased;
-        _ = shared.abort.cancelled() => return false,
-        permit = budget.clone().acquire_many_owned(cost as u32) => permit.expect("never closed"),
+    // Under load the budget usually has room: take it without building a wait.
+    let permit = match budget.clone().try_acquire_many_owned(cost as u32) {
+        Ok(permit) => permit,
+        Err(_) => tokio::select! {
+            biased;
+            _ = shared.abort.cancelled() => return false,
+            permit = budget.clone().acquire_many_owned(cost as u32) => permit.expect("never closed"),
+        },
     };
     // The dispatcher only goes away when the connection does.
     inbound.is_some_and(|tx| tx.send((req, permit)).is_ok())
@@ -238,9 +240,7 @@ async fn cancel(shared: &Shared, req: &Request) -> bool {
         return true;
     };
     match shared.in_flight.cancel(id) {
-        Cancelled::Queued => reply_error(shared, id, cancelled()).await,
-        // A running handler's task answers once its future is dropped.
-        Cancelled::Running => true,
+        Cancelled::Queued | Cancelled::Running => reply_error(shared, id, cancelled()).await,
         Cancelled::Unknown => {
             tracing::debug!(
                 connection = shared.id,

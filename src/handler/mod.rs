@@ -60,15 +60,17 @@ impl FromContext for Connection {
 /// for notifications.
 impl FromContext for tokio_util::sync::CancellationToken {
     fn from_request(req: &mut Request) -> Result<Self, RpcError> {
-        Ok(req.extensions().get::<Self>().cloned().unwrap_or_default())
+        Ok(match (req.connection(), req.id()) {
+            (Some(conn), Some(id)) => conn.cancellation(id),
+            _ => Self::new(),
+        })
     }
 }
 
 /// Who sent the request.
 impl FromContext for crate::connection::PeerInfo {
     fn from_request(req: &mut Request) -> Result<Self, RpcError> {
-        req.extensions()
-            .get::<Self>()
+        req.peer()
             .copied()
             .ok_or_else(|| RpcError::internal("handler needs PeerInfo but the request has none"))
     }

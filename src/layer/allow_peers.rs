@@ -1,7 +1,7 @@
 //! [`AllowPeers`]: only listed users and groups may use a server.
 //!
 //! The kernel tells a Unix socket server who connected (`SO_PEERCRED`: uid, gid, pid); every
-//! incoming request carries it in [`PeerInfo`]. A peer whose uid is not listed, and whose gid
+//! incoming request carries it in [`PeerInfo`](crate::PeerInfo). A peer whose uid is not listed, and whose gid
 //! is not listed either, is refused: its request is answered with [`PEER_NOT_ALLOWED`] and the
 //! connection is closed with a connection error `[null,null,{"code":-31001,...}]` carrying
 //! the same code. A request without credentials (the platform could not read them) is refused
@@ -31,6 +31,7 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+#[cfg(test)]
 use crate::connection::PeerInfo;
 use crate::error::{BoxError, RpcError};
 use crate::request::Request;
@@ -118,8 +119,7 @@ impl<S> AllowPeers<S> {
     /// Why a request is refused, if it is.
     fn check(&self, req: &Request) -> Result<(), RpcError> {
         let cred = req
-            .extensions()
-            .get::<PeerInfo>()
+            .peer()
             .and_then(|peer| peer.cred)
             .or_else(|| req.connection().and_then(|c| c.peer_cred()));
         match cred {
@@ -250,7 +250,7 @@ mod tests {
 
     fn request_from(cred: Option<tokio::net::unix::UCred>) -> Request {
         let mut req = Request::new("hello", ()).unwrap();
-        req.extensions_mut().insert(PeerInfo {
+        req.set_peer(PeerInfo {
             connection_id: 1,
             cred,
         });

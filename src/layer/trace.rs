@@ -8,7 +8,7 @@
 //!
 //! | field | value |
 //! | --- | --- |
-//! | `connection` | the connection id ([`PeerInfo`], or the request's [`Connection`], or the id given with [`TraceLayer::connection_id`]) |
+//! | `connection` | the connection id ([`PeerInfo`](crate::PeerInfo), or the request's [`Connection`], or the id given with [`TraceLayer::connection_id`]) |
 //! | `direction` | `incoming` (a peer's request, around a server stack) or `outgoing` (around [`Connection::caller`] or [`Connection::notifier`]) |
 //! | `method` | the method name (truncated to 128 characters) |
 //! | `id` | the request id when it is known (incoming calls; an outgoing call gets its id only inside [`Caller`](crate::Caller)) |
@@ -39,7 +39,9 @@ use tower::{Layer, Service};
 use tracing::field::Empty;
 use tracing::{Level, Span};
 
-use crate::connection::{Connection, PeerInfo};
+use crate::connection::Connection;
+#[cfg(test)]
+use crate::connection::PeerInfo;
 use crate::error::{code, BoxError, Error, RpcError};
 use crate::request::Request;
 use crate::response::Response;
@@ -229,8 +231,7 @@ where
         );
         if !span.is_disabled() {
             let connection = req
-                .extensions()
-                .get::<PeerInfo>()
+                .peer()
                 .map(|peer| peer.connection_id)
                 .or_else(|| req.connection().map(Connection::id))
                 .or(config.connection_id);
@@ -516,7 +517,7 @@ mod tests {
 
         assert!(service.poll_ready().is_ready());
         let mut req = request("echo", r#"["ééééééééééé"]"#);
-        req.extensions_mut().insert(PeerInfo {
+        req.set_peer(PeerInfo {
             connection_id: 42,
             cred: None,
         });
