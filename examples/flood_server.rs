@@ -1,15 +1,52 @@
 //! The Node `flood_server.js` example, ported: answer every `ping(x, time)` with
 //! `pong(x, time)` and print how many messages arrive per second. Also answers `echo(...args)`
-//! calls, for `flood_client --mode call`.
+//! calls, for `flood_client --mode call`, and `sleep(ms)`, which sleeps, then returns `ms`.
 //!
 //! ```text
-//! cargo run --release --example flood_server [-- PATH]   # then: cargo run --release --example flood_client
+//! cargo run --release --example flood_server [-- [PATH] [FLAGS]]   # then: cargo run --release --example flood_client
 //! ```
+//!
+//! Flags put tower layers around the handlers, so the limits can be tried from the command
+//! line (see `--help`, and the crate docs' "Order" section for why the stack is in this order):
+//!
+//! ```text
+//! TraceLayer::incoming()                                   --trace
+//! NameOverloadLayer + LoadShed                             --load-shed with --concurrency
+//! ConcurrencyLimit (per connection)                        --concurrency N
+//! NameOverloadLayer + LoadShed                             --load-shed with --rate, without --concurrency
+//! Buffer + RateLimit (per connection)                      --rate N
+//! NameOverloadLayer + LoadShed                             --load-shed with --global-concurrency
+//! GlobalConcurrencyLimit (one for the whole server)        --global-concurrency N
+//! Router: ping, echo, sleep
+//! ```
+//!
+//! `--timeout-ms N` is not a layer: it is `Config::request_timeout`, which the connection
+//! enforces from the moment a request's frame is read, waits for permits and rate included.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use diarrhoea::{Args, Connection, Router, Server};
+use diarrhoea::layer::{NameOverloadLayer, TraceLayer};
+use diarrhoea::{Args, Config, Connection, Request, Router, Server};
+use tower::buffer::BufferLayer;
+use tower::limit::{ConcurrencyLimitLayer, GlobalConcurrencyLimitLayer, RateLimitLayer};
+use tower::ServiceBuilder;
+
+const USAGE: &str = "\
+usage: flood_server [PATH] [--timeout-ms N] [--concurrency N] [--global-concurrency N]
+                    [--load-shed] [--rate N] [--trace]
+
+  PATH                    socket path (default ./test.sock)
+  --timeout-ms N          deadline per request, counted from when its frame is read, so
+                          waiting for a permit or the rate counts; a peer's meta.timeout_ms
+                          can shorten it; expired requests are answered -32001
+  --concurrency N         at most N requests per connection run at once
+  --global-concurrency N  at most N requests run at once across all connections
+  --load-shed             over a limit, answer -32002 naming the limit instead of waiting
+  --rate N                at most N requests per second per connection; over it, requests
+                          wait (with --load-shed and no --concurrency: shed once N wait)
+  --trace                 print a span per request (TraceLayer) to stderr
+  --help                  print this message";
 
 /// Messages received since the last meter line; a counter shared by all connections.
 static RECEIVED: AtomicU64 = AtomicU64::new(0);
@@ -26,12 +63,154 @@ async fn echo(args: Args) -> Args {
     args
 }
 
+/// Sleeps `ms` milliseconds, then returns `ms`: for trying timeouts and limits.
+async fn sleep(ms: u64) -> u64 {
+    RECEIVED.fetch_add(1, Relaxed);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+/// The command line; `None` for a limit means no layer for it.
+#[derive(Debug, Default)]
+struct Options {
+    path: String,
+    timeout_ms: Option<u64>,
+    concurrency: Option<usize>,
+    global_concurrency: Option<usize>,
+    load_shed: bool,
+    rate: Option<u64>,
+    trace: bool,
+}
+
+/// `Ok(None)` for `--help`.
+fn options(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, String> {
+    let mut opts = Options {
+        path: "./test.sock".into(),
+        ..Options::default()
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // A positive number: a limit of 0 would refuse everything, or hang.
+        let mut number = |name: &str| -> Result<u64, String> {
+            let value = args.next().ok_or(format!("{name} needs a value"))?;
+            match value.parse() {
+                Ok(0) => Err(format!("{name}: must be at least 1")),
+                Ok(n) => Ok(n),
+                Err(e) => Err(format!("{name} {value}: {e}")),
+            }
+        };
+        match arg.as_str() {
+            "--timeout-ms" => opts.timeout_ms = Some(number("--timeout-ms")?),
+            "--concurrency" => opts.concurrency = Some(number("--concurrency")? as usize),
+            "--global-concurrency" => {
+                opts.global_concurrency = Some(number("--global-concurrency")? as usize)
+            }
+            "--rate" => opts.rate = Some(number("--rate")?),
+            "--load-shed" => opts.load_shed = true,
+            "--trace" => opts.trace = true,
+            "--help" | "-h" => return Ok(None),
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
+            path => opts.path = path.into(),
+        }
+    }
+    Ok(Some(opts))
+}
+
+/// What a limit does to requests over it.
+fn over(shed: bool) -> &'static str {
+    if shed {
+        "shed with -32002"
+    } else {
+        "wait"
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), diarrhoea::Error> {
-    let path = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "./test.sock".into());
-    let router = Router::new().route("ping", ping).route("echo", echo);
+    let opts = match options(std::env::args().skip(1)) {
+        Ok(Some(opts)) => opts,
+        Ok(None) => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Err(e) => {
+            eprintln!("flood_server: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if opts.trace {
+        // The TraceLayer's spans are at DEBUG; printed to stderr, leaving stdout to the meter.
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let router = Router::new()
+        .route("ping", ping)
+        .route("echo", echo)
+        .route("sleep", sleep);
+
+    // What each limit's LoadShed names in its -32002 reply (`data.limit`).
+    let conn_limit = opts
+        .concurrency
+        .map(|n| format!("per-connection concurrency limit ({n})"));
+    let rate_limit = opts
+        .rate
+        .map(|n| format!("per-connection rate limit ({n} requests/s)"));
+    let global_limit = opts
+        .global_concurrency
+        .map(|n| format!("server-wide concurrency limit ({n})"));
+    // A LoadShed in front of the rate limit's Buffer sheds when the buffer is full. The buffer
+    // has room for as many requests as the concurrency limit above it lets through, so with
+    // `--concurrency` that LoadShed would never shed: the concurrency limit sheds instead, and
+    // the layer is left out. Without it, the buffer has room for a second's worth (N): the
+    // LoadShed sheds whatever arrives while it is full, so a burst is cut at about N.
+    let rate_buffer = opts
+        .concurrency
+        .unwrap_or_else(|| opts.rate.unwrap_or(1) as usize);
+    let rate_sheds = opts.load_shed && opts.concurrency.is_none();
+
+    let shed = |limit: &Option<String>, on: bool| {
+        let limit = limit.clone().filter(|_| on && opts.load_shed)?;
+        Some(
+            ServiceBuilder::new()
+                .layer(NameOverloadLayer::new(limit))
+                .load_shed(),
+        )
+    };
+    let trace = opts.trace.then(TraceLayer::incoming);
+    let shed_conn = shed(&conn_limit, true);
+    let shed_rate = shed(&rate_limit, rate_sheds);
+    let shed_global = shed(&global_limit, true);
+    // Built once: every connection's stack shares its semaphore.
+    let global = opts
+        .global_concurrency
+        .map(GlobalConcurrencyLimitLayer::new);
+    let (concurrency, rate) = (opts.concurrency, opts.rate);
+
+    // A fresh stack per connection, so the concurrency limit, the rate and the Buffer's worker
+    // are per connection. Each flag's layer is an `option_layer`: absent flags cost a match.
+    let stack = move |_peer: &diarrhoea::PeerInfo| {
+        ServiceBuilder::new()
+            // Outermost: sees every outcome, the limits' -32002 included.
+            .option_layer(trace)
+            // Each LoadShed right outside the limit it sheds for, named for the peer.
+            .option_layer(shed_conn.clone())
+            .option_layer(concurrency.map(ConcurrencyLimitLayer::new))
+            // The per-connection limits come before the server-wide one, so a request waiting
+            // for its connection's rate holds no server-wide permit. RateLimit is not Clone:
+            // the Buffer makes the stack Clone, and its worker waits for the rate.
+            .option_layer(shed_rate.clone())
+            .option_layer(rate.map(|n| {
+                ServiceBuilder::new()
+                    .layer(BufferLayer::<Request>::new(rate_buffer))
+                    .layer(RateLimitLayer::new(n, Duration::from_secs(1)))
+            }))
+            .option_layer(shed_global.clone())
+            .option_layer(global.clone())
+            .service(router.clone())
+    };
 
     // The meter, like Node's `Meter`: one line a second, even when idle.
     tokio::spawn(async {
@@ -49,9 +228,67 @@ async fn main() -> Result<(), diarrhoea::Error> {
         }
     });
 
-    let server = Server::bind(&path)?;
-    println!("listening on {path}");
+    // Not a tower Timeout, which would not count the wait for a permit (tower-rs/tower#648).
+    let mut config = Config::new();
+    if let Some(ms) = opts.timeout_ms {
+        config = config.request_timeout(Duration::from_millis(ms));
+    }
+    let server = Server::builder().config(config).bind(&opts.path)?;
+    println!("listening on {}", opts.path);
+    print_limits(&opts, rate_buffer, rate_sheds);
     server
-        .serve_with_shutdown(router, diarrhoea::shutdown_signal())
+        .serve_each_with_shutdown(stack, diarrhoea::shutdown_signal())
         .await
+}
+
+fn print_limits(opts: &Options, rate_buffer: usize, shed_rate: bool) {
+    let mut lines = Vec::new();
+    if opts.trace {
+        lines.push("trace: a span per request on stderr".to_owned());
+    }
+    if let Some(ms) = opts.timeout_ms {
+        lines.push(format!(
+            "request timeout: {ms} ms from frame arrival, waits included (-32001)"
+        ));
+    }
+    if let Some(n) = opts.concurrency {
+        let over = over(opts.load_shed);
+        lines.push(format!(
+            "per-connection concurrency limit: {n}; requests over it {over}"
+        ));
+    }
+    if let Some(n) = opts.rate {
+        let over = if shed_rate {
+            format!(
+                "queue up to {rate_buffer}, more are shed with -32002 (a burst fills the queue)"
+            )
+        } else if opts.concurrency.is_some() {
+            "wait, holding their concurrency permit".to_owned()
+        } else {
+            format!("wait (up to {rate_buffer}, then reading stops)")
+        };
+        lines.push(format!(
+            "per-connection rate limit: {n} requests/s; requests over it {over}"
+        ));
+    }
+    if let Some(n) = opts.global_concurrency {
+        let over = over(opts.load_shed);
+        lines.push(format!(
+            "server-wide concurrency limit: {n}; requests over it {over}"
+        ));
+    }
+    let limits = [
+        opts.concurrency,
+        opts.global_concurrency,
+        opts.rate.map(|n| n as usize),
+    ];
+    if opts.load_shed && limits.iter().all(Option::is_none) {
+        lines.push("--load-shed: no limit to shed for".to_owned());
+    }
+    if lines.is_empty() {
+        println!("no limits (see --help)");
+    }
+    for line in lines {
+        println!("  {line}");
+    }
 }
