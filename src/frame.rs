@@ -3,8 +3,9 @@
 //! Meaning (routing, pending calls) is added one layer up; a [`Frame`] only carries data.
 
 use std::fmt;
+use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BufMut;
 use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -75,6 +76,45 @@ impl Args {
     }
 }
 
+/// Writes `args` as the arguments array of a frame being encoded into `line`.
+///
+/// `null` (from `()`) becomes `[]`; anything else that is not an array is refused.
+fn write_args<T: Serialize + ?Sized>(line: &mut Vec<u8>, args: &T) -> Result<(), Error> {
+    let start = line.len();
+    serde_json::to_writer(&mut *line, args).map_err(|e| Error::new(Kind::Encode).with_source(e))?;
+    match line.get(start) {
+        Some(b'[') => Ok(()),
+        _ if &line[start..] == b"null" => {
+            line.truncate(start);
+            line.extend_from_slice(b"[]");
+            Ok(())
+        }
+        _ => {
+            let got = String::from_utf8_lossy(&line[start..]).into_owned();
+            Err(Error::new(Kind::Encode).with_source(format!(
+                "arguments must serialize to a JSON array (use a tuple such as `(x,)`), got `{}`",
+                truncate(&got, 40)
+            )))
+        }
+    }
+}
+
+/// Encodes the notification `["method",[args...]]` straight into its line: no intermediate
+/// `Args` or `Frame`, one allocation.
+pub(crate) fn notification_line<T: Serialize + ?Sized>(
+    method: &str,
+    args: &T,
+) -> Result<Vec<u8>, Error> {
+    let mut line = Vec::with_capacity(method.len() + 64);
+    line.push(b'[');
+    serde_json::to_writer(&mut line, method)
+        .map_err(|e| Error::new(Kind::Encode).with_source(e))?;
+    line.push(b',');
+    write_args(&mut line, args)?;
+    line.extend_from_slice(b"]\n");
+    Ok(line)
+}
+
 impl fmt::Debug for Args {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.get())
@@ -117,14 +157,14 @@ pub enum Frame {
     /// `["method",[args...]]`: no reply is expected (diarrhoea 1.1.0's only frame).
     Notification {
         /// The method name.
-        method: String,
+        method: Arc<str>,
         /// The positional arguments.
         args: Args,
     },
     /// `["method",[args...],id]` or `["method",[args...],id,meta]`.
     Request {
         /// The method name.
-        method: String,
+        method: Arc<str>,
         /// The positional arguments.
         args: Args,
         /// Chosen by the sender, unique among its requests in flight on the connection.
@@ -178,7 +218,7 @@ impl Frame {
     /// ```
     /// use diarrhoea::Frame;
     /// let frame = Frame::parse(r#"["ping",["flood1",1732400000000]]"#).unwrap();
-    /// assert!(matches!(frame, Frame::Notification { ref method, .. } if method == "ping"));
+    /// assert!(matches!(frame, Frame::Notification { ref method, .. } if &**method == "ping"));
     /// let bad = Frame::parse(r#"["echo",5,7]"#).unwrap_err();
     /// assert_eq!((bad.id, bad.error.code), (Some(7), -32600));
     /// ```
@@ -195,15 +235,15 @@ impl Frame {
     }
 
     /// Appends the frame's line, terminator included, to `buf`.
-    pub fn encode(&self, buf: &mut BytesMut) {
+    pub fn encode<B: BufMut>(&self, buf: &mut B) {
         // Serializing a `str`, an integer or our own error struct into memory cannot fail.
-        fn json<T: Serialize + ?Sized>(buf: &mut BytesMut, value: &T) {
+        fn json<B: BufMut, T: Serialize + ?Sized>(buf: &mut B, value: &T) {
             serde_json::to_writer(buf.writer(), value).expect("in-memory JSON serialization");
         }
         buf.put_u8(b'[');
         match self {
             Frame::Notification { method, args } => {
-                json(buf, method.as_str());
+                json(buf, &**method);
                 buf.put_u8(b',');
                 buf.put_slice(args.get().as_bytes());
             }
@@ -213,7 +253,7 @@ impl Frame {
                 id,
                 meta,
             } => {
-                json(buf, method.as_str());
+                json(buf, &**method);
                 buf.put_u8(b',');
                 buf.put_slice(args.get().as_bytes());
                 buf.put_u8(b',');
@@ -242,6 +282,13 @@ impl Frame {
             }
         }
         buf.put_slice(b"]\n");
+    }
+
+    /// The frame's line, terminator included, in a buffer of its own.
+    pub(crate) fn to_line(&self) -> Vec<u8> {
+        let mut line = Vec::with_capacity(self.payload_len() + 48);
+        self.encode(&mut line);
+        line
     }
 
     /// The encoded length of the frame's payload, an upper bound used to refuse frames a
@@ -325,8 +372,15 @@ impl<'a> Parts<'a> {
         if !(2..=4).contains(&self.len) {
             return Err(invalid("a call has 2 to 4 elements"));
         }
-        let method: String = serde_json::from_str(self.get(0))
-            .map_err(|_| invalid("method name is not a valid string"))?;
+        let raw = self.get(0);
+        // Without escapes the name is the text between the quotes, already validated.
+        let method: Arc<str> = if raw.contains('\\') {
+            let parsed: String = serde_json::from_str(raw)
+                .map_err(|_| invalid("method name is not a valid string"))?;
+            parsed.into()
+        } else {
+            raw[1..raw.len() - 1].into()
+        };
         let args = self.items[1].expect("len >= 2");
         if !args.get().starts_with('[') {
             return Err(invalid("args (element 1) must be an array"));
@@ -399,6 +453,7 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
 
     fn encode(frame: &Frame) -> String {
         let mut buf = BytesMut::new();
@@ -585,6 +640,6 @@ mod tests {
     #[test]
     fn method_names_may_hold_escapes() {
         let frame = Frame::parse(r#"["a\u0000\n\"b",[]]"#).unwrap();
-        assert!(matches!(frame, Frame::Notification { method, .. } if method == "a\0\n\"b"));
+        assert!(matches!(frame, Frame::Notification { method, .. } if &*method == "a\0\n\"b"));
     }
 }

@@ -3,6 +3,7 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -16,7 +17,8 @@ use crate::frame::{Args, Frame, Meta};
 /// bound service; on the calling side [`Caller`](crate::Caller) and
 /// [`Notifier`](crate::Notifier) take one and write it to the peer.
 pub struct Request {
-    method: String,
+    /// Shared, so error reports can keep the name without copying it.
+    method: Arc<str>,
     args: Args,
     /// `Some` for a call that expects a reply; `None` for a notification.
     id: Option<u64>,
@@ -38,12 +40,13 @@ impl Request {
     /// let req = diarrhoea::Request::new("echo", ("a", 1)).unwrap();
     /// assert_eq!(req.args().get(), r#"["a",1]"#);
     /// ```
-    pub fn new(method: impl Into<String>, args: impl Serialize) -> Result<Self, Error> {
-        Ok(Self::from_parts(method.into(), Args::new(&args)?))
+    pub fn new(method: impl Into<Arc<str>>, args: impl Serialize) -> Result<Self, Error> {
+        Ok(Self::from_parts(method, Args::new(&args)?))
     }
 
     /// A request from already-encoded arguments.
-    pub fn from_parts(method: String, args: Args) -> Self {
+    pub fn from_parts(method: impl Into<Arc<str>>, args: Args) -> Self {
+        let method = method.into();
         Request {
             method,
             args,
@@ -81,6 +84,11 @@ impl Request {
 
     /// The method name.
     pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The method name, shared.
+    pub fn method_arc(&self) -> &Arc<str> {
         &self.method
     }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use tokio::net::UnixStream;
 use tower::Service;
 
-use crate::connection::{boxed, unbound, BoxedService, Config, Connection, Parent, PeerInfo};
+use crate::connection::{boxed, unbound, BoundService, Config, Connection, Parent, PeerInfo};
 use crate::error::{BoxError, Error};
 use crate::request::Request;
 use crate::response::Response;
@@ -39,10 +39,18 @@ impl Client {
 }
 
 /// Builds a client connection; from [`Client::builder`].
-#[derive(Debug)]
 pub struct ClientBuilder {
     config: Config,
-    service: Option<BoxedService>,
+    service: Option<BoundService>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.config)
+            .field("bound", &self.service.is_some())
+            .finish()
+    }
 }
 
 impl ClientBuilder {

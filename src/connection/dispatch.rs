@@ -18,14 +18,14 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::reader::Inbound;
-use super::{BoxedService, Shared};
+use super::{BoundService, Shared};
 use crate::error::{code, BoxError, Error, RpcError};
 use crate::frame::Frame;
 use crate::response::Response;
 
 pub(super) async fn run(
     mut inbound: mpsc::UnboundedReceiver<Inbound>,
-    mut binding: watch::Receiver<BoxedService>,
+    mut binding: watch::Receiver<BoundService>,
     shared: Arc<Shared>,
 ) {
     let mut service = binding.borrow_and_update().clone();
@@ -54,7 +54,7 @@ pub(super) async fn run(
             service = binding.borrow_and_update().clone();
         }
         let Some(id) = req.id() else {
-            let method = req.method().to_owned();
+            let method = req.method_arc().clone();
             let outcome = tokio::select! {
                 biased;
                 _ = &mut abort => return,
@@ -167,7 +167,7 @@ async fn answer_unstarted(shared: &Shared, id: u64, error: RpcError) {
 }
 
 /// Readies the service and runs one request to completion, panics included.
-async fn call(service: &mut BoxedService, req: crate::Request) -> Result<Response, BoxError> {
+async fn call(service: &mut BoundService, req: crate::Request) -> Result<Response, BoxError> {
     std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
     match catch_unwind_call(service, req) {
         Started::Running(fut) => CatchUnwind(fut).await,
@@ -176,14 +176,14 @@ async fn call(service: &mut BoxedService, req: crate::Request) -> Result<Respons
 }
 
 /// `call` itself may run user code before the future exists (a closure's body, a layer).
-fn catch_unwind_call(service: &mut BoxedService, req: crate::Request) -> Started {
+fn catch_unwind_call(service: &mut BoundService, req: crate::Request) -> Started {
     match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(req))) {
         Ok(fut) => Started::Running(fut),
         Err(panic) => Started::Failed(Some(panicked(panic))),
     }
 }
 
-type ServiceFuture = <BoxedService as Service<crate::Request>>::Future;
+type ServiceFuture = super::bound::BoundFuture;
 
 enum Started {
     Running(ServiceFuture),

@@ -10,6 +10,7 @@
 //! replies to this side's calls get through even while the peer floods; the dispatcher runs
 //! notifications one at a time in wire order and spawns calls (up to a limit).
 
+mod bound;
 mod dispatch;
 mod in_flight;
 mod outbox;
@@ -32,8 +33,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::codec::DEFAULT_MAX_FRAME_SIZE;
 use crate::error::{code, BoxError, Error, Kind, RpcError};
@@ -46,17 +46,16 @@ use in_flight::InFlight;
 use outbox::{Outbox, OutboxPoller};
 use pending::Pending;
 
-/// The type-erased service a connection drives.
-pub(crate) type BoxedService = BoxCloneSyncService<Request, Response, BoxError>;
+pub(crate) use bound::BoundService;
 
-/// Boxes a user's stack, mapping its error into [`BoxError`].
-pub(crate) fn boxed<S>(service: S) -> BoxedService
+/// Erases a user's stack into the service a connection drives.
+pub(crate) fn boxed<S>(service: S) -> BoundService
 where
     S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    BoxCloneSyncService::new(service.map_err(Into::into))
+    BoundService::new(service)
 }
 
 /// Per-connection limits and buffer sizes, shared by clients and servers.
@@ -229,7 +228,7 @@ pub(crate) struct Shared {
     in_flight: InFlight,
     events: broadcast::Sender<Event>,
     /// Replaces the bound service (`Connection::bind`).
-    binding: watch::Sender<BoxedService>,
+    binding: watch::Sender<BoundService>,
     /// Cancelled by `end()`, or when inbound work is done: the writer flushes and shuts down.
     ending: CancellationToken,
     /// Cancelled to drop everything at once (`close()`, a socket error, a shutdown deadline).
@@ -292,12 +291,20 @@ impl Shared {
         Ok(())
     }
 
-    async fn send(&self, frame: Frame) -> Result<(), Error> {
-        if self.ending.is_cancelled() {
-            return Err(Error::closed());
+    /// As [`Shared::check_size`], for an encoded line.
+    fn check_line(&self, line: &[u8]) -> Result<(), Error> {
+        // The terminator does not count, as on the receiving side.
+        let len = line.len().saturating_sub(1);
+        if len > self.config.max_frame_size {
+            return Err(Error::protocol(RpcError::new(
+                code::FRAME_TOO_LARGE,
+                format!(
+                    "frame too large: {len} bytes, the maximum is {}",
+                    self.config.max_frame_size
+                ),
+            )));
         }
-        self.check_size(&frame)?;
-        self.outgoing.send(frame).await
+        Ok(())
     }
 
     fn next_call_id(&self) -> u64 {
@@ -355,7 +362,7 @@ impl Drop for CallGuard {
             return;
         }
         let cancel = Frame::Notification {
-            method: CANCEL_METHOD.to_owned(),
+            method: CANCEL_METHOD.into(),
             args: Args::new(&(self.id,)).expect("an id serializes"),
         };
         match self.shared.outgoing.try_send_control(cancel) {
@@ -398,7 +405,7 @@ impl Connection {
     pub(crate) fn spawn(
         stream: UnixStream,
         peer: PeerInfo,
-        service: BoxedService,
+        service: BoundService,
         config: Config,
         parent: &Parent,
         slot: Option<OwnedSemaphorePermit>,
@@ -455,11 +462,12 @@ impl Connection {
     /// `args` must serialize to a JSON array: a tuple such as `(x, time)`, `(x,)` for one
     /// argument, or `()` for none. Waits while the outgoing queue is full.
     pub async fn post_message(&self, method: &str, args: impl Serialize) -> Result<(), Error> {
-        let frame = Frame::Notification {
-            method: method.to_owned(),
-            args: Args::new(&args)?,
-        };
-        self.shared.send(frame).await
+        if self.shared.ending.is_cancelled() {
+            return Err(Error::closed());
+        }
+        let line = crate::frame::notification_line(method, &args)?;
+        self.shared.check_line(&line)?;
+        self.shared.outgoing.send_line(line).await
     }
 
     /// Calls `method` on the peer and waits for its reply.
@@ -605,7 +613,7 @@ impl Parent {
 /// Runs the inbound side, then lets the writer finish, then reports the close.
 async fn drive(
     read: tokio::net::unix::OwnedReadHalf,
-    binding: watch::Receiver<BoxedService>,
+    binding: watch::Receiver<BoundService>,
     shared: Arc<Shared>,
     writer: tokio::task::JoinHandle<()>,
 ) {
@@ -810,7 +818,7 @@ impl fmt::Debug for ResponseFuture {
 }
 
 /// The service a connection serves before anything is bound: every call gets -32601.
-pub(crate) fn unbound() -> BoxedService {
+pub(crate) fn unbound() -> BoundService {
     boxed(Router::new())
 }
 

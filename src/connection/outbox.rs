@@ -12,9 +12,10 @@ use tokio_util::sync::{PollSemaphore, PollSender};
 use crate::error::Error;
 use crate::frame::Frame;
 
-/// A frame in the queue, with its share of the byte budget.
+/// An encoded frame in the queue, with its share of the byte budget. Frames are encoded by
+/// their senders, so the writer only gathers bytes.
 pub(crate) struct Queued {
-    pub(crate) frame: Frame,
+    pub(crate) line: Vec<u8>,
     /// Released when the writer has encoded the frame.
     _bytes: Option<OwnedSemaphorePermit>,
 }
@@ -39,20 +40,25 @@ impl Outbox {
         )
     }
 
-    fn cost(&self, frame: &Frame) -> u32 {
-        frame.payload_len().clamp(1, self.budget) as u32
+    fn cost(&self, line: &[u8]) -> u32 {
+        line.len().clamp(1, self.budget) as u32
     }
 
     /// Queues a frame, waiting for room in bytes and then in frames.
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), Error> {
+        self.send_line(frame.to_line()).await
+    }
+
+    /// Queues an encoded frame, waiting for room in bytes and then in frames.
+    pub(crate) async fn send_line(&self, line: Vec<u8>) -> Result<(), Error> {
         let bytes = self
             .bytes
             .clone()
-            .acquire_many_owned(self.cost(&frame))
+            .acquire_many_owned(self.cost(&line))
             .await;
         let bytes = bytes.map_err(|_| Error::closed())?;
         let queued = Queued {
-            frame,
+            line,
             _bytes: Some(bytes),
         };
         self.slots.send(queued).await.map_err(|_| Error::closed())
@@ -64,21 +70,25 @@ impl Outbox {
         &self,
         frame: Frame,
     ) -> Result<(), mpsc::error::TrySendError<Frame>> {
-        self.slots
-            .try_send(Queued {
-                frame,
-                _bytes: None,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(q) => mpsc::error::TrySendError::Full(q.frame),
-                mpsc::error::TrySendError::Closed(q) => mpsc::error::TrySendError::Closed(q.frame),
-            })
+        match self.slots.try_reserve() {
+            Ok(slot) => {
+                slot.send(Queued {
+                    line: frame.to_line(),
+                    _bytes: None,
+                });
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Err(mpsc::error::TrySendError::Full(frame)),
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                Err(mpsc::error::TrySendError::Closed(frame))
+            }
+        }
     }
 
     /// As [`Outbox::try_send_control`], waiting for a frame slot.
     pub(crate) async fn send_control(&self, frame: Frame) -> Result<(), Error> {
         let queued = Queued {
-            frame,
+            line: frame.to_line(),
             _bytes: None,
         };
         self.slots.send(queued).await.map_err(|_| Error::closed())
@@ -130,14 +140,15 @@ impl OutboxPoller {
 
     pub(crate) fn send(&mut self, frame: Frame) -> Result<(), Error> {
         let mut bytes = self.held.take().ok_or_else(Error::closed)?;
-        let want = frame.payload_len().clamp(1, self.budget) - 1;
+        let line = frame.to_line();
+        let want = line.len().clamp(1, self.budget) - 1;
         let semaphore = self.bytes.clone_inner();
         let more = want.min(semaphore.available_permits()) as u32;
         if let Ok(extra) = semaphore.try_acquire_many_owned(more) {
             bytes.merge(extra);
         }
         let queued = Queued {
-            frame,
+            line,
             _bytes: Some(bytes),
         };
         self.slots.send_item(queued).map_err(|_| Error::closed())

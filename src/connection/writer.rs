@@ -36,7 +36,7 @@ pub(super) async fn run(
         }
         for queued in batch.drain(..) {
             // Dropping `queued` returns its bytes to the budget: they are in `buf` now.
-            queued.frame.encode(&mut buf);
+            buf.extend_from_slice(&queued.line);
             if buf.len() >= WRITE_CHUNK && !flush(&mut write, &mut buf, &shared).await {
                 return;
             }
@@ -51,7 +51,7 @@ pub(super) async fn run(
     // Ending: write what is queued, refuse the rest, then shut down the write side.
     queue.close();
     while let Ok(queued) = queue.try_recv() {
-        queued.frame.encode(&mut buf);
+        buf.extend_from_slice(&queued.line);
     }
     if flush(&mut write, &mut buf, &shared).await {
         let _ = write.shutdown().await;

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tower::Service;
 
 use crate::connection::{
-    boxed, BoxedService, Config, Connection, Parent, PeerInfo, DEFAULT_SHUTDOWN_TIMEOUT,
+    boxed, BoundService, Config, Connection, Parent, PeerInfo, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 use crate::error::{code, BoxError, Error, RpcError};
 use crate::frame::Frame;
@@ -93,7 +93,7 @@ impl Server {
     /// Accepts the next connection, building its service from the peer's identity.
     async fn accept_with(
         &self,
-        make: impl FnOnce(&PeerInfo) -> BoxedService,
+        make: impl FnOnce(&PeerInfo) -> BoundService,
     ) -> Result<Connection, Error> {
         let mut make = Some(make);
         let mut backoff = Duration::ZERO;
