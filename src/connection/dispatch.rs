@@ -1,9 +1,10 @@
 //! The dispatcher: runs incoming calls through the bound service.
 //!
 //! Notifications run one at a time, in wire order: each completes before the next frame is
-//! dispatched. Requests are dispatched in wire order and run concurrently in their own tasks,
-//! up to `max_concurrent_requests`. Errors from the service become error replies (requests) or
-//! error events (notifications) here, in one place.
+//! dispatched. Requests are dispatched in wire order and run concurrently, up to
+//! `max_concurrent_requests`: each is polled once here, answered at once if it is ready (most
+//! are), and otherwise finishes in a task of its own. Errors from the service become error
+//! replies (requests) or error events (notifications) here, in one place.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
