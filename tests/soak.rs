@@ -1,0 +1,747 @@
+//! Load and soak, fast versions (issue 5, items 4, 5, 6, 11 and 12): a peer that never reads,
+//! many connections at once, peers killed mid-call, descriptor exhaustion, connection churn.
+//!
+//! The long versions, with figures: `cargo run --release --example soak -- <scenario>`.
+//!
+//! Where a figure belongs to the server alone (its RSS, descriptors, CPU time, log lines), the
+//! server runs in a child process: this test binary re-run for the ignored `soak_child` test,
+//! which reads its role from `DIARRHOEA_SOAK_CHILD`. Every child is killed by its handle when
+//! its guard drops. The tests take turns (`serial()`): they count descriptors and time
+//! latencies, which tests running alongside would disturb.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::*;
+use diarrhoea::{Client, Connection, Server};
+
+/// Selects the child's role: `server:<socket>` or `victim:<socket>`.
+const CHILD_ENV: &str = "DIARRHOEA_SOAK_CHILD";
+/// How long a victim's call sleeps on the server, in ms; 0 for no call (half a frame only).
+const SLEEP_ENV: &str = "DIARRHOEA_SOAK_SLEEP_MS";
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The child side.
+
+/// Not a test: the entry point of the child processes the other tests start.
+#[test]
+#[ignore = "entry point for the child processes of the soak tests"]
+fn soak_child() {
+    let Ok(role) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    match role.split_once(':') {
+        Some(("server", path)) => child_server(Path::new(path)),
+        Some(("victim", path)) => child_victim(Path::new(path)),
+        _ => panic!("{CHILD_ENV}={role}: expected server:<path> or victim:<path>"),
+    }
+}
+
+/// Serves `test_router()` plus `stats` (open connections) until stdin closes; prints `ready`
+/// once bound. Warnings go to stderr, where the parent counts them.
+fn child_server(path: &Path) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = Arc::new(Server::bind(path).unwrap());
+        let weak = Arc::downgrade(&server);
+        let router = test_router().route("stats", move || {
+            let open = weak.upgrade().map_or(0, |s| s.connections());
+            async move { open }
+        });
+        println!("ready");
+        std::io::stdout().flush().unwrap();
+        let stdin_closed = tokio::task::spawn_blocking(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        });
+        tokio::select! {
+            _ = stdin_closed => {}
+            _ = async {
+                loop {
+                    server.accept(router.clone()).await.unwrap();
+                }
+            } => {}
+        }
+    });
+}
+
+/// A peer that starts a call whose handler sleeps (unless `SLEEP_ENV` is 0), sends half a
+/// frame, says `ready` and waits to be killed (bounded: it leaves by itself after two minutes).
+fn child_victim(path: &Path) {
+    let sleep_ms: u64 = std::env::var(SLEEP_ENV).map_or(60_000, |v| v.parse().unwrap());
+    let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+    if sleep_ms > 0 {
+        let call = format!("[\"sleep\",[{sleep_ms}],1]\n");
+        stream.write_all(call.as_bytes()).unwrap();
+    }
+    stream.write_all(b"[\"echo\",[\"half a fr").unwrap();
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent side: children and what /proc says about them.
+
+/// A child process, killed (by its handle) and reaped when dropped.
+struct ChildGuard {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ChildGuard {
+    /// This test binary, re-run as `role` for the socket at `path`; `fd_limit` lowers the
+    /// child's descriptor limit (through `sh -c 'ulimit -n ..; exec ..'`).
+    fn spawn(role: &str, path: &Path, fd_limit: Option<u32>, stderr: Stdio) -> Self {
+        Self::spawn_with(role, path, fd_limit, stderr, &[])
+    }
+
+    fn spawn_with(
+        role: &str,
+        path: &Path,
+        fd_limit: Option<u32>,
+        stderr: Stdio,
+        env: &[(&str, String)],
+    ) -> Self {
+        let exe = std::env::current_exe().unwrap();
+        let harness = ["--exact", "soak_child", "--ignored", "--nocapture"];
+        let mut command = match fd_limit {
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(exe);
+                sh
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
+            .args(harness)
+            .env(CHILD_ENV, format!("{role}:{}", path.display()))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn a child");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        ChildGuard { child, stdout }
+    }
+
+    /// Waits for the child's `ready` line (the harness prints its own lines first).
+    fn wait_ready(&mut self) {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).expect("child stdout");
+            assert!(n > 0, "the child exited before it was ready");
+            if line.trim() == "ready" {
+                return;
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server child, ready to accept, with its stderr lines (and when each arrived) collected.
+struct ServerChild {
+    guard: ChildGuard,
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl ServerChild {
+    fn start(path: &Path, fd_limit: Option<u32>) -> Self {
+        let mut guard = ChildGuard::spawn("server", path, fd_limit, Stdio::piped());
+        let stderr = guard.child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        guard.wait_ready();
+        ServerChild { guard, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// Log lines containing `needle` that arrived in `[from, to)`.
+    fn log_count(&self, needle: &str, from: Instant, to: Instant) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|(at, line)| *at >= from && *at < to && line.contains(needle))
+            .count()
+    }
+}
+
+/// Open descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident set now (`VmRSS`) and at its peak (`VmHWM`), in KiB.
+fn rss_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// CPU time (user + system) a process has used, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which ends with the last ')': state is field 3, utime 14.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    field(14).unwrap_or(0) + field(15).unwrap_or(0)
+}
+
+/// Polls `check` every 5 ms until it holds or `limit` passes; the time it took, if it held.
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    check().then(|| started.elapsed())
+}
+
+/// The `q` quantile of the latencies.
+fn quantile(latencies: &mut [Duration], q: f64) -> Duration {
+    if latencies.is_empty() {
+        return Duration::ZERO;
+    }
+    latencies.sort_unstable();
+    let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+    latencies[i]
+}
+
+/// One `add` call with a deadline; the latency if it came back right.
+async fn timed_add(conn: &Connection, a: i64, b: i64) -> Result<Duration, String> {
+    let started = Instant::now();
+    match tokio::time::timeout(PATIENCE, conn.call::<i64>("add", (a, b))).await {
+        Ok(Ok(sum)) if sum == a + b => Ok(started.elapsed()),
+        Ok(Ok(sum)) => Err(format!("add({a}, {b}) = {sum}")),
+        Ok(Err(e)) => Err(format!("add failed: {e}")),
+        Err(_) => Err("add timed out".into()),
+    }
+}
+
+/// `n` callers, each with its own connection, calling `add` every `every` until `stop`; the
+/// latencies and the calls that went wrong.
+async fn callers(
+    path: &Path,
+    n: usize,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> (Vec<Duration>, Vec<String>) {
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(within("connect", Client::connect(path)).await.unwrap());
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, conn) in conns.iter().cloned().enumerate() {
+        let (latencies, failures, stop) = (latencies.clone(), failures.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seq = 0;
+            while !stop.load(Relaxed) {
+                tick.tick().await;
+                seq += 1;
+                match timed_add(&conn, i as i64, seq).await {
+                    Ok(latency) => latencies.lock().unwrap().push(latency),
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    for conn in conns {
+        conn.close();
+    }
+    let latencies = std::mem::take(&mut *latencies.lock().unwrap());
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
+    (latencies, failures)
+}
+
+/// Tests run their async part on a runtime of their own (the parent side of the children).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A peer that never reads.
+
+/// A raw peer that writes `echo` requests with a 64 KiB argument as fast as the socket takes
+/// them and never reads; counts the bytes the socket accepted and when it last accepted any.
+struct Flooder {
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<(std::os::unix::net::UnixStream, Instant)>,
+}
+
+impl Flooder {
+    fn start(path: &Path) -> Self {
+        let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let (stop, written) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (stop2, written2) = (stop.clone(), written.clone());
+        let thread = std::thread::spawn(move || {
+            let arg = "x".repeat(64 * 1024);
+            let mut last_progress = Instant::now();
+            let mut id = 0u64;
+            let mut frame = Vec::new();
+            let mut offset = 0;
+            while !stop2.load(Relaxed) {
+                if offset == frame.len() {
+                    id += 1;
+                    frame = format!("[\"echo\",[\"{arg}\"],{id}]\n").into_bytes();
+                    offset = 0;
+                }
+                match stream.write(&frame[offset..]) {
+                    Ok(n) => {
+                        offset += n;
+                        written2.fetch_add(n as u64, Relaxed);
+                        last_progress = Instant::now();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("the flooding peer's write failed: {e}"),
+                }
+            }
+            (stream, last_progress)
+        });
+        Flooder {
+            stop,
+            written,
+            thread,
+        }
+    }
+}
+
+#[test]
+fn a_peer_that_never_reads_is_held_back_and_others_keep_their_latency() {
+    let _serial = serial();
+    let (_dir, path) = socket_path();
+    let server = ServerChild::start(&path, None);
+    let flooder = Flooder::start(&path);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = runtime();
+    let others = rt.spawn(callers_for(
+        path.clone(),
+        20,
+        Duration::from_millis(10),
+        stop.clone(),
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    let (rss_kb, hwm_kb) = rss_kb(server.pid());
+    let written = flooder.written.load(Relaxed);
+    stop.store(true, Relaxed);
+    flooder.stop.store(true, Relaxed);
+    let (mut stream, last_progress) = flooder.thread.join().unwrap();
+    let (mut latencies, failures) = rt.block_on(others).unwrap();
+    let p99 = quantile(&mut latencies, 0.99);
+    eprintln!(
+        "never-reading peer: wrote {} KiB, stalled for {:?}; server RSS {rss_kb} KiB \
+         (peak {hwm_kb}); 20 others: {} calls, p99 {p99:?}",
+        written / 1024,
+        last_progress.elapsed(),
+        latencies.len(),
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    // Held back: the server stopped reading it well before the end.
+    assert!(
+        last_progress.elapsed() > Duration::from_millis(1000),
+        "the peer that never reads could still write {} KiB",
+        written / 1024
+    );
+    assert!(hwm_kb < 64 * 1024, "server peak RSS {hwm_kb} KiB");
+    // Debug build on a shared machine; the release figure (20 ms) is the long version's.
+    assert!(p99 < Duration::from_millis(200), "p99 {p99:?}");
+    assert!(latencies.len() > 20 * 50, "only {} calls", latencies.len());
+
+    // Once it reads, its requests are answered.
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut first = [0u8; 4];
+    stream.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"[1,[");
+}
+
+/// `callers` with an owned path, for `spawn`.
+async fn callers_for(
+    path: PathBuf,
+    n: usize,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> (Vec<Duration>, Vec<String>) {
+    callers(&path, n, every, stop).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Many connections at once.
+
+#[test]
+fn many_connections_making_calls_lose_nothing_and_hold_descriptors_flat() {
+    let _serial = serial();
+    let (_dir, path) = socket_path();
+    let server = ServerChild::start(&path, None);
+    let pid = server.pid();
+    let baseline = fd_count(pid);
+    let n = 300;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = runtime();
+    let load = rt.spawn(callers_for(
+        path.clone(),
+        n,
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
+    // All connected: the server holds one descriptor per connection.
+    wait_until(PATIENCE, || fd_count(pid) >= baseline + n).expect("all connections accepted");
+    let mut samples = Vec::new();
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(250));
+        samples.push(fd_count(pid));
+    }
+    let (_, hwm_kb) = rss_kb(pid);
+    stop.store(true, Relaxed);
+    let (mut latencies, failures) = rt.block_on(load).unwrap();
+    let p99 = quantile(&mut latencies, 0.99);
+    eprintln!(
+        "{n} connections: {} calls, {} failed, p99 {p99:?}, server peak RSS {hwm_kb} KiB, \
+         descriptors {samples:?} (baseline {baseline})",
+        latencies.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{:?}",
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        samples.iter().all(|&s| s == baseline + n),
+        "descriptors {samples:?}, expected {}",
+        baseline + n
+    );
+    assert!(hwm_kb < 100 * 1024, "server peak RSS {hwm_kb} KiB");
+    assert!(p99 < Duration::from_millis(200), "p99 {p99:?}");
+    // And they all go away.
+    wait_until(PATIENCE, || fd_count(pid) == baseline).expect("descriptors back to baseline");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Peers killed mid-call and mid-frame.
+
+/// Starts `n` victims whose calls sleep `sleep_ms` on the server, kills them all once the server
+/// holds their connections, and returns how long its descriptors took to come back to the
+/// baseline (`None`: not within 5 s), then checks that it still serves.
+fn kill_peers(n: usize, sleep_ms: u64) -> Option<Duration> {
+    let (_dir, path) = socket_path();
+    let server = ServerChild::start(&path, None);
+    let pid = server.pid();
+    let baseline = fd_count(pid);
+    let env = [(SLEEP_ENV, sleep_ms.to_string())];
+    let mut victims: Vec<ChildGuard> = (0..n)
+        .map(|_| ChildGuard::spawn_with("victim", &path, None, Stdio::null(), &env))
+        .collect();
+    for victim in &mut victims {
+        victim.wait_ready();
+    }
+    wait_until(PATIENCE, || fd_count(pid) >= baseline + n).expect("all victims accepted");
+    // Let the calls start.
+    std::thread::sleep(Duration::from_millis(100));
+    for victim in &mut victims {
+        victim.child.kill().unwrap();
+    }
+    for victim in &mut victims {
+        victim.child.wait().unwrap();
+    }
+    let released = wait_until(Duration::from_secs(5), || fd_count(pid) <= baseline);
+    eprintln!(
+        "{n} peers killed (calls sleeping {sleep_ms} ms): descriptors back to baseline after \
+         {released:?} (now {}, baseline {baseline})",
+        fd_count(pid)
+    );
+    // And it keeps serving.
+    runtime().block_on(async {
+        let conn = within("connect", Client::connect(&path)).await.unwrap();
+        timed_add(&conn, 2, 3).await.unwrap();
+        conn.close();
+    });
+    released
+}
+
+#[test]
+fn peers_killed_mid_frame_release_their_descriptors() {
+    let _serial = serial();
+    let released = kill_peers(50, 0);
+    assert!(
+        released.is_some_and(|t| t < Duration::from_secs(1)),
+        "released after {released:?}"
+    );
+}
+
+/// Fails today: a connection whose peer is gone (EOF) still waits for its running handlers
+/// before it closes, so its descriptor is held for as long as the handler runs (here 60 s).
+/// Run it with `cargo test --test soak -- --ignored peers_killed_mid_call`.
+#[test]
+#[ignore = "known bug: a killed peer's descriptor is held until its running handlers finish"]
+fn peers_killed_mid_call_release_their_descriptors() {
+    let _serial = serial();
+    let released = kill_peers(50, 60_000);
+    assert!(
+        released.is_some_and(|t| t < Duration::from_secs(1)),
+        "released after {released:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Out of descriptors.
+
+/// Clients that keep trying to connect and call `add` until `stop`; `served` counts the calls
+/// answered.
+async fn persistent_clients(
+    path: PathBuf,
+    n: usize,
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (path, stop, served) = (path.clone(), stop.clone(), served.clone());
+        tasks.spawn(async move {
+            let mut held = None;
+            while !stop.load(Relaxed) {
+                if held.is_some() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                let Ok(Ok(conn)) =
+                    tokio::time::timeout(Duration::from_secs(1), Client::connect(&path)).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let call = conn.call::<i64>("add", (i as i64, 1));
+                match tokio::time::timeout(Duration::from_millis(500), call).await {
+                    Ok(Ok(_)) => {
+                        served.fetch_add(1, Relaxed);
+                        held = Some(conn);
+                    }
+                    _ => conn.close(),
+                }
+            }
+            if let Some(conn) = held {
+                conn.close();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+#[test]
+fn out_of_descriptors_backs_off_quietly_and_recovers() {
+    let _serial = serial();
+    let (_dir, path) = socket_path();
+    let server = ServerChild::start(&path, Some(64));
+    let pid = server.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let rt = runtime();
+    let clients = rt.spawn(persistent_clients(
+        path.clone(),
+        200,
+        stop.clone(),
+        served.clone(),
+    ));
+    // Saturated: the server has run out of descriptors and says so.
+    wait_until(PATIENCE, || {
+        server.log_count(
+            "out of file descriptors",
+            Instant::now() - PATIENCE,
+            Instant::now(),
+        ) > 0
+    })
+    .expect("the server ran out of descriptors");
+    let (from, ticks) = (Instant::now(), cpu_ticks(pid));
+    std::thread::sleep(Duration::from_secs(3));
+    let (to, busy) = (Instant::now(), cpu_ticks(pid) - ticks);
+    let warnings = server.log_count("out of file descriptors", from, to);
+    let window = (to - from).as_secs_f64();
+    let cpu = busy as f64 / 100.0 / window;
+    let fds = fd_count(pid);
+    stop.store(true, Relaxed);
+    rt.block_on(clients).unwrap();
+    let left = Instant::now();
+    let recovered = rt.block_on(async {
+        loop {
+            if let Ok(Ok(conn)) =
+                tokio::time::timeout(Duration::from_millis(500), Client::connect(&path)).await
+            {
+                let call = conn.call::<i64>("add", (1, 1));
+                if let Ok(Ok(2)) = tokio::time::timeout(Duration::from_millis(500), call).await {
+                    conn.close();
+                    return left.elapsed();
+                }
+                conn.close();
+            }
+            if left.elapsed() > PATIENCE {
+                panic!("no recovery within {PATIENCE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    eprintln!(
+        "fd limit 64, 200 clients: {} served, {fds} descriptors, CPU {:.1}% over {window:.1} s, \
+         {warnings} warnings; recovered {recovered:?} after the clients left",
+        served.load(Relaxed),
+        cpu * 100.0
+    );
+    assert!(served.load(Relaxed) > 0);
+    assert!(
+        cpu < 0.25,
+        "server CPU {:.1}% while out of descriptors",
+        cpu * 100.0
+    );
+    assert!(
+        warnings as f64 <= window + 1.0,
+        "{warnings} warnings in {window:.1} s"
+    );
+    assert!(
+        recovered < Duration::from_secs(2),
+        "recovered after {recovered:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. Connection churn.
+
+#[test]
+fn connect_and_close_cycles_leak_nothing() {
+    let _serial = serial();
+    let rt = runtime();
+    rt.block_on(async {
+        let (_dir, path) = socket_path();
+        let server = Arc::new(Server::bind(&path).unwrap());
+        let accepting = tokio::spawn({
+            let server = server.clone();
+            async move {
+                loop {
+                    server.accept(test_router()).await.unwrap();
+                }
+            }
+        });
+        let me = std::process::id();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let cycles = |n: usize| {
+            let path = path.clone();
+            async move {
+                for i in 0..n {
+                    if i % 2 == 0 {
+                        drop(tokio::net::UnixStream::connect(&path).await.unwrap());
+                    } else {
+                        let conn = Client::connect(&path).await.unwrap();
+                        timed_add(&conn, i as i64, 1).await.unwrap();
+                        conn.close();
+                    }
+                }
+            }
+        };
+        let settled = |server: Arc<Server>| async move {
+            within("connections closed", async {
+                while server.connections() > 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+        };
+        // Warm up allocator arenas and lazily created runtime parts first.
+        cycles(500).await;
+        settled(server.clone()).await;
+        let (fds, tasks, (rss, _)) = (fd_count(me), metrics.num_alive_tasks(), rss_kb(me));
+        let started = Instant::now();
+        let n = 4000;
+        cycles(n).await;
+        settled(server.clone()).await;
+        let elapsed = started.elapsed();
+        // Closing is asynchronous on the server's side for a moment after `connections()`.
+        let fds_after = within("descriptors", async {
+            loop {
+                let now = fd_count(me);
+                if now <= fds {
+                    return now;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let tasks_after = metrics.num_alive_tasks();
+        let (rss_after, _) = rss_kb(me);
+        eprintln!(
+            "{n} connect-and-close cycles in {elapsed:?}: descriptors {fds} -> {fds_after}, \
+             tasks {tasks} -> {tasks_after}, RSS {rss} -> {rss_after} KiB"
+        );
+        assert_eq!(server.connections(), 0);
+        assert!(tasks_after <= tasks, "tasks {tasks} -> {tasks_after}");
+        assert!(
+            rss_after < rss + 4 * 1024,
+            "RSS grew from {rss} to {rss_after} KiB"
+        );
+        accepting.abort();
+    });
+}
