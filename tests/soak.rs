@@ -554,10 +554,11 @@ fn peers_killed_mid_call_release_their_descriptors() {
 // 11. Out of descriptors.
 
 /// Clients that keep trying to connect and call `add` until `stop`; `served` counts the calls
-/// answered.
+/// answered. With `churn`, a served client leaves after 200 ms and comes back.
 async fn persistent_clients(
     path: PathBuf,
     n: usize,
+    churn: bool,
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
 ) {
@@ -565,10 +566,14 @@ async fn persistent_clients(
     for i in 0..n {
         let (path, stop, served) = (path.clone(), stop.clone(), served.clone());
         tasks.spawn(async move {
-            let mut held = None;
+            let mut held: Option<Connection> = None;
             while !stop.load(Relaxed) {
-                if held.is_some() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                if let Some(conn) = &held {
+                    tokio::time::sleep(Duration::from_millis(if churn { 200 } else { 20 })).await;
+                    if churn {
+                        conn.close();
+                        held = None;
+                    }
                     continue;
                 }
                 let Ok(Ok(conn)) =
@@ -594,9 +599,9 @@ async fn persistent_clients(
     while tasks.join_next().await.is_some() {}
 }
 
-#[test]
-fn out_of_descriptors_backs_off_quietly_and_recovers() {
-    let _serial = serial();
+/// Runs 200 clients against a server limited to 64 descriptors, then lets them go; asserts
+/// low CPU, at most about one warning a second, and recovery within 2 s.
+fn out_of_descriptors(churn: bool) {
     let (_dir, path) = socket_path();
     let server = ServerChild::start(&path, Some(64));
     let pid = server.pid();
@@ -606,6 +611,7 @@ fn out_of_descriptors_backs_off_quietly_and_recovers() {
     let clients = rt.spawn(persistent_clients(
         path.clone(),
         200,
+        churn,
         stop.clone(),
         served.clone(),
     ));
@@ -647,8 +653,8 @@ fn out_of_descriptors_backs_off_quietly_and_recovers() {
         }
     });
     eprintln!(
-        "fd limit 64, 200 clients: {} served, {fds} descriptors, CPU {:.1}% over {window:.1} s, \
-         {warnings} warnings; recovered {recovered:?} after the clients left",
+        "fd limit 64, 200 clients (churn: {churn}): {} served, {fds} descriptors, CPU {:.1}% \
+         over {window:.1} s, {warnings} warnings; recovered {recovered:?} after the clients left",
         served.load(Relaxed),
         cpu * 100.0
     );
@@ -666,6 +672,22 @@ fn out_of_descriptors_backs_off_quietly_and_recovers() {
         recovered < Duration::from_secs(2),
         "recovered after {recovered:?}"
     );
+}
+
+#[test]
+fn out_of_descriptors_backs_off_quietly_and_recovers() {
+    let _serial = serial();
+    out_of_descriptors(false);
+}
+
+/// Fails today: the accept loop's log limiter (and back-off) live in one `accept` call, so
+/// every accepted connection resets them, and a descriptor freed now and then brings a warning
+/// each time. Run it with `cargo test --test soak -- --ignored under_churn`.
+#[test]
+#[ignore = "known bug: the out-of-descriptors warning is limited per accept call, not per server"]
+fn out_of_descriptors_under_churn_still_logs_about_once_a_second() {
+    let _serial = serial();
+    out_of_descriptors(true);
 }
 
 // ---------------------------------------------------------------------------------------------
