@@ -81,7 +81,7 @@ impl RpcError {
     pub fn method_not_found(method: &str) -> Self {
         Self::new(
             code::METHOD_NOT_FOUND,
-            format!("method not found: {method}"),
+            format!("method not found: {}", crate::frame::truncate(method, 64)),
         )
     }
 

@@ -52,9 +52,11 @@ impl Args {
     }
 
     /// Wraps raw JSON that is already known to be an array.
+    ///
+    /// Pretty-printed JSON is fine: line breaks become spaces, so a frame stays one line.
     pub fn from_raw(raw: Box<RawValue>) -> Result<Self, Error> {
         if raw.get().starts_with('[') {
-            Ok(Args(raw))
+            Ok(Args(one_line(raw)))
         } else {
             Err(Error::new(Kind::Encode).with_source("arguments must be a JSON array"))
         }
@@ -74,6 +76,16 @@ impl Args {
     pub fn into_raw(self) -> Box<RawValue> {
         self.0
     }
+}
+
+/// Raw JSON on one line: outside strings a line break is only whitespace (inside strings it
+/// must be escaped), so replacing it with a space keeps the value and keeps a frame one line.
+pub(crate) fn one_line(raw: Box<RawValue>) -> Box<RawValue> {
+    if !raw.get().bytes().any(|b| b == b'\n' || b == b'\r') {
+        return raw;
+    }
+    let flat = raw.get().replace(['\n', '\r'], " ");
+    RawValue::from_string(flat).expect("whitespace changes keep JSON valid")
 }
 
 /// Writes `args` as the arguments array of a frame being encoded into `line`.

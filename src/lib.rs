@@ -185,6 +185,8 @@
 //! deadline covers every attempt. A [`Request`] whose `meta.timeout_ms` is set also tells the
 //! peer the deadline, and the [`Caller`] fails it locally when it passes.
 
+#![forbid(unsafe_code)]
+
 mod client;
 pub mod codec;
 mod connection;

@@ -27,7 +27,14 @@ impl Response {
     }
 
     /// Wraps raw JSON.
+    ///
+    /// Pretty-printed JSON is fine: line breaks become spaces, so a reply stays one line.
     pub fn from_raw(raw: Box<RawValue>) -> Self {
+        Response(crate::frame::one_line(raw))
+    }
+
+    /// Raw JSON read from a line, which cannot hold a line break.
+    pub(crate) fn from_wire(raw: Box<RawValue>) -> Self {
         Response(raw)
     }
 
@@ -106,7 +113,7 @@ impl IntoReply for Args {
 
 impl IntoReply for Box<RawValue> {
     fn into_reply(self) -> Result<Response, RpcError> {
-        Ok(Response(self))
+        Ok(Response::from_raw(self))
     }
 }
 
