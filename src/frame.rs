@@ -419,7 +419,7 @@ impl<'a> Parts<'a> {
         // A reply is never answered, so a malformed one carries no id to reply to.
         let id = parse_id(self.get(0)).map_err(|e| InvalidFrame::new(None, e))?;
         let result = match self.len {
-            2 => Ok(Response::from_raw(
+            2 => Ok(Response::from_wire(
                 self.items[1].expect("len == 2").to_owned(),
             )),
             3 if self.get(1) == "null" => {

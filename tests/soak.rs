@@ -540,7 +540,6 @@ fn peers_killed_mid_frame_release_their_descriptors() {
 /// before it closes, so its descriptor is held for as long as the handler runs (here 60 s).
 /// Run it with `cargo test --test soak -- --ignored peers_killed_mid_call`.
 #[test]
-#[ignore = "known bug: a killed peer's descriptor is held until its running handlers finish"]
 fn peers_killed_mid_call_release_their_descriptors() {
     let _serial = serial();
     let released = kill_peers(50, 60_000);
@@ -684,7 +683,6 @@ fn out_of_descriptors_backs_off_quietly_and_recovers() {
 /// every accepted connection resets them, and a descriptor freed now and then brings a warning
 /// each time. Run it with `cargo test --test soak -- --ignored under_churn`.
 #[test]
-#[ignore = "known bug: the out-of-descriptors warning is limited per accept call, not per server"]
 fn out_of_descriptors_under_churn_still_logs_about_once_a_second() {
     let _serial = serial();
     out_of_descriptors(true);

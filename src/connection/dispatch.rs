@@ -93,7 +93,8 @@ pub(super) async fn run(
                 ready = std::future::poll_fn(|cx| service.poll_ready(cx)) => ready,
             },
         };
-        drop(budget);
+        // The request keeps its share of the inbound buffer until it is answered, so slow
+        // handlers hold the reader back instead of piling up requests and their replies.
         if !shared.in_flight.start(id) {
             // Cancelled while it waited: already answered.
             continue;
@@ -109,7 +110,7 @@ pub(super) async fn run(
                 _ = &mut abort => return,
                 _ = answer(&shared, id, outcome.map_err(RpcError::from_box_error)) => {}
             }
-            drop(permit);
+            drop((permit, budget));
             continue;
         }
         let task_shared = shared.clone();
@@ -122,7 +123,7 @@ pub(super) async fn run(
                 },
             };
             answer(&task_shared, id, outcome).await;
-            drop(permit);
+            drop((permit, budget));
         });
         shared.in_flight.set_task(id, task);
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -22,7 +22,9 @@ use crate::request::Request;
 pub(super) type Inbound = (Request, OwnedSemaphorePermit);
 
 /// Bytes read per `read` call at most; also the buffer size kept between frames.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+/// How often a connection whose peer has ended checks that the peer is still there.
+const HANGUP_CHECK: Duration = Duration::from_millis(100);
 /// A frame's cost in the inbound buffer beyond its payload, for the request's own fields.
 const FRAME_OVERHEAD: usize = 128;
 
@@ -74,7 +76,9 @@ pub(super) async fn run(
                     }
                 }
                 shared.emit(Event::End);
-                return finish(&shared);
+                finish(&shared);
+                drop(inbound);
+                return watch_for_hangup(&read, &shared).await;
             }
             Ok(_) => mid_line = buf.last() != Some(&b'\n'),
             Err(e) => {
@@ -98,6 +102,33 @@ fn stalled(shared: &Shared) {
     let _ = shared
         .outgoing
         .try_send_control(Frame::ConnectionError(why));
+}
+
+/// After the peer's end of stream, calls already read may still be running. A peer that only
+/// half-closed still reads their replies; one that went away entirely (killed, closed) never
+/// will, so its connection is torn down at once instead of holding a descriptor until the
+/// handlers finish.
+async fn watch_for_hangup(read: &OwnedReadHalf, shared: &Shared) {
+    let socket: &tokio::net::UnixStream = read.as_ref();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.abort.cancelled() => return,
+            _ = shared.ending.cancelled() => return,
+            _ = tokio::time::sleep(HANGUP_CHECK) => {}
+        }
+        match socket.ready(Interest::WRITABLE).await {
+            Ok(ready) if !ready.is_write_closed() => {}
+            _ => {
+                tracing::debug!(
+                    connection = shared.id,
+                    "diarrhoea: peer hung up, dropping its calls"
+                );
+                shared.abort.cancel();
+                return;
+            }
+        }
+    }
 }
 
 fn finish(shared: &Shared) {

@@ -15,14 +15,17 @@ use crate::error::Error;
 /// Frames taken from the queue per batch.
 const BATCH: usize = 256;
 /// Bytes gathered before a write; larger batches are written as they fill.
-const WRITE_CHUNK: usize = 256 * 1024;
+const WRITE_CHUNK: usize = 64 * 1024;
+/// A buffer that grew beyond this is given back after its write, so a connection that was
+/// busy once does not keep the memory (1,000 connections x a large buffer adds up).
+const KEEP: usize = 16 * 1024;
 
 pub(super) async fn run(
     mut write: OwnedWriteHalf,
     mut queue: mpsc::Receiver<Queued>,
     shared: Arc<Shared>,
 ) {
-    let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+    let mut buf = BytesMut::new();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let got = tokio::select! {
@@ -44,8 +47,8 @@ pub(super) async fn run(
         if !flush(&mut write, &mut buf, &shared).await {
             return;
         }
-        if buf.capacity() > 4 * WRITE_CHUNK {
-            buf = BytesMut::with_capacity(WRITE_CHUNK);
+        if buf.capacity() > KEEP {
+            buf = BytesMut::new();
         }
     }
     // Ending: write what is queued, refuse the rest, then shut down the write side.

@@ -47,6 +47,8 @@ pub struct Server {
     socket_file: Option<SocketFile>,
     config: Config,
     shutdown_timeout: Duration,
+    /// Back-off and log state of the accept loop.
+    pressure: std::sync::Mutex<Pressure>,
     /// One permit per open connection, up to `max_connections`.
     slots: Arc<Semaphore>,
     max_connections: usize,
@@ -96,14 +98,16 @@ impl Server {
         make: impl FnOnce(&PeerInfo) -> BoundService,
     ) -> Result<Connection, Error> {
         let mut make = Some(make);
-        let mut backoff = Duration::ZERO;
-        let mut last_log: Option<Instant> = None;
-        let mut last_full_log: Option<Instant> = None;
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
+                    // Descriptors are available again: the next shortage starts at 10 ms.
+                    self.pressure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .backoff = Duration::ZERO;
                     let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                        self.refuse_full(stream, &mut last_full_log);
+                        self.refuse_full(stream);
                         continue;
                     };
                     let peer = PeerInfo::of(&stream);
@@ -123,12 +127,11 @@ impl Server {
                     tracing::debug!(error = %e, "diarrhoea: accept failed for one connection");
                 }
                 Err(e) if is_out_of_descriptors(&e) => {
-                    backoff =
-                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        tracing::warn!(error = %e, ?backoff, "diarrhoea: out of file descriptors, accept backs off");
-                        last_log = Some(Instant::now());
-                    }
+                    let backoff = self
+                        .pressure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .out_of_descriptors(&e);
                     tokio::time::sleep(backoff).await;
                 }
                 Err(e) => return Err(Error::io(e)),
@@ -137,7 +140,7 @@ impl Server {
     }
 
     /// Tells a connection over the limit why, then closes it; never waits on it.
-    fn refuse_full(&self, stream: tokio::net::UnixStream, last_log: &mut Option<Instant>) {
+    fn refuse_full(&self, stream: tokio::net::UnixStream) {
         let limit = self.max_connections;
         let full = RpcError::new(
             code::OVERLOADED,
@@ -147,12 +150,12 @@ impl Server {
         Frame::ConnectionError(full).encode(&mut line);
         // A fresh socket's send buffer has room for one short line; if not, closing says enough.
         let _ = stream.try_write(&line);
-        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        let mut pressure = self.pressure.lock().unwrap_or_else(|p| p.into_inner());
+        if every_second(&mut pressure.full_logged) {
             tracing::warn!(
                 limit,
                 "diarrhoea: connection limit reached, refusing connections"
             );
-            *last_log = Some(Instant::now());
         }
     }
 
@@ -269,6 +272,36 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// What the accept loop remembers between accepts, so that back-off and rate-limited logs
+/// hold across connections that come and go.
+#[derive(Debug, Default)]
+struct Pressure {
+    backoff: Duration,
+    descriptors_logged: Option<Instant>,
+    full_logged: Option<Instant>,
+}
+
+impl Pressure {
+    /// The next back-off after EMFILE and friends: 10 ms doubling to 1 s, starting over after
+    /// an accept succeeds. The warning is logged at most once a second however often that is.
+    fn out_of_descriptors(&mut self, e: &std::io::Error) -> Duration {
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        if every_second(&mut self.descriptors_logged) {
+            tracing::warn!(error = %e, backoff = ?self.backoff, "diarrhoea: out of file descriptors, accept backs off");
+        }
+        self.backoff
+    }
+}
+
+/// `true` at most once a second: for logs that a flood of events must not flood.
+fn every_second(last: &mut Option<Instant>) -> bool {
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
+}
+
 /// Errors that concern only the connection being accepted.
 fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
@@ -330,6 +363,7 @@ impl ServerBuilder {
             socket_file: Some(socket_file),
             config: self.config,
             shutdown_timeout: self.shutdown_timeout,
+            pressure: std::sync::Mutex::default(),
             slots: Arc::new(Semaphore::new(self.max_connections)),
             max_connections: self.max_connections,
             connections: Parent::standalone(),
