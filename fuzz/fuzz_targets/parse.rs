@@ -29,12 +29,6 @@ fuzz_target!(|data: &[u8]| {
     let body = encoded.strip_suffix('\n').expect("a frame ends its line");
     assert!(!body.contains('\n'), "one line: {encoded:?}");
     let again = Frame::parse(body).unwrap_or_else(|e| panic!("{encoded:?} does not parse: {e}"));
-    // Known and open (tests/hostile.rs, `error_data_floats_survive_the_trip_exactly`): an error's
-    // `data` is a `serde_json::Value`, whose floats may move by one ulp per trip.
-    if has_float_data(&frame) {
-        assert_eq!(without_data(again), without_data(frame.clone()), "{line:?}");
-        return;
-    }
     assert_eq!(again, frame, "{line:?} -> {encoded:?}");
     let mut second = BytesMut::new();
     again.encode(&mut second);
@@ -43,27 +37,3 @@ fuzz_target!(|data: &[u8]| {
         let _ = args.deserialize::<serde_json::Value>();
     }
 });
-
-fn has_float_data(frame: &Frame) -> bool {
-    fn floats(v: &serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::Number(n) => n.is_f64(),
-            serde_json::Value::Array(a) => a.iter().any(floats),
-            serde_json::Value::Object(o) => o.values().any(floats),
-            _ => false,
-        }
-    }
-    match frame {
-        Frame::Reply { result: Err(e), .. } | Frame::ConnectionError(e) => {
-            e.data.as_ref().is_some_and(floats)
-        }
-        _ => false,
-    }
-}
-
-fn without_data(mut frame: Frame) -> Frame {
-    if let Frame::Reply { result: Err(e), .. } | Frame::ConnectionError(e) = &mut frame {
-        e.data = None;
-    }
-    frame
-}
