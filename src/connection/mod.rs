@@ -665,18 +665,10 @@ fn ignore_sigpipe() {
 /// let (a, b): (i32, i32) = reply.deserialize()?;
 /// # Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct Caller {
     shared: Arc<Shared>,
     outgoing: OutboxPoller,
-}
-
-impl Clone for Caller {
-    fn clone(&self) -> Self {
-        Caller {
-            shared: self.shared.clone(),
-            outgoing: self.outgoing.clone(),
-        }
-    }
 }
 
 impl fmt::Debug for Caller {
@@ -713,18 +705,10 @@ impl Service<Request> for Caller {
 
 /// Outgoing notifications as a [`tower::Service`]: `poll_ready` waits for room in the
 /// outgoing queue; the response is `()` once the frame is queued.
+#[derive(Clone)]
 pub struct Notifier {
     shared: Arc<Shared>,
     outgoing: OutboxPoller,
-}
-
-impl Clone for Notifier {
-    fn clone(&self) -> Self {
-        Notifier {
-            shared: self.shared.clone(),
-            outgoing: self.outgoing.clone(),
-        }
-    }
 }
 
 impl fmt::Debug for Notifier {
