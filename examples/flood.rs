@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example flood -- [--mode notify|call] [--clients N] [--seconds S]
 //!     [--inflight K] [--payload BYTES] [--server-threads T]
-//!     [--timeout-ms N] [--concurrency N] [--global-concurrency N] [--load-shed]
+//!     [--timeout-ms N] [--concurrency N] [--global-concurrency N] [--load-shed] [--rate N]
 //! ```
 //!
 //! The example re-runs itself (`std::env::current_exe()`) with a hidden `--role server|client`
@@ -28,7 +28,10 @@
 //! - Limit flags wrap the server's router in stock tower layers, built per connection:
 //!   `--timeout-ms` (Timeout), `--concurrency` (ConcurrencyLimit per connection),
 //!   `--global-concurrency` (one limit across all connections), `--load-shed` (LoadShed:
-//!   refuse instead of wait when a limit is full).
+//!   refuse instead of wait when a limit is full), `--rate` (Buffer + RateLimit per
+//!   connection, innermost, as `flood_server` builds it: over the rate requests wait, or with
+//!   `--load-shed` and no `--concurrency` a `NameOverloadLayer` + `LoadShed` in front of the
+//!   Buffer refuses what arrives while it holds a second's worth).
 //!
 //! `msgs_per_s` counts completed round trips per second over all clients while they flood;
 //! `p50_us`/`p99_us` are round-trip latencies (a log-linear histogram, within 1.6%);
@@ -43,10 +46,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use diarrhoea::{Args, Client, Connection, Router, Server};
+use diarrhoea::layer::NameOverloadLayer;
+use diarrhoea::{Args, Client, Connection, Request, Router, Server};
 use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
+use tower::buffer::BufferLayer;
+use tower::limit::RateLimitLayer;
 use tower::ServiceBuilder;
 
 const USAGE: &str = "\
@@ -63,6 +69,9 @@ usage: cargo run --release --example flood -- [options]
   --concurrency N           server: ConcurrencyLimit per connection
   --global-concurrency N    server: one ConcurrencyLimit across all connections
   --load-shed               server: LoadShed, refuse (-32002) instead of waiting on a limit
+  --rate N                  server: at most N requests per second per connection (Buffer +
+                            RateLimit); with --load-shed and no --concurrency, a burst
+                            beyond N is refused (-32002) instead of waiting
   -h, --help                this text
 
 Meter lines go to stderr; the final JSON line goes to stdout.";
@@ -92,6 +101,7 @@ struct Options {
     concurrency: Option<usize>,
     global_concurrency: Option<usize>,
     load_shed: bool,
+    rate: Option<u64>,
 }
 
 impl Options {
@@ -110,6 +120,7 @@ impl Options {
             concurrency: None,
             global_concurrency: None,
             load_shed: false,
+            rate: None,
         };
         fn num<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String>
         where
@@ -142,6 +153,7 @@ impl Options {
                 "--concurrency" => opts.concurrency = Some(num(&flag, args.next())?),
                 "--global-concurrency" => opts.global_concurrency = Some(num(&flag, args.next())?),
                 "--load-shed" => opts.load_shed = true,
+                "--rate" => opts.rate = Some(num(&flag, args.next())?),
                 // Hidden: how the parent starts its children.
                 "--role" => {
                     opts.role = match args.next().as_deref() {
@@ -161,6 +173,9 @@ impl Options {
         }
         if opts.concurrency == Some(0) || opts.global_concurrency == Some(0) {
             return Err("a concurrency limit must be at least 1".into());
+        }
+        if opts.rate == Some(0) {
+            return Err("--rate must be at least 1".into());
         }
         Ok(opts)
     }
@@ -207,6 +222,7 @@ impl Options {
             "--global-concurrency",
             self.global_concurrency.map(|v| v.to_string()),
         );
+        push("--rate", self.rate.map(|v| v.to_string()));
         if self.load_shed {
             args.push("--load-shed".into());
         }
@@ -401,6 +417,7 @@ fn parent(opts: &Options) -> Result<(), BoxError> {
             "concurrency": opts.concurrency,
             "global_concurrency": opts.global_concurrency,
             "load_shed": opts.load_shed,
+            "rate": opts.rate,
         },
     });
     drop(dir);
@@ -456,8 +473,13 @@ async fn echo(args: Args) -> Args {
 /// Counts the work the limit layers refused, then passes the error on (it becomes -32001 or
 /// -32002 for a call, an error event for a notification).
 fn count_rejection(error: BoxError) -> BoxError {
+    // The rate limit's LoadShed is named (NameOverloadLayer): its refusals are -32002 already.
+    let named_overload = error
+        .downcast_ref::<diarrhoea::RpcError>()
+        .is_some_and(|e| e.code == diarrhoea::code::OVERLOADED);
     if error.is::<tower::timeout::error::Elapsed>()
         || error.is::<tower::load_shed::error::Overloaded>()
+        || named_overload
     {
         SERVER_REJECTED.fetch_add(1, Relaxed);
     }
@@ -467,6 +489,22 @@ fn count_rejection(error: BoxError) -> BoxError {
 async fn serve(opts: &Options) -> Result<(), BoxError> {
     let router = Router::new().route("ping", ping).route("echo", echo);
     let global = opts.global_concurrency.map(|n| Arc::new(Semaphore::new(n)));
+    // As flood_server: the rate limit's Buffer has room for what the concurrency limit above it
+    // lets through, or a second's worth; its own LoadShed only without --concurrency (with it,
+    // the outer LoadShed sheds at the concurrency limit and the Buffer never fills).
+    let rate_buffer = opts
+        .concurrency
+        .unwrap_or_else(|| opts.rate.unwrap_or(1) as usize);
+    let shed_rate = opts
+        .rate
+        .filter(|_| opts.load_shed && opts.concurrency.is_none())
+        .map(|n| {
+            ServiceBuilder::new()
+                .layer(NameOverloadLayer::new(format!(
+                    "per-connection rate limit ({n} requests/s)"
+                )))
+                .load_shed()
+        });
     let server = Server::bind(&opts.socket)?;
     println!("ready");
 
@@ -493,6 +531,13 @@ async fn serve(opts: &Options) -> Result<(), BoxError> {
                 opts.concurrency
                     .map(tower::limit::ConcurrencyLimitLayer::new),
             )
+            // RateLimit is not Clone: a Buffer in front of it, per connection.
+            .option_layer(shed_rate.clone())
+            .option_layer(opts.rate.map(|n| {
+                ServiceBuilder::new()
+                    .layer(BufferLayer::<Request>::new(rate_buffer))
+                    .layer(RateLimitLayer::new(n, Duration::from_secs(1)))
+            }))
             .service(router.clone());
         tokio::select! {
             _ = &mut stdin_closed => break,
@@ -826,5 +871,10 @@ mod tests {
         assert_eq!(parse("").unwrap().inflight(), 1024);
         assert!(parse("--bogus").is_err());
         assert!(parse("--clients").is_err());
+        let o = parse("--rate 1000 --load-shed").unwrap();
+        assert_eq!(o.rate, Some(1000));
+        let args = o.child_args("server", "s", 0);
+        assert!(args.windows(2).any(|w| w == ["--rate", "1000"]));
+        assert!(parse("--rate 0").is_err());
     }
 }
