@@ -111,18 +111,29 @@ fn write_args<T: Serialize + ?Sized>(line: &mut Vec<u8>, args: &T) -> Result<(),
     }
 }
 
-/// Encodes the notification `["method",[args...]]` straight into its line: no intermediate
-/// `Args` or `Frame`, one allocation.
-pub(crate) fn notification_line<T: Serialize + ?Sized>(
+/// Encodes a notification `["method",[args...]]`, or with an id a request
+/// `["method",[args...],id(,meta)]`, straight into its line: no intermediate `Args` or
+/// `Frame`, one allocation.
+pub(crate) fn call_line<T: Serialize + ?Sized>(
     method: &str,
     args: &T,
+    id: Option<u64>,
+    meta: &Meta,
 ) -> Result<Vec<u8>, Error> {
+    let encode = |e| Error::new(Kind::Encode).with_source(e);
     let mut line = Vec::with_capacity(method.len() + 64);
     line.push(b'[');
-    serde_json::to_writer(&mut line, method)
-        .map_err(|e| Error::new(Kind::Encode).with_source(e))?;
+    serde_json::to_writer(&mut line, method).map_err(encode)?;
     line.push(b',');
     write_args(&mut line, args)?;
+    if let Some(id) = id {
+        line.push(b',');
+        serde_json::to_writer(&mut line, &id).map_err(encode)?;
+        if !meta.is_empty() {
+            line.push(b',');
+            serde_json::to_writer(&mut line, meta).map_err(encode)?;
+        }
+    }
     line.extend_from_slice(b"]\n");
     Ok(line)
 }

@@ -37,7 +37,7 @@ use tower::Service;
 
 use crate::codec::DEFAULT_MAX_FRAME_SIZE;
 use crate::error::{code, BoxError, Error, Kind, RpcError};
-use crate::frame::{Args, Frame, MAX_ID};
+use crate::frame::{Args, Frame, Meta, MAX_ID};
 use crate::request::Request;
 use crate::response::Response;
 use crate::router::Router;
@@ -316,14 +316,17 @@ impl Shared {
     ///
     /// A request whose `meta.timeout_ms` is set fails locally with a timeout error when that
     /// passes (and the peer, told the same deadline, gives up too).
-    fn start_call(self: &Arc<Self>, req: Request) -> Result<(Frame, ResponseFuture), Error> {
+    fn start_call(
+        self: &Arc<Self>,
+        timeout: Option<Duration>,
+        encode: impl FnOnce(u64) -> Result<Vec<u8>, Error>,
+    ) -> Result<(Vec<u8>, ResponseFuture), Error> {
         if self.ending.is_cancelled() {
             return Err(Error::closed());
         }
-        let timeout = req.meta().timeout_ms.map(Duration::from_millis);
         let id = self.next_call_id();
-        let frame = req.into_call(id);
-        self.check_size(&frame)?;
+        let line = encode(id)?;
+        self.check_line(&line)?;
         let (tx, rx) = oneshot::channel();
         self.pending.insert(id, tx)?;
         // Inside an outgoing trace span, this ties the span to the call's id.
@@ -334,16 +337,20 @@ impl Shared {
             armed: true,
         };
         let deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
-        Ok((
-            frame,
-            ResponseFuture {
-                state: State::Waiting {
-                    rx,
-                    guard,
-                    deadline,
-                },
+        let reply = ResponseFuture {
+            state: State::Waiting {
+                rx,
+                guard,
+                deadline,
             },
-        ))
+        };
+        Ok((line, reply))
+    }
+
+    /// [`Shared::start_call`] for a [`Request`].
+    fn start_request(self: &Arc<Self>, req: Request) -> Result<(Vec<u8>, ResponseFuture), Error> {
+        let timeout = req.meta().timeout_ms.map(Duration::from_millis);
+        self.start_call(timeout, |id| Ok(req.into_call(id).to_line()))
     }
 }
 
@@ -465,7 +472,7 @@ impl Connection {
         if self.shared.ending.is_cancelled() {
             return Err(Error::closed());
         }
-        let line = crate::frame::notification_line(method, &args)?;
+        let line = crate::frame::call_line(method, &args, None, &Meta::default())?;
         self.shared.check_line(&line)?;
         self.shared.outgoing.send_line(line).await
     }
@@ -481,8 +488,10 @@ impl Connection {
         method: &str,
         args: impl Serialize,
     ) -> Result<R, Error> {
-        let (frame, reply) = self.shared.start_call(Request::new(method, args)?)?;
-        self.shared.outgoing.send(frame).await?;
+        let (line, reply) = self.shared.start_call(None, |id| {
+            crate::frame::call_line(method, &args, Some(id), &Meta::default())
+        })?;
+        self.shared.outgoing.send_line(line).await?;
         reply.await?.deserialize()
     }
 
@@ -495,11 +504,14 @@ impl Connection {
         args: impl Serialize,
         timeout: Duration,
     ) -> Result<R, Error> {
-        let mut req = Request::new(method, args)?;
-        req.meta_mut().timeout_ms = Some(timeout.as_millis().try_into().unwrap_or(u64::MAX));
-        let (frame, reply) = self.shared.start_call(req)?;
+        let meta = Meta {
+            timeout_ms: Some(timeout.as_millis().try_into().unwrap_or(u64::MAX)),
+        };
+        let (line, reply) = self.shared.start_call(Some(timeout), |id| {
+            crate::frame::call_line(method, &args, Some(id), &meta)
+        })?;
         tokio::select! {
-            sent = self.shared.outgoing.send(frame) => sent?,
+            sent = self.shared.outgoing.send_line(line) => sent?,
             _ = tokio::time::sleep(timeout) => return Err(Error::new(Kind::Timeout)),
         }
         reply.await?.deserialize()
@@ -689,14 +701,14 @@ impl Service<Request> for Caller {
     }
 
     fn call(&mut self, req: Request) -> ResponseFuture {
-        let (frame, reply) = match self.shared.start_call(req) {
+        let (line, reply) = match self.shared.start_request(req) {
             Ok(started) => started,
             Err(e) => {
                 self.outgoing.abort();
                 return ResponseFuture::failed(e);
             }
         };
-        match self.outgoing.send(frame) {
+        match self.outgoing.send(line) {
             Ok(()) => reply,
             Err(_) => ResponseFuture::failed(Error::closed()),
         }
@@ -736,7 +748,7 @@ impl Service<Request> for Notifier {
             self.shared.check_size(&frame)
         };
         std::future::ready(match result {
-            Ok(()) => self.outgoing.send(frame),
+            Ok(()) => self.outgoing.send(frame.to_line()),
             Err(e) => {
                 self.outgoing.abort();
                 Err(e)

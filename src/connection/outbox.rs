@@ -138,9 +138,8 @@ impl OutboxPoller {
         self.slots.poll_reserve(cx).map_err(|_| Error::closed())
     }
 
-    pub(crate) fn send(&mut self, frame: Frame) -> Result<(), Error> {
+    pub(crate) fn send(&mut self, line: Vec<u8>) -> Result<(), Error> {
         let mut bytes = self.held.take().ok_or_else(Error::closed)?;
-        let line = frame.to_line();
         let want = line.len().clamp(1, self.budget) - 1;
         let semaphore = self.bytes.clone_inner();
         let more = want.min(semaphore.available_permits()) as u32;
