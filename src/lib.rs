@@ -32,8 +32,8 @@
 //! ```text
 //! read half -> codec (bytes -> Frame) -> Frame -+-> reply -> pending table -> the caller's future
 //!                                               +-> call  -> Request -> [your tower layers] -> Router -> handler
-//! handler result -> reply Frame -> one writer task -> codec (Frame -> bytes) -> write half
-//! caller -> Caller (a tower::Service) -> pending table (id) -> writer
+//! handler result -> reply Frame -> line (bytes) -> bounded outbox -> one writer task -> write half
+//! caller -> Caller (a tower::Service) -> pending table (id) -> line -> outbox -> writer
 //! ```
 //!
 //! | module | role |
@@ -43,8 +43,9 @@
 //! | `frame` | [`Frame`]: the one place that knows the JSON shape |
 //! | `request`, `response` | [`Request`] and [`Response`], what flows through a stack |
 //! | `router`, `handler` | [`Router`]: method name to typed async fn |
-//! | `connection` | reader, dispatcher, writer and pending table: both sides share it |
-//! | `client`, `server` | [`Client::connect`]; [`Server`]: socket file, accepting, shutdown |
+//! | `connection` | reader, dispatcher, in-flight and pending tables, outbox, writer: both sides share it |
+//! | `client`, `server` | [`Client::connect`]; [`Server`]: socket file, accepting, limits, shutdown |
+//! | [`layer`] | the crate's own middleware: tracing, naming overloads, an allow list of peers |
 //!
 //! # Protocol v1
 //!
@@ -89,8 +90,10 @@
 //! concurrently, up to [`Config::max_concurrent_requests`]. Replies to this side's own calls go
 //! straight from the reader to the waiting caller and never queue behind inbound work, as long as
 //! the inbound buffer ([`Config::inbound_buffer`]) has room; when it is full, the reader stops
-//! reading (backpressure). Outgoing frames wait in a bounded queue, so `post_message`, `call`,
-//! and [`Caller`]/[`Notifier`]'s `poll_ready` wait while the peer does not read.
+//! reading (backpressure); a request keeps its share of that buffer until it is answered.
+//! Outgoing frames wait in a queue bounded in frames and bytes ([`Config::outgoing_queue`],
+//! [`Config::outgoing_buffer`]), so `post_message`, `call`, and [`Caller`]/[`Notifier`]'s
+//! `poll_ready` wait while the peer does not read.
 //!
 //! # Order
 //!
