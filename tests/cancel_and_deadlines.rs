@@ -196,3 +196,39 @@ async fn requests_carry_the_peers_identity() {
     assert_eq!(uid, me);
     assert_eq!(pid, Some(std::process::id() as i32));
 }
+
+#[tokio::test]
+async fn a_late_reply_to_a_call_given_up_on_is_not_a_warning() {
+    let (_dir, path) = socket_path();
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (accepted, client) = tokio::join!(listener.accept(), Client::connect(&path));
+    let (read, write) = accepted.unwrap().0.into_split();
+    let mut peer = RawPeer {
+        lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(read)),
+        write,
+    };
+    let client = client.unwrap();
+    let mut events = client.events();
+    let err = client
+        .call_with_timeout::<i64>("slow", (), Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    let request = peer.recv().await;
+    let id = request[2].as_u64().unwrap();
+    assert_eq!(peer.recv().await, json!(["$/cancel", [id]]));
+    // The reply crosses the cancel: expected, so no warning. An id never used is one.
+    peer.send(format!("[{id},1]\n[999999,1]\n")).await;
+    let event = next_event(&mut events, "a warning", |e| {
+        matches!(e, diarrhoea::Event::Warning(_))
+    })
+    .await;
+    assert!(event_text(&event).contains("999999"), "{event:?}");
+}
+
+fn event_text(event: &diarrhoea::Event) -> String {
+    match event {
+        diarrhoea::Event::Warning(e) | diarrhoea::Event::Error(e) => e.to_string(),
+        other => format!("{other:?}"),
+    }
+}

@@ -364,7 +364,7 @@ struct CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if !self.armed || !self.shared.pending.remove(self.id) || self.shared.ending.is_cancelled()
+        if !self.armed || !self.shared.pending.forget(self.id) || self.shared.ending.is_cancelled()
         {
             return;
         }

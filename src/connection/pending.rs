@@ -3,7 +3,7 @@
 //! A caller that drops its future removes its entry (see `CallGuard`); a connection that
 //! ends fails every waiter with a closed error, so nothing waits forever.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
@@ -21,8 +21,25 @@ pub(crate) struct Pending {
 #[derive(Default)]
 struct Inner {
     calls: HashMap<u64, ReplySender>,
+    /// Calls given up on (dropped, timed out) whose reply may still be on its way: such a
+    /// reply is expected, not a peer's mistake. Bounded, oldest forgotten first.
+    forgotten: HashSet<u64>,
+    forgotten_order: VecDeque<u64>,
     /// Set once the reader has stopped: no reply can arrive any more.
     closed: bool,
+}
+
+/// How many given-up call ids are remembered.
+const FORGOTTEN: usize = 4096;
+
+/// What became of a reply.
+pub(crate) enum Delivery {
+    /// A caller was waiting for it.
+    Delivered,
+    /// Its caller had given up: dropped quietly.
+    Late,
+    /// No call of this side has that id.
+    Unknown,
 }
 
 impl Pending {
@@ -36,31 +53,35 @@ impl Pending {
         Ok(())
     }
 
-    /// Delivers a reply; `false` if no call with that id is waiting.
-    pub(crate) fn complete(&self, id: u64, result: Result<Response, Error>) -> bool {
-        let tx = self
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .calls
-            .remove(&id);
-        match tx {
-            // A caller that gave up in the meantime has dropped its receiver: that is fine.
+    /// Delivers a reply to its waiting caller.
+    pub(crate) fn complete(&self, id: u64, result: Result<Response, Error>) -> Delivery {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.calls.remove(&id) {
             Some(tx) => {
+                drop(inner);
+                // A caller that gave up in the meantime has dropped its receiver: that is fine.
                 let _ = tx.send(result);
-                true
+                Delivery::Delivered
             }
-            None => false,
+            None if inner.forgotten.remove(&id) => Delivery::Late,
+            None => Delivery::Unknown,
         }
     }
 
-    pub(crate) fn remove(&self, id: u64) -> bool {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .calls
-            .remove(&id)
-            .is_some()
+    /// Gives up on a call; `true` if it was still waiting.
+    pub(crate) fn forget(&self, id: u64) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.calls.remove(&id).is_none() {
+            return false;
+        }
+        if inner.forgotten_order.len() == FORGOTTEN {
+            if let Some(oldest) = inner.forgotten_order.pop_front() {
+                inner.forgotten.remove(&oldest);
+            }
+        }
+        inner.forgotten.insert(id);
+        inner.forgotten_order.push_back(id);
+        true
     }
 
     /// Fails every waiting call and refuses new ones.

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use super::in_flight::Cancelled;
+use super::pending::Delivery;
 use super::{Deadline, Event, Shared, CANCEL_METHOD};
 use crate::codec::{Decoded, FrameCodec};
 use crate::error::{code, Error, Kind, RpcError};
@@ -176,11 +177,19 @@ async fn handle(
         }
         Ok(Frame::Reply { id, result }) => {
             let result = result.map_err(|rpc| Error::new(Kind::Remote(rpc)));
-            if !shared.pending.complete(id, result) {
-                shared.warning(Error::protocol(RpcError::new(
+            match shared.pending.complete(id, result) {
+                Delivery::Delivered => {}
+                Delivery::Late => {
+                    tracing::debug!(
+                        connection = shared.id,
+                        id,
+                        "diarrhoea: reply to a call given up on"
+                    );
+                }
+                Delivery::Unknown => shared.warning(Error::protocol(RpcError::new(
                     code::INVALID_FRAME,
                     format!("reply with unknown id {id} ignored"),
-                )));
+                ))),
             }
             true
         }
