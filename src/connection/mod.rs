@@ -127,9 +127,10 @@ impl Config {
         self
     }
 
-    /// How many bytes of incoming calls may wait for dispatch before the reader stops reading
-    /// (backpressure). While there is room, the reader keeps reading, so replies to this side's
-    /// own calls are never stuck behind inbound work.
+    /// How many bytes of incoming calls may be waiting for dispatch or running (a request
+    /// keeps its share until it is answered) before the reader stops reading (backpressure).
+    /// While there is room, the reader keeps reading, so replies to this side's own calls are
+    /// never stuck behind inbound work. Default 4 MiB.
     pub fn inbound_buffer(mut self, bytes: usize) -> Self {
         self.inbound_buffer = bytes.clamp(1024, u32::MAX as usize);
         self
