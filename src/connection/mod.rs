@@ -279,30 +279,22 @@ impl Shared {
 
     /// Refuses frames the peer would discard, before they take a place in the queue.
     fn check_size(&self, frame: &Frame) -> Result<(), Error> {
-        let len = frame.payload_len();
-        if len > self.config.max_frame_size {
-            return Err(Error::protocol(RpcError::new(
-                code::FRAME_TOO_LARGE,
-                format!(
-                    "frame too large: {len} bytes, the maximum is {}",
-                    self.config.max_frame_size
-                ),
-            )));
-        }
-        Ok(())
+        self.check_len(frame.payload_len())
     }
 
     /// As [`Shared::check_size`], for an encoded line.
     fn check_line(&self, line: &[u8]) -> Result<(), Error> {
         // The terminator does not count, as on the receiving side.
-        let len = line.len().saturating_sub(1);
-        if len > self.config.max_frame_size {
+        self.check_len(line.len().saturating_sub(1))
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), Error> {
+        let max = self.config.max_frame_size;
+        if len > max {
+            let message = format!("frame too large: {len} bytes, the maximum is {max}");
             return Err(Error::protocol(RpcError::new(
                 code::FRAME_TOO_LARGE,
-                format!(
-                    "frame too large: {len} bytes, the maximum is {}",
-                    self.config.max_frame_size
-                ),
+                message,
             )));
         }
         Ok(())
