@@ -40,6 +40,9 @@
 //! flood stops each client waits up to 5 s for the answers still on their way.
 //! `server_rss_kb` is the server process's peak resident set (`VmHWM`).
 
+#[path = "support/procfs.rs"]
+mod procfs;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -316,19 +319,6 @@ fn reap(started: &mut Started, deadline: Instant) -> Result<(), BoxError> {
     }
 }
 
-/// `VmHWM` (peak) and `VmRSS` (now) of a process, in KiB.
-fn rss_kb(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
 fn parent(opts: &Options) -> Result<(), BoxError> {
     let dir = tempfile::Builder::new().prefix("flood").tempdir()?;
     let socket = dir.path().join("flood.sock");
@@ -372,7 +362,10 @@ fn parent(opts: &Options) -> Result<(), BoxError> {
     }
 
     // Peak RSS while the server is still alive, then ask it to stop: it prints its own counts.
-    let (server_hwm_kb, server_rss_now_kb) = rss_kb(server_pid);
+    let procfs::Memory {
+        hwm_kb: server_hwm_kb,
+        rss_kb: server_rss_now_kb,
+    } = procfs::memory(server_pid);
     drop(server.child.stdin.take());
     if let Err(e) = reap(&mut server, Instant::now() + DRAIN * 2) {
         failures.push(e.to_string());

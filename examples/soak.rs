@@ -26,6 +26,11 @@
 //! The client side opens as many descriptors as connections: `many` needs `ulimit -n` above
 //! 1,000 (check it; `sh -c 'ulimit -n 4096; exec cargo run ...'` raises the soft limit).
 
+#[path = "support/clients.rs"]
+mod clients;
+#[path = "support/procfs.rs"]
+mod procfs;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -35,6 +40,9 @@ use std::time::{Duration, Instant};
 
 use diarrhoea::{Args, Client, Connection, Router, Server};
 use serde_json::{json, Value};
+
+use clients::persistent_clients;
+use procfs::{cpu_ticks, fd_count, memory, Memory};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -335,8 +343,8 @@ impl ServerChild {
         fd_count(self.pid)
     }
 
-    fn rss_kb(&self) -> (u64, u64) {
-        rss_kb(self.pid)
+    fn memory(&self) -> Memory {
+        memory(self.pid)
     }
 
     /// Asks the server to stop (stdin closes); killed when the guard drops if it does not.
@@ -350,32 +358,6 @@ impl ServerChild {
 
 // ---------------------------------------------------------------------------------------------
 // What /proc says, and small statistics.
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-/// `VmRSS` (now) and `VmHWM` (peak), in KiB.
-fn rss_kb(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// User + system CPU time, in clock ticks (1/100 s on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    field(14).unwrap_or(0) + field(15).unwrap_or(0)
-}
 
 fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
@@ -594,7 +576,7 @@ fn slow_reader(opts: &Options) -> Result<(), BoxError> {
     };
     let samples = sampler(stop.clone(), {
         let written = written.clone();
-        move || (rss_kb(pid).0, written.load(Relaxed))
+        move || (memory(pid).rss_kb, written.load(Relaxed))
     });
     let rt = runtime()?;
     let load = rt.spawn(callers(
@@ -606,7 +588,7 @@ fn slow_reader(opts: &Options) -> Result<(), BoxError> {
     ));
     let started = Instant::now();
     std::thread::sleep(seconds);
-    let (_, hwm) = server.rss_kb();
+    let hwm = server.memory().hwm_kb;
     stop.store(true, Relaxed);
     let calls = rt.block_on(load)?;
     let samples = samples.join().map_err(|_| "sampler panicked")?;
@@ -695,11 +677,13 @@ fn many(opts: &Options) -> Result<(), BoxError> {
         )
     })?;
     let sampling = Arc::new(AtomicBool::new(false));
-    let samples = sampler(sampling.clone(), move || (fd_count(pid), rss_kb(pid).0));
+    let samples = sampler(sampling.clone(), move || {
+        (fd_count(pid), memory(pid).rss_kb)
+    });
     let started = Instant::now();
     std::thread::sleep(seconds);
     sampling.store(true, Relaxed);
-    let (_, hwm) = server.rss_kb();
+    let hwm = server.memory().hwm_kb;
     stop.store(true, Relaxed);
     let calls = rt.block_on(load)?;
     let samples = samples.join().map_err(|_| "sampler panicked")?;
@@ -846,52 +830,6 @@ fn kill(opts: &Options) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------------
 // 11. fd-limit
 
-/// Clients that keep trying to connect and call `add` until `stop`; with `churn`, a served
-/// client leaves after 200 ms and comes back.
-async fn persistent_clients(
-    path: PathBuf,
-    n: usize,
-    churn: bool,
-    stop: Arc<AtomicBool>,
-    served: Arc<AtomicU64>,
-) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let (path, stop, served) = (path.clone(), stop.clone(), served.clone());
-        tasks.spawn(async move {
-            let mut held: Option<Connection> = None;
-            while !stop.load(Relaxed) {
-                if let Some(conn) = &held {
-                    tokio::time::sleep(Duration::from_millis(if churn { 200 } else { 20 })).await;
-                    if churn {
-                        conn.close();
-                        held = None;
-                    }
-                    continue;
-                }
-                let Ok(Ok(conn)) =
-                    tokio::time::timeout(Duration::from_secs(1), Client::connect(&path)).await
-                else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                let call = conn.call::<i64>("add", (i as i64, 1));
-                match tokio::time::timeout(Duration::from_millis(500), call).await {
-                    Ok(Ok(_)) => {
-                        served.fetch_add(1, Relaxed);
-                        held = Some(conn);
-                    }
-                    _ => conn.close(),
-                }
-            }
-            if let Some(conn) = held {
-                conn.close();
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
 fn fd_limit(opts: &Options) -> Result<(), BoxError> {
     const WARNING: &str = "out of file descriptors";
     let seconds = opts.seconds(10);
@@ -1024,13 +962,19 @@ fn churn(opts: &Options) -> Result<(), BoxError> {
     rt.block_on(cycles(1000))?;
     wait_until(PATIENCE, || server.fds() <= 10_000);
     std::thread::sleep(Duration::from_millis(200));
-    let (fds, (rss, _)) = (server.fds(), server.rss_kb());
+    let (fds, rss) = (server.fds(), server.memory().rss_kb);
     let started = Instant::now();
     rt.block_on(cycles(opts.cycles))?;
     let elapsed = started.elapsed();
     let settled = wait_until(PATIENCE, || server.fds() <= fds);
     std::thread::sleep(Duration::from_millis(200));
-    let (fds_after, (rss_after, hwm)) = (server.fds(), server.rss_kb());
+    let (
+        fds_after,
+        Memory {
+            rss_kb: rss_after,
+            hwm_kb: hwm,
+        },
+    ) = (server.fds(), server.memory());
     // The stats call's own connection is the one open.
     let open = rt.block_on(stats(path.clone()))?;
     println!(

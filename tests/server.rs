@@ -132,7 +132,9 @@ async fn shutdown_closes_what_does_not_finish_by_the_deadline() {
 }
 
 #[tokio::test]
-async fn writing_to_a_peer_that_went_away_is_an_error_not_a_signal() {
+async fn writing_to_a_peer_that_went_away_fails_and_closes() {
+    // This test process ignores SIGPIPE like every Rust binary; a child with SIGPIPE at its
+    // default is tests/processes.rs's job.
     let (_dir, path) = socket_path();
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     let (accepted, client) = tokio::join!(listener.accept(), Client::connect(&path));

@@ -9,7 +9,11 @@
 //! its guard drops. The tests take turns (`serial()`): they count descriptors and time
 //! latencies, which tests running alongside would disturb.
 
+#[path = "../examples/support/clients.rs"]
+mod clients;
 mod common;
+#[path = "../examples/support/procfs.rs"]
+mod procfs;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,8 +22,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use clients::persistent_clients;
 use common::*;
 use diarrhoea::{Client, Connection, Server};
+use procfs::{cpu_ticks, fd_count, memory, Memory};
 
 /// Selects the child's role: `server:<socket>` or `victim:<socket>`.
 const CHILD_ENV: &str = "DIARRHOEA_SOAK_CHILD";
@@ -207,36 +213,6 @@ impl ServerChild {
     }
 }
 
-/// Open descriptors of a process.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// Resident set now (`VmRSS`) and at its peak (`VmHWM`), in KiB.
-fn rss_kb(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// CPU time (user + system) a process has used, in clock ticks (1/100 s on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which ends with the last ')': state is field 3, utime 14.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    field(14).unwrap_or(0) + field(15).unwrap_or(0)
-}
-
 /// Polls `check` every 5 ms until it holds or `limit` passes; the time it took, if it held.
 fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
@@ -388,7 +364,7 @@ fn a_peer_that_never_reads_is_held_back_and_others_keep_their_latency() {
         stop.clone(),
     ));
     std::thread::sleep(Duration::from_secs(3));
-    let (rss_kb, hwm_kb) = rss_kb(server.pid());
+    let Memory { rss_kb, hwm_kb } = memory(server.pid());
     let written = flooder.written.load(Relaxed);
     stop.store(true, Relaxed);
     flooder.stop.store(true, Relaxed);
@@ -458,7 +434,7 @@ fn many_connections_making_calls_lose_nothing_and_hold_descriptors_flat() {
         std::thread::sleep(Duration::from_millis(250));
         samples.push(fd_count(pid));
     }
-    let (_, hwm_kb) = rss_kb(pid);
+    let hwm_kb = memory(pid).hwm_kb;
     stop.store(true, Relaxed);
     let (mut latencies, failures) = rt.block_on(load).unwrap();
     let p99 = quantile(&mut latencies, 0.99);
@@ -551,52 +527,6 @@ fn peers_killed_mid_call_release_their_descriptors() {
 
 // ---------------------------------------------------------------------------------------------
 // 11. Out of descriptors.
-
-/// Clients that keep trying to connect and call `add` until `stop`; `served` counts the calls
-/// answered. With `churn`, a served client leaves after 200 ms and comes back.
-async fn persistent_clients(
-    path: PathBuf,
-    n: usize,
-    churn: bool,
-    stop: Arc<AtomicBool>,
-    served: Arc<AtomicU64>,
-) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let (path, stop, served) = (path.clone(), stop.clone(), served.clone());
-        tasks.spawn(async move {
-            let mut held: Option<Connection> = None;
-            while !stop.load(Relaxed) {
-                if let Some(conn) = &held {
-                    tokio::time::sleep(Duration::from_millis(if churn { 200 } else { 20 })).await;
-                    if churn {
-                        conn.close();
-                        held = None;
-                    }
-                    continue;
-                }
-                let Ok(Ok(conn)) =
-                    tokio::time::timeout(Duration::from_secs(1), Client::connect(&path)).await
-                else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                let call = conn.call::<i64>("add", (i as i64, 1));
-                match tokio::time::timeout(Duration::from_millis(500), call).await {
-                    Ok(Ok(_)) => {
-                        served.fetch_add(1, Relaxed);
-                        held = Some(conn);
-                    }
-                    _ => conn.close(),
-                }
-            }
-            if let Some(conn) = held {
-                conn.close();
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-}
 
 /// Runs 200 clients against a server limited to 64 descriptors, then lets them go; asserts
 /// low CPU, at most about one warning a second, and recovery within 2 s.
@@ -733,7 +663,7 @@ fn connect_and_close_cycles_leak_nothing() {
         // Warm up allocator arenas and lazily created runtime parts first.
         cycles(500).await;
         settled(server.clone()).await;
-        let (fds, tasks, (rss, _)) = (fd_count(me), metrics.num_alive_tasks(), rss_kb(me));
+        let (fds, tasks, rss) = (fd_count(me), metrics.num_alive_tasks(), memory(me).rss_kb);
         let started = Instant::now();
         let n = 4000;
         cycles(n).await;
@@ -751,7 +681,7 @@ fn connect_and_close_cycles_leak_nothing() {
         })
         .await;
         let tasks_after = metrics.num_alive_tasks();
-        let (rss_after, _) = rss_kb(me);
+        let rss_after = memory(me).rss_kb;
         eprintln!(
             "{n} connect-and-close cycles in {elapsed:?}: descriptors {fds} -> {fds_after}, \
              tasks {tasks} -> {tasks_after}, RSS {rss} -> {rss_after} KiB"
