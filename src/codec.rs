@@ -1,4 +1,4 @@
-//! [`FrameCodec`]: bytes on the socket to [`Frame`]s and back.
+//! [`FrameCodec`]: bytes from the stream to [`Frame`]s. Encoding is [`Frame::encode`]'s.
 //!
 //! Line splitting, the length bound and discarding of oversized lines are tokio-util's
 //! [`LinesCodec`]; this codec adds the frame shape on top and turns every per-frame fault into
@@ -6,7 +6,7 @@
 //! and one bad line must never close a connection.
 
 use bytes::BytesMut;
-use tokio_util::codec::{Decoder, Encoder, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, LinesCodec, LinesCodecError};
 
 use crate::error::{code, RpcError};
 use crate::frame::{Frame, InvalidFrame};
@@ -14,7 +14,7 @@ use crate::frame::{Frame, InvalidFrame};
 /// The default maximum length of one line, terminator excluded: 8 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 * 1024 * 1024;
 
-/// Decodes and encodes protocol v1 lines.
+/// Decodes protocol v1 lines.
 ///
 /// Each decoded item is `Ok(frame)` or `Err(InvalidFrame)` for a line that was dropped (not
 /// JSON, not UTF-8, not a known shape, longer than the maximum, or cut off by the end of the
@@ -119,28 +119,10 @@ impl Decoder for FrameCodec {
     }
 }
 
-impl Encoder<&Frame> for FrameCodec {
-    type Error = std::io::Error;
-
-    fn encode(&mut self, frame: &Frame, buf: &mut BytesMut) -> Result<(), std::io::Error> {
-        frame.encode(buf);
-        Ok(())
-    }
-}
-
-impl Encoder<Frame> for FrameCodec {
-    type Error = std::io::Error;
-
-    fn encode(&mut self, frame: Frame, buf: &mut BytesMut) -> Result<(), std::io::Error> {
-        frame.encode(buf);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::Args;
+    use crate::args::Args;
 
     fn decode_all(codec: &mut FrameCodec, buf: &mut BytesMut) -> Vec<Decoded> {
         let mut out = Vec::new();

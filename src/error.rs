@@ -7,6 +7,8 @@
 //! - Middleware errors travel as [`BoxError`] (e.g. `tower::timeout::error::Elapsed`); they are
 //!   turned into an [`RpcError`] in one place before a reply is written.
 
+use std::borrow::Cow;
+use std::error::Error as StdError;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -81,7 +83,7 @@ impl RpcError {
     pub fn method_not_found(method: &str) -> Self {
         Self::new(
             code::METHOD_NOT_FOUND,
-            format!("method not found: {}", crate::frame::truncate(method, 64)),
+            format!("method not found: {}", truncate(method, 64)),
         )
     }
 
@@ -105,29 +107,73 @@ impl RpcError {
     /// An [`RpcError`] passes through; tower's `Elapsed` becomes -32001, `Overloaded` -32002,
     /// this crate's [`Error`] keeps its remote error or becomes -32603, anything else -32603.
     pub fn from_box_error(error: BoxError) -> Self {
-        let error = match error.downcast::<RpcError>() {
-            Ok(rpc) => return *rpc,
-            Err(e) => e,
-        };
-        if error.is::<tower::timeout::error::Elapsed>() {
-            return Self::new(code::TIMEOUT, "timeout: request deadline passed");
-        }
-        if error.is::<tower::load_shed::error::Overloaded>() {
-            return Self::new(
-                code::OVERLOADED,
-                "overloaded: service not ready (load shed)",
-            );
-        }
-        match error.downcast::<Error>() {
-            Ok(e) => match e.kind {
-                Kind::Remote(rpc) => rpc,
-                Kind::Timeout => {
-                    Self::new(code::TIMEOUT, "timeout: a nested call's deadline passed")
-                }
-                _ => Self::internal(e),
+        match error.downcast::<RpcError>() {
+            Ok(rpc) => *rpc,
+            Err(error) => match Known::of(&*error) {
+                Known::Rpc(rpc) => rpc.clone(),
+                Known::Elapsed => Self::new(code::TIMEOUT, "timeout: request deadline passed"),
+                Known::Overloaded => Self::new(
+                    code::OVERLOADED,
+                    "overloaded: service not ready (load shed)",
+                ),
+                Known::Crate(e) => match &e.kind {
+                    Kind::Remote(rpc) => rpc.clone(),
+                    Kind::Timeout => {
+                        Self::new(code::TIMEOUT, "timeout: a nested call's deadline passed")
+                    }
+                    _ => Self::internal(e),
+                },
+                Known::Other => Self::internal(error),
             },
-            Err(e) => Self::internal(e),
         }
+    }
+}
+
+/// The errors [`RpcError::from_box_error`] knows, recognised without taking the error: the one
+/// map from a tower error to a protocol code.
+enum Known<'a> {
+    Rpc(&'a RpcError),
+    Elapsed,
+    Overloaded,
+    Crate(&'a Error),
+    Other,
+}
+
+impl<'a> Known<'a> {
+    fn of(error: &'a (dyn StdError + 'static)) -> Self {
+        if let Some(rpc) = error.downcast_ref::<RpcError>() {
+            Known::Rpc(rpc)
+        } else if error.is::<tower::timeout::error::Elapsed>() {
+            Known::Elapsed
+        } else if error.is::<tower::load_shed::error::Overloaded>() {
+            Known::Overloaded
+        } else if let Some(e) = error.downcast_ref::<Error>() {
+            Known::Crate(e)
+        } else {
+            Known::Other
+        }
+    }
+}
+
+/// The protocol code a middleware error becomes, as [`RpcError::from_box_error`] maps it,
+/// without taking the error; `None` for failures without one, such as a closed connection.
+pub(crate) fn code_of(error: &(dyn StdError + 'static)) -> Option<i64> {
+    match Known::of(error) {
+        Known::Rpc(rpc) => Some(rpc.code),
+        Known::Elapsed => Some(code::TIMEOUT),
+        Known::Overloaded => Some(code::OVERLOADED),
+        Known::Crate(e) => e.code(),
+        Known::Other => None,
+    }
+}
+
+/// At most `max_chars` characters of untrusted `text`, cut on a character boundary, with a
+/// note of the full length when cut: for messages and logs. Looks at the text only; it never
+/// parses or walks JSON.
+pub(crate) fn truncate(text: &str, max_chars: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max_chars) {
+        None => Cow::Borrowed(text),
+        Some((cut, _)) => Cow::Owned(format!("{}…({} bytes)", &text[..cut], text.len())),
     }
 }
 
@@ -163,6 +209,8 @@ impl From<std::convert::Infallible> for RpcError {
 /// `source()` for the underlying cause.
 pub struct Error {
     kind: Kind,
+    /// What was being done, e.g. `connect to ./app.sock`.
+    context: Option<Box<str>>,
     source: Option<BoxError>,
 }
 
@@ -174,6 +222,8 @@ pub(crate) enum Kind {
     Remote(RpcError),
     /// A call's deadline passed before its reply came.
     Timeout,
+    /// The outgoing queue was full and the caller would not wait.
+    Full,
     /// Arguments could not be serialized into a JSON array.
     Encode,
     /// A reply could not be deserialized into the expected type.
@@ -182,17 +232,27 @@ pub(crate) enum Kind {
     Protocol(RpcError),
     /// The socket path cannot be used (too long, occupied by a non-socket, live server).
     Bind(&'static str),
-    /// An I/O error on the socket.
+    /// An I/O error on the byte stream.
     Io,
 }
 
 impl Error {
     pub(crate) fn new(kind: Kind) -> Self {
-        Error { kind, source: None }
+        Error {
+            kind,
+            context: None,
+            source: None,
+        }
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
+        self
+    }
+
+    /// Says what was being done when the error happened.
+    pub(crate) fn with_context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into().into_boxed_str());
         self
     }
 
@@ -229,6 +289,12 @@ impl Error {
             || matches!(&self.kind, Kind::Remote(rpc) if rpc.code == code::TIMEOUT)
     }
 
+    /// The outgoing queue was full (from methods that do not wait for room, such as
+    /// [`Connection::try_post_message`](crate::Connection::try_post_message)).
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self.kind, Kind::Full)
+    }
+
     /// Arguments could not be serialized, or a reply could not be deserialized.
     pub fn is_serde(&self) -> bool {
         matches!(self.kind, Kind::Encode | Kind::Decode)
@@ -244,7 +310,7 @@ impl Error {
         matches!(self.kind, Kind::Bind(_))
     }
 
-    /// An I/O error on the socket.
+    /// An I/O error on the byte stream.
     pub fn is_io(&self) -> bool {
         matches!(self.kind, Kind::Io)
     }
@@ -271,6 +337,9 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("diarrhoea::Error");
         d.field("kind", &self.kind);
+        if let Some(context) = &self.context {
+            d.field("context", context);
+        }
         if let Some(source) = &self.source {
             d.field("source", source);
         }
@@ -280,19 +349,21 @@ impl fmt::Debug for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(context) = &self.context {
+            write!(f, "{context}: ")?;
+        }
         match &self.kind {
             Kind::Closed => f.write_str("connection closed")?,
             Kind::Timeout => f.write_str("deadline passed before the reply came")?,
+            Kind::Full => f.write_str("outgoing queue full")?,
             Kind::Remote(rpc) => write!(f, "peer answered with an error: {rpc}")?,
             Kind::Encode => f.write_str("arguments could not be encoded as a JSON array")?,
             Kind::Decode => f.write_str("reply could not be decoded into the expected type")?,
             Kind::Protocol(rpc) => write!(f, "protocol error: {rpc}")?,
             Kind::Bind(what) => write!(f, "cannot bind socket path: {what}")?,
-            Kind::Io => f.write_str("I/O error on the socket")?,
+            Kind::Io => f.write_str("I/O error")?,
         }
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
+        // The cause is `source()`, not repeated here: error reporters print the whole chain.
         Ok(())
     }
 }

@@ -5,158 +5,17 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::BufMut;
 use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::error::{code, Error, Kind, RpcError};
+use crate::args::{write_args, Args};
+use crate::error::{code, truncate, Error, RpcError};
 use crate::response::Response;
 
 /// Request ids are unsigned integers below 2^53, so that any JSON peer (JavaScript included)
 /// holds them exactly.
 pub const MAX_ID: u64 = (1 << 53) - 1;
-
-/// The positional arguments of a call: JSON text that is always an array.
-///
-/// Arguments stay unparsed until a handler deserializes them straight into its own types.
-#[derive(Clone)]
-pub struct Args(Box<RawValue>);
-
-impl Args {
-    /// No arguments: `[]`.
-    pub fn empty() -> Self {
-        Args(RawValue::from_string("[]".to_owned()).expect("`[]` is JSON"))
-    }
-
-    /// Serializes `args`, which must serialize to a JSON array (a tuple, an array, a `Vec`),
-    /// or to `null` (`()`), which means no arguments.
-    ///
-    /// ```
-    /// let args = diarrhoea::Args::new(&("flood1", 1732400000000u64)).unwrap();
-    /// assert_eq!(args.get(), r#"["flood1",1732400000000]"#);
-    /// assert_eq!(diarrhoea::Args::new(&()).unwrap().get(), "[]");
-    /// assert!(diarrhoea::Args::new(&5).is_err());
-    /// ```
-    pub fn new<T: Serialize + ?Sized>(args: &T) -> Result<Self, Error> {
-        let raw = serde_json::value::to_raw_value(args)
-            .map_err(|e| Error::new(Kind::Encode).with_source(e))?;
-        match raw.get().as_bytes().first() {
-            Some(b'[') => Ok(Args(raw)),
-            _ if raw.get() == "null" => Ok(Args::empty()),
-            _ => Err(Error::new(Kind::Encode).with_source(format!(
-                "arguments must serialize to a JSON array (use a tuple such as `(x,)`), got `{}`",
-                truncate(raw.get(), 40)
-            ))),
-        }
-    }
-
-    /// Wraps raw JSON that is already known to be an array.
-    ///
-    /// Pretty-printed JSON is fine: line breaks become spaces, so a frame stays one line.
-    pub fn from_raw(raw: Box<RawValue>) -> Result<Self, Error> {
-        if raw.get().starts_with('[') {
-            Ok(Args(one_line(raw)))
-        } else {
-            Err(Error::new(Kind::Encode).with_source("arguments must be a JSON array"))
-        }
-    }
-
-    /// Deserializes the arguments, e.g. into a tuple `(String, u64)`.
-    pub fn deserialize<'de, T: Deserialize<'de>>(&'de self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.0.get())
-    }
-
-    /// The JSON text of the array.
-    pub fn get(&self) -> &str {
-        self.0.get()
-    }
-
-    /// The raw JSON value.
-    pub fn into_raw(self) -> Box<RawValue> {
-        self.0
-    }
-}
-
-/// Raw JSON on one line: outside strings a line break is only whitespace (inside strings it
-/// must be escaped), so replacing it with a space keeps the value and keeps a frame one line.
-pub(crate) fn one_line(raw: Box<RawValue>) -> Box<RawValue> {
-    if !raw.get().bytes().any(|b| b == b'\n' || b == b'\r') {
-        return raw;
-    }
-    let flat = raw.get().replace(['\n', '\r'], " ");
-    RawValue::from_string(flat).expect("whitespace changes keep JSON valid")
-}
-
-/// Writes `args` as the arguments array of a frame being encoded into `line`.
-///
-/// `null` (from `()`) becomes `[]`; anything else that is not an array is refused.
-fn write_args<T: Serialize + ?Sized>(line: &mut Vec<u8>, args: &T) -> Result<(), Error> {
-    let start = line.len();
-    serde_json::to_writer(&mut *line, args).map_err(|e| Error::new(Kind::Encode).with_source(e))?;
-    match line.get(start) {
-        Some(b'[') => Ok(()),
-        _ if &line[start..] == b"null" => {
-            line.truncate(start);
-            line.extend_from_slice(b"[]");
-            Ok(())
-        }
-        _ => {
-            let got = String::from_utf8_lossy(&line[start..]).into_owned();
-            Err(Error::new(Kind::Encode).with_source(format!(
-                "arguments must serialize to a JSON array (use a tuple such as `(x,)`), got `{}`",
-                truncate(&got, 40)
-            )))
-        }
-    }
-}
-
-/// Encodes a notification `["method",[args...]]`, or with an id a request
-/// `["method",[args...],id(,meta)]`, straight into its line: no intermediate `Args` or
-/// `Frame`, one allocation.
-pub(crate) fn call_line<T: Serialize + ?Sized>(
-    method: &str,
-    args: &T,
-    id: Option<u64>,
-    meta: &Meta,
-) -> Result<Vec<u8>, Error> {
-    let encode = |e| Error::new(Kind::Encode).with_source(e);
-    let mut line = Vec::with_capacity(method.len() + 64);
-    line.push(b'[');
-    serde_json::to_writer(&mut line, method).map_err(encode)?;
-    line.push(b',');
-    write_args(&mut line, args)?;
-    if let Some(id) = id {
-        line.push(b',');
-        serde_json::to_writer(&mut line, &id).map_err(encode)?;
-        if !meta.is_empty() {
-            line.push(b',');
-            serde_json::to_writer(&mut line, meta).map_err(encode)?;
-        }
-    }
-    line.extend_from_slice(b"]\n");
-    Ok(line)
-}
-
-impl fmt::Debug for Args {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.get())
-    }
-}
-
-impl PartialEq for Args {
-    fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
-    }
-}
-
-impl Eq for Args {}
-
-impl Default for Args {
-    fn default() -> Self {
-        Args::empty()
-    }
-}
 
 /// Optional per-request metadata, the fourth element of a request frame.
 ///
@@ -258,59 +117,52 @@ impl Frame {
     }
 
     /// Appends the frame's line, terminator included, to `buf`.
-    pub fn encode<B: BufMut>(&self, buf: &mut B) {
-        // Serializing a `str`, an integer or our own error struct into memory cannot fail.
-        fn json<B: BufMut, T: Serialize + ?Sized>(buf: &mut B, value: &T) {
-            serde_json::to_writer(buf.writer(), value).expect("in-memory JSON serialization");
-        }
-        buf.put_u8(b'[');
+    pub fn encode<B: bytes::BufMut>(&self, buf: &mut B) {
+        buf.put_slice(&self.to_line());
+    }
+
+    /// Appends the frame's line to `line`: the one encoder of frames.
+    fn write(&self, line: &mut Vec<u8>) {
         match self {
             Frame::Notification { method, args } => {
-                json(buf, &**method);
-                buf.put_u8(b',');
-                buf.put_slice(args.get().as_bytes());
+                encode_call(line, method, args.raw(), None, &Meta::default())
             }
             Frame::Request {
                 method,
                 args,
                 id,
                 meta,
-            } => {
-                json(buf, &**method);
-                buf.put_u8(b',');
-                buf.put_slice(args.get().as_bytes());
-                buf.put_u8(b',');
-                json(buf, id);
-                if !meta.is_empty() {
-                    buf.put_u8(b',');
-                    json(buf, meta);
-                }
-            }
+            } => encode_call(line, method, args.raw(), Some(*id), meta),
             Frame::Reply { id, result } => {
-                json(buf, id);
+                line.push(b'[');
+                json(line, id);
                 match result {
                     Ok(value) => {
-                        buf.put_u8(b',');
-                        buf.put_slice(value.get().as_bytes());
+                        line.push(b',');
+                        line.extend_from_slice(value.get().as_bytes());
                     }
                     Err(error) => {
-                        buf.put_slice(b",null,");
-                        json(buf, error);
+                        line.extend_from_slice(b",null,");
+                        json(line, error);
                     }
                 }
+                line.extend_from_slice(b"]\n");
+                Ok(())
             }
             Frame::ConnectionError(error) => {
-                buf.put_slice(b"null,null,");
-                json(buf, error);
+                line.extend_from_slice(b"[null,null,");
+                json(line, error);
+                line.extend_from_slice(b"]\n");
+                Ok(())
             }
         }
-        buf.put_slice(b"]\n");
+        .expect("a frame's arguments are a JSON array already")
     }
 
     /// The frame's line, terminator included, in a buffer of its own.
     pub(crate) fn to_line(&self) -> Vec<u8> {
         let mut line = Vec::with_capacity(self.payload_len() + 48);
-        self.encode(&mut line);
+        self.write(&mut line);
         line
     }
 
@@ -325,6 +177,49 @@ impl Frame {
             Frame::Reply { result: Err(e), .. } | Frame::ConnectionError(e) => e.message.len(),
         }
     }
+}
+
+/// Serializes a `str`, an integer or the error struct into memory, which cannot fail.
+fn json<T: Serialize + ?Sized>(line: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(line, value).expect("in-memory JSON serialization");
+}
+
+/// Encodes a notification `["method",[args...]]`, or with an id a request
+/// `["method",[args...],id(,meta)]`: the one encoder of calls, used for typed arguments
+/// straight from the caller (no intermediate `Args` or `Frame`) and for [`Frame::encode`].
+pub(crate) fn encode_call<T: Serialize + ?Sized>(
+    line: &mut Vec<u8>,
+    method: &str,
+    args: &T,
+    id: Option<u64>,
+    meta: &Meta,
+) -> Result<(), Error> {
+    line.push(b'[');
+    json(line, method);
+    line.push(b',');
+    write_args(line, args)?;
+    if let Some(id) = id {
+        line.push(b',');
+        json(line, &id);
+        if !meta.is_empty() {
+            line.push(b',');
+            json(line, meta);
+        }
+    }
+    line.extend_from_slice(b"]\n");
+    Ok(())
+}
+
+/// [`encode_call`] into a line of its own.
+pub(crate) fn call_line<T: Serialize + ?Sized>(
+    method: &str,
+    args: &T,
+    id: Option<u64>,
+    meta: &Meta,
+) -> Result<Vec<u8>, Error> {
+    let mut line = Vec::with_capacity(method.len() + 64);
+    encode_call(&mut line, method, args, id, meta)?;
+    Ok(line)
 }
 
 /// The elements of a frame, borrowed from the line, parsed without allocating.
@@ -408,7 +303,7 @@ impl<'a> Parts<'a> {
         if !args.get().starts_with('[') {
             return Err(invalid("args (element 1) must be an array"));
         }
-        let args = Args(args.to_owned());
+        let args = Args::from_wire(args.to_owned());
         let Some(id) = id else {
             return Ok(Frame::Notification { method, args });
         };
@@ -463,14 +358,6 @@ fn parse_id(raw: &str) -> Result<u64, RpcError> {
 
 fn parse_error_object(raw: &str) -> Result<RpcError, RpcError> {
     serde_json::from_str(raw).map_err(|e| RpcError::invalid_frame(format!("error object: {e}")))
-}
-
-/// Shortens untrusted text for messages and logs, on a character boundary.
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 #[cfg(test)]

@@ -190,26 +190,34 @@
 
 #![forbid(unsafe_code)]
 
-mod client;
-pub mod codec;
-mod connection;
+// In pipeline order, from the wire up; each module uses only those above it.
 mod error;
-mod frame;
-mod handler;
-pub mod layer;
-mod request;
+mod args;
 mod response;
+mod frame;
+pub mod codec;
+mod peer;
+mod request;
+mod handler;
 mod router;
+pub mod transport;
+pub mod connection;
+pub mod layer;
 mod server;
+pub mod future;
 
-pub use client::{Client, ClientBuilder};
+pub use args::Args;
 pub use connection::{
-    Caller, Config, Connection, Deadline, Event, Events, Notifier, PeerInfo, ResponseFuture,
+    serve_connection, serve_stdio, Caller, Config, Connection, Event, Events, Notifier,
 };
 pub use error::{code, BoxError, Error, RpcError};
-pub use frame::{Args, Frame, InvalidFrame, Meta, MAX_ID};
+pub use frame::{Frame, InvalidFrame, Meta, MAX_ID};
 pub use handler::{FromContext, Handler};
-pub use request::{Extensions, Request};
+pub use peer::{Credentials, Identity, PeerInfo};
+pub use request::{Deadline, Extensions, Request};
 pub use response::{IntoReply, Json, Response};
-pub use router::{RouteFuture, Router};
-pub use server::{shutdown_signal, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
+pub use router::Router;
+pub use server::{
+    from_stream, serve, shutdown_signal, FromStream, Listener, MakeService, Serve,
+    UnixListener, WithGracefulShutdown, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT,
+};

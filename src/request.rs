@@ -7,9 +7,27 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::connection::{Connection, Deadline, PeerInfo};
+use crate::args::Args;
 use crate::error::Error;
-use crate::frame::{Args, Frame, Meta};
+use crate::frame::{Frame, Meta};
+use crate::peer::PeerInfo;
+
+/// Where an incoming request came from, as the connection sees it. Opaque here, so that
+/// requests sit below connections; the connection module reads it back
+/// (`Request::connection`).
+pub(crate) type Origin = Arc<dyn Any + Send + Sync>;
+
+/// When an incoming request must be answered by ([`Request::deadline`]); calls made while
+/// serving it inherit what is left of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub tokio::time::Instant);
+
+impl Deadline {
+    /// How long is left; zero once it has passed.
+    pub fn remaining(&self) -> std::time::Duration {
+        self.0.saturating_duration_since(tokio::time::Instant::now())
+    }
+}
 
 /// A call or notification: the value that goes through a [`tower::Service`] stack.
 ///
@@ -24,7 +42,7 @@ pub struct Request {
     id: Option<u64>,
     meta: Meta,
     /// The connection a request arrived on, so handlers can answer or call back.
-    connection: Option<Connection>,
+    origin: Option<Origin>,
     /// Who sent an incoming request.
     peer: Option<PeerInfo>,
     /// When an incoming request must be answered by.
@@ -52,14 +70,14 @@ impl Request {
             args,
             id: None,
             meta: Meta::default(),
-            connection: None,
+            origin: None,
             peer: None,
             deadline: None,
             extensions: Extensions::default(),
         }
     }
 
-    pub(crate) fn incoming(frame: Frame, connection: Connection) -> Option<Self> {
+    pub(crate) fn incoming(frame: Frame, origin: Origin, peer: PeerInfo) -> Option<Self> {
         let (method, args, id, meta) = match frame {
             Frame::Notification { method, args } => (method, args, None, Meta::default()),
             Frame::Request {
@@ -75,8 +93,8 @@ impl Request {
             args,
             id,
             meta,
-            peer: Some(connection.peer()),
-            connection: Some(connection),
+            peer: Some(peer),
+            origin: Some(origin),
             deadline: None,
             extensions: Extensions::default(),
         })
@@ -123,12 +141,12 @@ impl Request {
         &mut self.meta
     }
 
-    /// The connection an incoming request arrived on: a handle to answer or call the peer.
-    pub fn connection(&self) -> Option<&Connection> {
-        self.connection.as_ref()
+    pub(crate) fn origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
     }
 
-    /// Who sent an incoming request: the connection id and the peer's credentials.
+    /// Who sent an incoming request: the connection id and what the transport knows of the
+    /// peer.
     pub fn peer(&self) -> Option<&PeerInfo> {
         self.peer.as_ref()
     }

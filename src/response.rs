@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::error::{Error, Kind, RpcError};
-use crate::frame::Args;
+use crate::args::Args;
 
 /// The result of a call, still as JSON: what a handler answered, or what a peer replied.
 #[derive(Clone)]
@@ -30,7 +30,7 @@ impl Response {
     ///
     /// Pretty-printed JSON is fine: line breaks become spaces, so a reply stays one line.
     pub fn from_raw(raw: Box<RawValue>) -> Self {
-        Response(crate::frame::one_line(raw))
+        Response(crate::args::one_line(raw))
     }
 
     /// Raw JSON read from a line, which cannot hold a line break.

@@ -1,27 +1,38 @@
 //! The dispatcher: runs incoming calls through the bound service.
 //!
-//! Notifications run one at a time, in wire order: each completes before the next frame is
-//! dispatched. Requests are dispatched in wire order and run concurrently, up to
-//! `max_concurrent_requests`: each is polled once here, answered at once if it is ready (most
-//! are), and otherwise finishes in a task of its own. Errors from the service become error
-//! replies (requests) or error events (notifications) here, in one place.
+//! - **Notifications** run one at a time, in wire order among themselves: each completes
+//!   before the next notification starts. Most complete at once and run inline; one that
+//!   waits (say, for a call to the peer) moves to the notification lane, a task of its own,
+//!   and the notifications after it queue there behind it.
+//! - **Requests** are dispatched in wire order and run concurrently, up to
+//!   `max_concurrent_requests`: each is polled once here, answered at once if it is ready
+//!   (most are), and otherwise finishes in a task of its own. A request is never held behind
+//!   a running notification, so a notification handler that calls the peer, which calls back
+//!   before answering, completes.
+//!
+//! Errors from the service become error replies (requests) or error events (notifications)
+//! here, in one place. A request's future runs with its deadline in scope, so calls it makes
+//! inherit the deadline.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::reader::Inbound;
+use super::deadline::Serving;
+use super::inbox::Inbound;
 use super::{BoundService, Shared};
-use crate::error::{code, BoxError, Error, RpcError};
+use crate::error::{code, truncate, BoxError, Error, RpcError};
 use crate::frame::Frame;
+use crate::request::Request;
 use crate::response::Response;
 
 pub(super) async fn run(
@@ -31,10 +42,12 @@ pub(super) async fn run(
 ) {
     let mut service = binding.borrow_and_update().clone();
     let limit = Arc::new(Semaphore::new(shared.config.max_concurrent_requests));
-    // Requests still running after their first poll; dropping the set aborts them.
+    // Requests still running after their first poll, and the notification lane; dropping the
+    // set aborts them.
     let mut tasks = JoinSet::new();
+    let mut lane = Lane::default();
     // One registration for the life of the loop, rather than one per frame.
-    let abort = shared.abort.clone().cancelled_owned();
+    let abort = shared.lifecycle.aborted_owned();
     tokio::pin!(abort);
     loop {
         while tasks.try_join_next().is_some() {}
@@ -55,16 +68,8 @@ pub(super) async fn run(
             service = binding.borrow_and_update().clone();
         }
         let Some(id) = req.id() else {
-            let method = req.method_arc().clone();
-            let outcome = tokio::select! {
-                biased;
-                _ = &mut abort => return,
-                outcome = call(&mut service, req) => outcome,
-            };
-            drop(budget);
-            if let Err(error) = outcome {
-                report_notification_error(&shared, &method, error);
-            }
+            lane.notify(req, budget, &mut service, &shared, &mut tasks)
+                .await;
             continue;
         };
         let deadline = req.deadline().map(|d| d.0);
@@ -127,12 +132,131 @@ pub(super) async fn run(
         });
         shared.in_flight.set_task(id, task);
     }
-    // The inbound side is done: let the requests in flight finish, unless torn down.
+    // The inbound side is done: the lane finishes what it holds, then ends; requests in
+    // flight finish too, unless torn down.
+    drop(lane);
     loop {
         tokio::select! {
             biased;
             _ = &mut abort => return,
             next = tasks.join_next() => if next.is_none() { return },
+        }
+    }
+}
+
+/// Notifications in wire order. Idle, a notification runs inline; one that does not finish
+/// at once moves to the lane task, and every notification after it follows it there until
+/// the lane has caught up.
+#[derive(Default)]
+struct Lane {
+    /// The lane task's queue, once a notification has needed it.
+    queue: Option<mpsc::UnboundedSender<Queued>>,
+    /// Notifications sent to the lane task and not finished yet.
+    behind: Arc<AtomicUsize>,
+}
+
+enum Queued {
+    /// Started inline, still running.
+    Running(Notification),
+    /// Not started: the lane readies `service` and calls it.
+    Waiting {
+        req: Request,
+        budget: OwnedSemaphorePermit,
+        service: BoundService,
+    },
+}
+
+/// A running notification, its method name for error reports, and its share of the
+/// inbound buffer.
+struct Notification {
+    method: Arc<str>,
+    started: Started,
+    budget: OwnedSemaphorePermit,
+}
+
+impl Lane {
+    async fn notify(
+        &mut self,
+        req: Request,
+        budget: OwnedSemaphorePermit,
+        service: &mut BoundService,
+        shared: &Arc<Shared>,
+        tasks: &mut JoinSet<()>,
+    ) {
+        if self.behind.load(Ordering::Acquire) > 0 {
+            let service = service.clone();
+            return self.send(Queued::Waiting { req, budget, service }, shared, tasks);
+        }
+        let method = req.method_arc().clone();
+        let started = match poll_once(|cx| service.poll_ready(cx)).await {
+            Poll::Ready(Ok(())) => catch_unwind_call(service, req),
+            Poll::Ready(Err(e)) => Started::Failed(Some(e)),
+            // Not ready: wait for it in the lane, not here, so requests keep flowing.
+            Poll::Pending => {
+                let service = service.clone();
+                return self.send(Queued::Waiting { req, budget, service }, shared, tasks);
+            }
+        };
+        let mut running = Notification {
+            method,
+            started,
+            budget,
+        };
+        match poll_once(|cx| Pin::new(&mut running.started).poll(cx)).await {
+            Poll::Ready(outcome) => running.finish(outcome, shared),
+            Poll::Pending => self.send(Queued::Running(running), shared, tasks),
+        }
+    }
+
+    fn send(&mut self, queued: Queued, shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
+        let queue = self.queue.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks.spawn(lane(rx, self.behind.clone(), shared.clone()));
+            tx
+        });
+        self.behind.fetch_add(1, Ordering::AcqRel);
+        // The lane task ends only when this sender is dropped, or on abort.
+        let _ = queue.send(queued);
+    }
+}
+
+/// The lane task: runs queued notifications one after the other.
+async fn lane(
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    behind: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+) {
+    while let Some(queued) = queue.recv().await {
+        let (outcome, running) = match queued {
+            Queued::Running(mut running) => ((&mut running.started).await, running),
+            Queued::Waiting {
+                req,
+                budget,
+                mut service,
+            } => {
+                let method = req.method_arc().clone();
+                let started = match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
+                    Ok(()) => catch_unwind_call(&mut service, req),
+                    Err(e) => Started::Failed(Some(e)),
+                };
+                let mut running = Notification {
+                    method,
+                    started,
+                    budget,
+                };
+                ((&mut running.started).await, running)
+            }
+        };
+        running.finish(outcome, &shared);
+        behind.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Notification {
+    fn finish(self, outcome: Result<Response, BoxError>, shared: &Shared) {
+        drop(self.budget);
+        if let Err(error) = outcome {
+            report_notification_error(shared, &self.method, error);
         }
     }
 }
@@ -168,24 +292,16 @@ async fn answer_unstarted(shared: &Shared, id: u64, error: RpcError) {
     }
 }
 
-/// Readies the service and runs one request to completion, panics included.
-async fn call(service: &mut BoundService, req: crate::Request) -> Result<Response, BoxError> {
-    std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
-    match catch_unwind_call(service, req) {
-        Started::Running(fut) => CatchUnwind(fut).await,
-        Started::Failed(e) => Err(e.expect("fresh")),
-    }
-}
-
 /// `call` itself may run user code before the future exists (a closure's body, a layer).
-fn catch_unwind_call(service: &mut BoundService, req: crate::Request) -> Started {
+fn catch_unwind_call(service: &mut BoundService, req: Request) -> Started {
+    let deadline = req.deadline().map(|d| d.0);
     match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(req))) {
-        Ok(fut) => Started::Running(fut),
+        Ok(fut) => Started::Running(Serving::new(deadline, fut)),
         Err(panic) => Started::Failed(Some(panicked(panic))),
     }
 }
 
-type ServiceFuture = super::bound::BoundFuture;
+type ServiceFuture = Serving<super::bound::BoundFuture>;
 
 enum Started {
     Running(ServiceFuture),
@@ -243,7 +359,7 @@ async fn send_reply(shared: &Shared, id: u64, result: Result<Response, RpcError>
     }
     if shared.outgoing.send(frame).await.is_err() {
         tracing::debug!(
-            connection = shared.id,
+            connection = shared.id(),
             id,
             "diarrhoea: reply not sent, connection ending"
         );
@@ -253,10 +369,8 @@ async fn send_reply(shared: &Shared, id: u64, result: Result<Response, RpcError>
 fn report_notification_error(shared: &Shared, method: &str, error: BoxError) {
     let rpc = RpcError::from_box_error(error);
     let unknown = rpc.code == code::METHOD_NOT_FOUND;
-    let error = Error::protocol(rpc).with_source(format!(
-        "notification `{}`",
-        crate::frame::truncate(method, 64)
-    ));
+    let error = Error::protocol(rpc)
+        .with_context(format!("notification `{}`", truncate(method, 64)));
     if unknown {
         shared.warning(error);
     } else {

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::{PollSemaphore, PollSender};
 
-use crate::error::Error;
+use crate::error::{Error, Kind};
 use crate::frame::Frame;
 
 /// An encoded frame in the queue, with its share of the byte budget. Frames are encoded by
@@ -20,6 +20,9 @@ pub(crate) struct Queued {
     _bytes: Option<OwnedSemaphorePermit>,
 }
 
+/// The writer's end of the queue.
+pub(crate) type Receiver = mpsc::Receiver<Queued>;
+
 #[derive(Clone)]
 pub(crate) struct Outbox {
     slots: mpsc::Sender<Queued>,
@@ -28,7 +31,7 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(frames: usize, budget: usize) -> (Self, mpsc::Receiver<Queued>) {
+    pub(crate) fn new(frames: usize, budget: usize) -> (Self, Receiver) {
         let (slots, rx) = mpsc::channel(frames);
         (
             Outbox {
@@ -62,6 +65,24 @@ impl Outbox {
             _bytes: Some(bytes),
         };
         self.slots.send(queued).await.map_err(|_| Error::closed())
+    }
+
+    /// Queues an encoded frame if there is room now, in bytes and in frames.
+    pub(crate) fn try_send_line(&self, line: Vec<u8>) -> Result<(), Error> {
+        let full = || Error::new(Kind::Full);
+        let bytes = match self.bytes.clone().try_acquire_many_owned(self.cost(&line)) {
+            Ok(bytes) => bytes,
+            Err(TryAcquireError::Closed) => return Err(Error::closed()),
+            Err(TryAcquireError::NoPermits) => return Err(full()),
+        };
+        let queued = Queued {
+            line,
+            _bytes: Some(bytes),
+        };
+        self.slots.try_send(queued).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => full(),
+            mpsc::error::TrySendError::Closed(_) => Error::closed(),
+        })
     }
 
     /// Queues a small control frame (`$/cancel`, a connection error) without waiting; it is

@@ -1,14 +1,12 @@
-//! The writer: the one task that writes to the socket. It takes every queued frame at once and
+//! The writer: the one task that writes to the stream. It takes every queued frame at once and
 //! writes them with one system call where it can.
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::outbox::Queued;
+use super::outbox::Receiver;
 use super::Shared;
 use crate::error::Error;
 
@@ -20,9 +18,9 @@ const WRITE_CHUNK: usize = 64 * 1024;
 /// busy once does not keep the memory (1,000 connections x a large buffer adds up).
 const KEEP: usize = 16 * 1024;
 
-pub(super) async fn run(
-    mut write: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Queued>,
+pub(super) async fn run<W: AsyncWrite + Unpin>(
+    mut write: W,
+    mut queue: Receiver,
     shared: Arc<Shared>,
 ) {
     let mut buf = BytesMut::new();
@@ -30,9 +28,9 @@ pub(super) async fn run(
     loop {
         let got = tokio::select! {
             biased;
-            _ = shared.abort.cancelled() => return,
+            _ = shared.lifecycle.aborted() => return,
             n = queue.recv_many(&mut batch, BATCH) => n,
-            _ = shared.ending.cancelled() => 0,
+            _ = shared.lifecycle.ended() => 0,
         };
         if got == 0 {
             break;
@@ -61,15 +59,16 @@ pub(super) async fn run(
     }
 }
 
-/// Writes the buffer; `false` after a failure, which tears the connection down.
-async fn flush(write: &mut OwnedWriteHalf, buf: &mut BytesMut, shared: &Shared) -> bool {
+/// Writes the buffer and flushes the stream (a no-op for sockets; TLS and buffered streams
+/// need it); `false` after a failure, which tears the connection down.
+async fn flush<W: AsyncWrite + Unpin>(write: &mut W, buf: &mut BytesMut, shared: &Shared) -> bool {
     if buf.is_empty() {
         return true;
     }
     let result = tokio::select! {
         biased;
-        _ = shared.abort.cancelled() => return false,
-        r = write.write_all_buf(buf) => r,
+        _ = shared.lifecycle.aborted() => return false,
+        r = write_and_flush(write, buf) => r,
     };
     match result {
         Ok(()) => true,
@@ -80,11 +79,19 @@ async fn flush(write: &mut OwnedWriteHalf, buf: &mut BytesMut, shared: &Shared) 
             ) {
                 shared.error(Error::io(e));
             } else {
-                tracing::debug!(connection = shared.id, error = %e, "diarrhoea: peer went away");
+                tracing::debug!(connection = shared.id(), error = %e, "diarrhoea: peer went away");
             }
             buf.clear();
-            shared.abort.cancel();
+            shared.lifecycle.abort();
             false
         }
     }
+}
+
+async fn write_and_flush<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    buf: &mut BytesMut,
+) -> std::io::Result<()> {
+    write.write_all_buf(buf).await?;
+    write.flush().await
 }

@@ -1,9 +1,10 @@
 //! Typed `async fn`s as handlers: positional arguments deserialize straight from the frame's
 //! JSON array into the function's parameter types.
 //!
-//! A handler is any `Fn(A1, .., An) -> impl Future<Output = impl IntoReply>` (up to 12
-//! arguments) whose parameters are `Deserialize`, optionally preceded by one context parameter
-//! ([`FromContext`]: the [`Connection`] the request came on, or the raw [`Args`]).
+//! A handler is any `Fn(C1, .., Ck, A1, .., An) -> impl Future<Output = impl IntoReply>`:
+//! up to 4 context parameters ([`FromContext`]: the `Connection` the request came on, its
+//! `CancellationToken`, the [`PeerInfo`], the [`Deadline`], or the raw [`Args`]), in any
+//! order, then up to 12 positional arguments that are `Deserialize`.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -11,10 +12,10 @@ use std::pin::Pin;
 
 use serde::de::DeserializeOwned;
 
-use crate::connection::Connection;
+use crate::args::Args;
 use crate::error::RpcError;
-use crate::frame::Args;
-use crate::request::Request;
+use crate::peer::PeerInfo;
+use crate::request::{Deadline, Request};
 use crate::response::{IntoReply, Response};
 
 /// The future a type-erased handler returns.
@@ -22,15 +23,15 @@ pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response, Rpc
 
 /// An async function that can be bound to a method name with [`Router::route`].
 ///
-/// `M` only tells the implementations apart (plain or with a context parameter, and the
-/// parameter types); callers never name it.
+/// `M` only tells the implementations apart (the context and positional parameter types);
+/// callers never name it.
 ///
 /// [`Router::route`]: crate::Router::route
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a diarrhoea handler",
     label = "not an async fn of deserializable arguments",
     note = "a handler is an `async fn(A1, .., An) -> R` where every `Ai: Deserialize` and `R: IntoReply`",
-    note = "an optional first parameter may be `Connection` or `Args`"
+    note = "context parameters (`Connection`, `CancellationToken`, `PeerInfo`, `Deadline`, `Args`) come first, at most 4"
 )]
 pub trait Handler<M>: Clone + Send + Sync + 'static {
     /// Runs the handler on a request.
@@ -40,39 +41,39 @@ pub trait Handler<M>: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static;
 }
 
-/// Values a handler can take as its first parameter, taken from the request rather than from
-/// its positional arguments.
+/// Values a handler can take as context parameters (before its positional arguments), taken
+/// from the request rather than from its arguments.
+///
+/// Implemented here for [`Args`], [`PeerInfo`], [`Deadline`] and `Option<Deadline>`; the
+/// connection module adds `Connection` and `CancellationToken`.
 pub trait FromContext: Sized + Send + 'static {
     /// Extracts the value.
     fn from_request(req: &mut Request) -> Result<Self, RpcError>;
 }
 
-impl FromContext for Connection {
-    fn from_request(req: &mut Request) -> Result<Self, RpcError> {
-        req.connection().cloned().ok_or_else(|| {
-            RpcError::internal("handler needs a Connection but the request has none")
-        })
-    }
-}
-
-/// The token cancelled when the peer sends `$/cancel` for this request, for handlers that
-/// want to stop cooperatively (the handler's future is dropped either way). Never cancelled
-/// for notifications.
-impl FromContext for tokio_util::sync::CancellationToken {
-    fn from_request(req: &mut Request) -> Result<Self, RpcError> {
-        Ok(match (req.connection(), req.id()) {
-            (Some(conn), Some(id)) => conn.cancellation(id),
-            _ => Self::new(),
-        })
-    }
-}
-
 /// Who sent the request.
-impl FromContext for crate::connection::PeerInfo {
+impl FromContext for PeerInfo {
     fn from_request(req: &mut Request) -> Result<Self, RpcError> {
         req.peer()
-            .copied()
+            .cloned()
             .ok_or_else(|| RpcError::internal("handler needs PeerInfo but the request has none"))
+    }
+}
+
+/// When the request must be answered by: [`Config::request_timeout`](crate::Config) or the
+/// peer's `meta.timeout_ms`. A request without either fails with -32603: take
+/// `Option<Deadline>` where a deadline is optional.
+impl FromContext for Deadline {
+    fn from_request(req: &mut Request) -> Result<Self, RpcError> {
+        req.deadline()
+            .ok_or_else(|| RpcError::internal("handler needs a Deadline but the request has none"))
+    }
+}
+
+/// When the request must be answered by, if it has a deadline.
+impl FromContext for Option<Deadline> {
+    fn from_request(req: &mut Request) -> Result<Self, RpcError> {
+        Ok(req.deadline())
     }
 }
 
@@ -83,15 +84,10 @@ impl FromContext for Args {
     }
 }
 
-/// Marks handlers whose parameters are all positional arguments.
+/// Marks a handler by its context parameter types `C` and positional parameter types `A`.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct Positional<T>(PhantomData<T>);
-
-/// Marks handlers whose first parameter is a [`FromContext`] value.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct WithContext<C, T>(PhantomData<(C, T)>);
+pub struct Params<C, A>(PhantomData<(C, A)>);
 
 /// Arguments that fit no parameter list become -32602, never a dropped connection.
 ///
@@ -130,84 +126,137 @@ fn parse_args<T: DeserializeOwned>(args: &Args, arity: usize) -> Result<T, RpcEr
 struct NoArgs([(); 0]);
 
 macro_rules! impl_handler {
-    ($($arg:ident),*) => {
-        impl<F, Fut, R, $($arg,)*> Handler<Positional<($($arg,)*)>> for F
+    ([$($ctx:ident),*], [$($arg:ident),*]) => {
+        impl<F, Fut, R, $($ctx,)* $($arg,)*> Handler<Params<($($ctx,)*), ($($arg,)*)>> for F
         where
-            F: Fn($($arg),*) -> Fut + Clone + Send + Sync + 'static,
+            F: Fn($($ctx,)* $($arg),*) -> Fut + Clone + Send + Sync + 'static,
             Fut: Future<Output = R> + Send + 'static,
             R: IntoReply,
-            ($($arg,)*): DeserializeOwned,
+            $($ctx: FromContext,)*
+            ($($arg,)*): Positional,
         {
-            #[allow(non_snake_case)]
-            fn call(&self, req: Request) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static {
-                let called = parse_args::<($($arg,)*)>(req.args(), [$(stringify!($arg)),*].len()).map(|($($arg,)*)| self($($arg),*));
-                async move { called?.await.into_reply() }
-            }
-        }
-
-        impl<F, Fut, R, C, $($arg,)*> Handler<WithContext<C, ($($arg,)*)>> for F
-        where
-            F: Fn(C, $($arg),*) -> Fut + Clone + Send + Sync + 'static,
-            Fut: Future<Output = R> + Send + 'static,
-            R: IntoReply,
-            C: FromContext,
-            ($($arg,)*): DeserializeOwned,
-        {
-            #[allow(non_snake_case)]
+            #[allow(non_snake_case, unused_mut, unused_variables)]
             fn call(&self, mut req: Request) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static {
-                let called = C::from_request(&mut req).and_then(|ctx| {
-                    parse_args::<($($arg,)*)>(req.args(), [$(stringify!($arg)),*].len()).map(|($($arg,)*)| self(ctx, $($arg),*))
-                });
+                let called = (|| {
+                    $(let $ctx = <$ctx as FromContext>::from_request(&mut req)?;)*
+                    let ($($arg,)*) = <($($arg,)*) as Positional>::parse(&req, <[&str]>::len(&[$(stringify!($ctx)),*]))?;
+                    Ok::<_, RpcError>(self($($ctx,)* $($arg),*))
+                })();
                 async move { called?.await.into_reply() }
             }
         }
     };
 }
 
-impl<F, Fut, R> Handler<Positional<()>> for F
-where
-    F: Fn() -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = R> + Send + 'static,
-    R: IntoReply,
-{
-    fn call(
-        &self,
-        req: Request,
-    ) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static {
-        let called = parse_args::<NoArgs>(req.args(), 0).map(|_| self());
-        async move { called?.await.into_reply() }
+/// The positional parameters of a handler, read from the request's arguments.
+#[doc(hidden)]
+pub trait Positional: Sized {
+    /// Reads the arguments; `contexts` is how many context parameters come before them.
+    fn parse(req: &Request, contexts: usize) -> Result<Self, RpcError>;
+}
+
+/// No positional parameters: only `[]`, unless the handler takes context parameters (one of
+/// them may be `Args`, which sees every argument itself).
+impl Positional for () {
+    fn parse(req: &Request, contexts: usize) -> Result<Self, RpcError> {
+        if contexts > 0 {
+            return Ok(());
+        }
+        parse_args::<NoArgs>(req.args(), 0).map(|_| ())
     }
 }
 
-impl<F, Fut, R, C> Handler<WithContext<C, ()>> for F
-where
-    F: Fn(C) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = R> + Send + 'static,
-    R: IntoReply,
-    C: FromContext,
-{
-    fn call(
-        &self,
-        mut req: Request,
-    ) -> impl Future<Output = Result<Response, RpcError>> + Send + 'static {
-        // A context-only handler (e.g. taking `Args`) sees all arguments itself.
-        let called = C::from_request(&mut req).map(self);
-        async move { called?.await.into_reply() }
-    }
+macro_rules! impl_positional {
+    ($($arg:ident),+) => {
+        impl<$($arg,)+> Positional for ($($arg,)+)
+        where
+            ($($arg,)+): DeserializeOwned,
+        {
+            fn parse(req: &Request, _contexts: usize) -> Result<Self, RpcError> {
+                parse_args::<($($arg,)+)>(req.args(), [$(stringify!($arg)),+].len())
+            }
+        }
+    };
 }
 
-impl_handler!(A1);
-impl_handler!(A1, A2);
-impl_handler!(A1, A2, A3);
-impl_handler!(A1, A2, A3, A4);
-impl_handler!(A1, A2, A3, A4, A5);
-impl_handler!(A1, A2, A3, A4, A5, A6);
-impl_handler!(A1, A2, A3, A4, A5, A6, A7);
-impl_handler!(A1, A2, A3, A4, A5, A6, A7, A8);
-impl_handler!(A1, A2, A3, A4, A5, A6, A7, A8, A9);
-impl_handler!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10);
-impl_handler!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11);
-impl_handler!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12);
+impl_positional!(A1);
+impl_positional!(A1, A2);
+impl_positional!(A1, A2, A3);
+impl_positional!(A1, A2, A3, A4);
+impl_positional!(A1, A2, A3, A4, A5);
+impl_positional!(A1, A2, A3, A4, A5, A6);
+impl_positional!(A1, A2, A3, A4, A5, A6, A7);
+impl_positional!(A1, A2, A3, A4, A5, A6, A7, A8);
+impl_positional!(A1, A2, A3, A4, A5, A6, A7, A8, A9);
+impl_positional!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10);
+impl_positional!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11);
+impl_positional!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12);
+
+impl_handler!([], []);
+impl_handler!([], [A1]);
+impl_handler!([], [A1, A2]);
+impl_handler!([], [A1, A2, A3]);
+impl_handler!([], [A1, A2, A3, A4]);
+impl_handler!([], [A1, A2, A3, A4, A5]);
+impl_handler!([], [A1, A2, A3, A4, A5, A6]);
+impl_handler!([], [A1, A2, A3, A4, A5, A6, A7]);
+impl_handler!([], [A1, A2, A3, A4, A5, A6, A7, A8]);
+impl_handler!([], [A1, A2, A3, A4, A5, A6, A7, A8, A9]);
+impl_handler!([], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10]);
+impl_handler!([], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11]);
+impl_handler!([], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12]);
+impl_handler!([C1], []);
+impl_handler!([C1], [A1]);
+impl_handler!([C1], [A1, A2]);
+impl_handler!([C1], [A1, A2, A3]);
+impl_handler!([C1], [A1, A2, A3, A4]);
+impl_handler!([C1], [A1, A2, A3, A4, A5]);
+impl_handler!([C1], [A1, A2, A3, A4, A5, A6]);
+impl_handler!([C1], [A1, A2, A3, A4, A5, A6, A7]);
+impl_handler!([C1], [A1, A2, A3, A4, A5, A6, A7, A8]);
+impl_handler!([C1], [A1, A2, A3, A4, A5, A6, A7, A8, A9]);
+impl_handler!([C1], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10]);
+impl_handler!([C1], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11]);
+impl_handler!([C1], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12]);
+impl_handler!([C1, C2], []);
+impl_handler!([C1, C2], [A1]);
+impl_handler!([C1, C2], [A1, A2]);
+impl_handler!([C1, C2], [A1, A2, A3]);
+impl_handler!([C1, C2], [A1, A2, A3, A4]);
+impl_handler!([C1, C2], [A1, A2, A3, A4, A5]);
+impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6]);
+impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6, A7]);
+impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6, A7, A8]);
+impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6, A7, A8, A9]);
+impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10]);
+impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11]);
+impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12]);
+impl_handler!([C1, C2, C3], []);
+impl_handler!([C1, C2, C3], [A1]);
+impl_handler!([C1, C2, C3], [A1, A2]);
+impl_handler!([C1, C2, C3], [A1, A2, A3]);
+impl_handler!([C1, C2, C3], [A1, A2, A3, A4]);
+impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5]);
+impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6]);
+impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6, A7]);
+impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6, A7, A8]);
+impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6, A7, A8, A9]);
+impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10]);
+impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11]);
+impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12]);
+impl_handler!([C1, C2, C3, C4], []);
+impl_handler!([C1, C2, C3, C4], [A1]);
+impl_handler!([C1, C2, C3, C4], [A1, A2]);
+impl_handler!([C1, C2, C3, C4], [A1, A2, A3]);
+impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4]);
+impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5]);
+impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6]);
+impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7]);
+impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7, A8]);
+impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7, A8, A9]);
+impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10]);
+impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11]);
+impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12]);
 
 /// A handler with its marker erased, so routes of different types fit in one table.
 pub(crate) trait ErasedHandler: Send + Sync + 'static {

@@ -31,8 +31,7 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-#[cfg(test)]
-use crate::connection::PeerInfo;
+use crate::peer::PeerInfo;
 use crate::error::{BoxError, RpcError};
 use crate::request::Request;
 
@@ -62,8 +61,7 @@ impl AllowPeersLayer {
         Self::default()
     }
 
-    /// Admits the user this process runs as: the default policy. Reads the owner of
-    /// `/proc/self` (Linux), so it needs no `libc`.
+    /// Admits the user this process runs as (its effective uid): the default policy.
     pub fn own_uid() -> std::io::Result<Self> {
         Ok(Self::none().uid(own_uid()?))
     }
@@ -86,10 +84,9 @@ impl AllowPeersLayer {
     }
 }
 
-/// The uid this process runs as.
+/// The effective uid this process runs as.
 pub fn own_uid() -> std::io::Result<u32> {
-    use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata("/proc/self")?.uid())
+    Ok(rustix::process::geteuid().as_raw())
 }
 
 impl<S> Layer<S> for AllowPeersLayer {
@@ -118,23 +115,20 @@ impl<S> AllowPeers<S> {
 
     /// Why a request is refused, if it is.
     fn check(&self, req: &Request) -> Result<(), RpcError> {
-        let cred = req
-            .peer()
-            .and_then(|peer| peer.cred)
-            .or_else(|| req.connection().and_then(|c| c.peer_cred()));
-        match cred {
-            Some(cred) if self.policy.admits(cred.uid(), cred.gid()) => Ok(()),
+        match req.peer().and_then(PeerInfo::credentials) {
+            Some(cred) if self.policy.admits(cred.uid, cred.gid) => Ok(()),
             Some(cred) => Err(RpcError::new(
                 PEER_NOT_ALLOWED,
                 format!(
                     "peer not allowed: uid {} gid {} is not admitted by this server",
-                    cred.uid(),
-                    cred.gid()
+                    cred.uid, cred.gid
                 ),
             )),
+            // TCP, pipes, TLS: no credentials, so the layer fails closed.
             None => Err(RpcError::new(
                 PEER_NOT_ALLOWED,
-                "peer not allowed: the peer's credentials could not be read",
+                "peer not allowed: the peer's credentials could not be read \
+                 (not a Unix socket peer)",
             )),
         }
     }
@@ -159,7 +153,7 @@ where
             Err(error) => {
                 tracing::warn!(
                     connection = req.connection().map(|c| c.id()),
-                    method = %crate::layer::trace::truncate(req.method(), 64),
+                    method = %crate::error::truncate(req.method(), 64),
                     "diarrhoea: {}", error.message
                 );
                 // Requests in flight (this one included) are answered before the connection
@@ -243,16 +237,19 @@ mod tests {
     use tower_test::mock;
 
     /// Real credentials of this process, read from a socket pair.
-    fn own_cred() -> tokio::net::unix::UCred {
+    fn own_cred() -> crate::peer::Credentials {
         let (a, _b) = UnixStream::pair().unwrap();
-        a.peer_cred().unwrap()
+        match crate::transport::Transport::identity(&a) {
+            crate::peer::Identity::Unix(cred) => cred,
+            other => panic!("a socket pair has credentials, got {other:?}"),
+        }
     }
 
-    fn request_from(cred: Option<tokio::net::unix::UCred>) -> Request {
+    fn request_from(cred: Option<crate::peer::Credentials>) -> Request {
         let mut req = Request::new("hello", ()).unwrap();
         req.set_peer(PeerInfo {
             connection_id: 1,
-            cred,
+            identity: cred.map_or(crate::peer::Identity::Unknown, crate::peer::Identity::Unix),
         });
         req
     }
@@ -260,7 +257,7 @@ mod tests {
     #[tokio::test]
     async fn own_uid_is_admitted_by_default() {
         let cred = own_cred();
-        assert_eq!(own_uid().unwrap(), cred.uid());
+        assert_eq!(own_uid().unwrap(), cred.uid);
         let (mut service, mut handle) =
             mock::spawn_layer::<Request, Response, _>(AllowPeersLayer::own_uid().unwrap());
         assert!(service.poll_ready().is_ready());
@@ -275,8 +272,8 @@ mod tests {
     async fn others_are_refused_before_the_inner_service() {
         let cred = own_cred();
         let layer = AllowPeersLayer::none()
-            .uid(cred.uid().wrapping_add(1))
-            .gid(cred.gid().wrapping_add(1));
+            .uid(cred.uid.wrapping_add(1))
+            .gid(cred.gid.wrapping_add(1));
         let (mut service, mut handle) = mock::spawn_layer::<Request, Response, _>(layer);
         for req in [request_from(Some(cred)), request_from(None)] {
             assert!(service.poll_ready().is_ready());
@@ -295,9 +292,9 @@ mod tests {
     #[tokio::test]
     async fn a_listed_gid_is_enough() {
         let cred = own_cred();
-        let layer = AllowPeersLayer::none().gid(cred.gid());
-        assert!(layer.admits(cred.uid(), cred.gid()));
-        assert!(!layer.admits(cred.uid(), cred.gid().wrapping_add(1)));
+        let layer = AllowPeersLayer::none().gid(cred.gid);
+        assert!(layer.admits(cred.uid, cred.gid));
+        assert!(!layer.admits(cred.uid, cred.gid.wrapping_add(1)));
         let service = layer.layer(tower::service_fn(|_: Request| async {
             Ok::<_, BoxError>(Response::null())
         }));

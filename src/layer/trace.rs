@@ -27,7 +27,6 @@
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -39,10 +38,9 @@ use tower::{Layer, Service};
 use tracing::field::Empty;
 use tracing::{Level, Span};
 
-use crate::connection::Connection;
 #[cfg(test)]
-use crate::connection::PeerInfo;
-use crate::error::{code, BoxError, Error, RpcError};
+use crate::peer::PeerInfo;
+use crate::error::{code, code_of, truncate, BoxError, Error, RpcError};
 use crate::request::Request;
 use crate::response::Response;
 
@@ -233,7 +231,7 @@ where
             let connection = req
                 .peer()
                 .map(|peer| peer.connection_id)
-                .or_else(|| req.connection().map(Connection::id))
+                .or_else(|| req.connection().map(|conn| conn.id()))
                 .or(config.connection_id);
             if let Some(connection) = connection {
                 span.record("connection", connection);
@@ -387,30 +385,6 @@ fn error_code(error: &dyn Any) -> Option<i64> {
     None
 }
 
-/// As [`RpcError::from_box_error`] maps it, without taking the error.
-pub(crate) fn code_of(error: &(dyn StdError + 'static)) -> Option<i64> {
-    if let Some(rpc) = error.downcast_ref::<RpcError>() {
-        Some(rpc.code)
-    } else if error.is::<tower::timeout::error::Elapsed>() {
-        Some(code::TIMEOUT)
-    } else if error.is::<tower::load_shed::error::Overloaded>() {
-        Some(code::OVERLOADED)
-    } else if let Some(error) = error.downcast_ref::<Error>() {
-        error.code()
-    } else {
-        None
-    }
-}
-
-/// At most `max_chars` characters of `text`, cut on a character boundary, with a note of the
-/// full length when cut. Looks at the text only: it never parses or walks the JSON.
-pub(crate) fn truncate(text: &str, max_chars: usize) -> Cow<'_, str> {
-    match text.char_indices().nth(max_chars) {
-        None => Cow::Borrowed(text),
-        Some((cut, _)) => Cow::Owned(format!("{}…({} bytes)", &text[..cut], text.len())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,7 +493,7 @@ mod tests {
         let mut req = request("echo", r#"["ééééééééééé"]"#);
         req.set_peer(PeerInfo {
             connection_id: 42,
-            cred: None,
+            identity: crate::peer::Identity::Unknown,
         });
         let fut = service.call(req);
         let (req, send) = handle.next_request().await.unwrap();

@@ -1,0 +1,132 @@
+//! [`Args`]: the positional arguments of a call, kept as raw JSON until a handler reads them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{truncate, Error, Kind};
+
+/// The positional arguments of a call: JSON text that is always an array.
+///
+/// Arguments stay unparsed until a handler deserializes them straight into its own types.
+#[derive(Clone)]
+pub struct Args(Box<RawValue>);
+
+impl Args {
+    /// No arguments: `[]`.
+    pub fn empty() -> Self {
+        Args(RawValue::from_string("[]".to_owned()).expect("`[]` is JSON"))
+    }
+
+    /// Serializes `args`, which must serialize to a JSON array (a tuple, an array, a `Vec`),
+    /// or to `null` (`()`), which means no arguments.
+    ///
+    /// ```
+    /// let args = diarrhoea::Args::new(&("flood1", 1732400000000u64)).unwrap();
+    /// assert_eq!(args.get(), r#"["flood1",1732400000000]"#);
+    /// assert_eq!(diarrhoea::Args::new(&()).unwrap().get(), "[]");
+    /// assert!(diarrhoea::Args::new(&5).is_err());
+    /// ```
+    pub fn new<T: Serialize + ?Sized>(args: &T) -> Result<Self, Error> {
+        let raw = serde_json::value::to_raw_value(args)
+            .map_err(|e| Error::new(Kind::Encode).with_source(e))?;
+        match raw.get().as_bytes().first() {
+            Some(b'[') => Ok(Args(raw)),
+            _ if raw.get() == "null" => Ok(Args::empty()),
+            _ => Err(Error::new(Kind::Encode).with_source(format!(
+                "arguments must serialize to a JSON array (use a tuple such as `(x,)`), got `{}`",
+                truncate(raw.get(), 40)
+            ))),
+        }
+    }
+
+    /// Wraps raw JSON that is already known to be an array.
+    ///
+    /// Pretty-printed JSON is fine: line breaks become spaces, so a frame stays one line.
+    pub fn from_raw(raw: Box<RawValue>) -> Result<Self, Error> {
+        if raw.get().starts_with('[') {
+            Ok(Args(one_line(raw)))
+        } else {
+            Err(Error::new(Kind::Encode).with_source("arguments must be a JSON array"))
+        }
+    }
+
+    /// Deserializes the arguments, e.g. into a tuple `(String, u64)`.
+    pub fn deserialize<'de, T: Deserialize<'de>>(&'de self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// The JSON text of the array.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Raw JSON read from a line, already checked to be an array.
+    pub(crate) fn from_wire(raw: Box<RawValue>) -> Self {
+        Args(raw)
+    }
+
+    /// The raw JSON value, borrowed.
+    pub(crate) fn raw(&self) -> &RawValue {
+        &self.0
+    }
+
+    /// The raw JSON value.
+    pub fn into_raw(self) -> Box<RawValue> {
+        self.0
+    }
+}
+
+/// Raw JSON on one line: outside strings a line break is only whitespace (inside strings it
+/// must be escaped), so replacing it with a space keeps the value and keeps a frame one line.
+pub(crate) fn one_line(raw: Box<RawValue>) -> Box<RawValue> {
+    if !raw.get().bytes().any(|b| b == b'\n' || b == b'\r') {
+        return raw;
+    }
+    let flat = raw.get().replace(['\n', '\r'], " ");
+    RawValue::from_string(flat).expect("whitespace changes keep JSON valid")
+}
+
+/// Writes `args` as the arguments array of a frame being encoded into `line`.
+///
+/// `null` (from `()`) becomes `[]`; anything else that is not an array is refused.
+pub(crate) fn write_args<T: Serialize + ?Sized>(line: &mut Vec<u8>, args: &T) -> Result<(), Error> {
+    let start = line.len();
+    serde_json::to_writer(&mut *line, args).map_err(|e| Error::new(Kind::Encode).with_source(e))?;
+    match line.get(start) {
+        Some(b'[') => Ok(()),
+        _ if &line[start..] == b"null" => {
+            line.truncate(start);
+            line.extend_from_slice(b"[]");
+            Ok(())
+        }
+        _ => {
+            let got = String::from_utf8_lossy(&line[start..]).into_owned();
+            Err(Error::new(Kind::Encode).with_source(format!(
+                "arguments must serialize to a JSON array (use a tuple such as `(x,)`), got `{}`",
+                truncate(&got, 40)
+            )))
+        }
+    }
+}
+
+impl fmt::Debug for Args {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl PartialEq for Args {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for Args {}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args::empty()
+    }
+}

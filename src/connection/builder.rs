@@ -1,0 +1,279 @@
+//! [`Builder`]: a byte stream plus a service become a running connection. The one way in, for
+//! clients, servers and users alike (hyper's `serve_connection` is the model).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::{TcpStream, ToSocketAddrs, UnixStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+
+use super::{dispatch, inbox, reader, writer, BoundService, Config, Connection, Event, Shared};
+use crate::error::{BoxError, Error};
+use crate::frame::Frame;
+use crate::peer::PeerInfo;
+use crate::request::Request;
+use crate::response::Response;
+use crate::router::Router;
+use crate::transport::{ChildStdio, Stdio, Transport};
+
+/// Options for a connection: limits, and the service that answers the peer's calls.
+///
+/// ```no_run
+/// use diarrhoea::{Config, Connection, Router};
+///
+/// # async fn f() -> Result<(), diarrhoea::Error> {
+/// let conn = Connection::builder()
+///     .config(Config::new().max_frame_size(1 << 20))
+///     .service(Router::new().route("hello", |name: String| async move { format!("hi {name}") }))
+///     .connect("./app.sock")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Default)]
+pub struct Builder {
+    config: Config,
+    service: Option<BoundService>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .field("service", &self.service.is_some())
+            .finish()
+    }
+}
+
+impl Builder {
+    /// Default limits; no service (every call from the peer gets -32601 until
+    /// [`Connection::set_service`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connection limits and buffer sizes.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Serves the peer's calls with `service` (usually a [`Router`], perhaps inside layers)
+    /// from the very first frame.
+    pub fn service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.service = Some(BoundService::new(service));
+        self
+    }
+
+    /// Runs the protocol over `io`, any [`Transport`]: a Unix or TCP socket, a child's pipes,
+    /// an in-memory stream, or any `AsyncRead + AsyncWrite` stream in
+    /// [`transport::Io`](crate::transport::Io). Must be called within a tokio runtime.
+    pub fn serve_connection<T: Transport>(self, io: T) -> Connection {
+        let service = self.service.unwrap_or_else(unbound);
+        launch(io, self.config, &Parent::standalone(), None, |_| service)
+    }
+
+    /// Connects to the Unix socket at `path`.
+    pub async fn connect(self, path: impl AsRef<Path>) -> Result<Connection, Error> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| Error::io(e).with_context(format!("connect to {}", path.display())))?;
+        Ok(self.serve_connection(stream))
+    }
+
+    /// Connects over TCP. TCP carries no encryption and no authentication: see the README.
+    pub async fn connect_tcp(self, addr: impl ToSocketAddrs) -> Result<Connection, Error> {
+        let stream = TcpStream::connect(addr).await.map_err(Error::io)?;
+        Ok(self.serve_connection(stream))
+    }
+
+    /// Spawns `command` as a worker process and connects to it over its stdin and stdout
+    /// (both are set to piped; stderr is left as it is). The worker serves with
+    /// [`serve_stdio`](crate::serve_stdio).
+    ///
+    /// The child is killed when the returned `Child` is dropped; when this process dies, the
+    /// worker sees the end of its stdin and exits, so no worker outlives its parent.
+    pub fn spawn_child(
+        self,
+        command: &mut tokio::process::Command,
+    ) -> Result<(Connection, tokio::process::Child), Error> {
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::io(e).with_context("spawn worker"))?;
+        let stdio = ChildStdio::take(&mut child).expect("both pipes were requested");
+        Ok((self.serve_connection(stdio), child))
+    }
+
+    /// Serves over this process's own stdin and stdout: the worker's side of
+    /// [`spawn_child`](Builder::spawn_child). Log to stderr: stdout carries the frames.
+    pub fn serve_stdio(self) -> Connection {
+        self.serve_connection(Stdio::new())
+    }
+
+    /// Two connected ends in this process, over a socket pair: for tests and benchmarks that
+    /// need no path. `self` configures the first end, `other` the second.
+    pub fn pair(self, other: Builder) -> Result<(Connection, Connection), Error> {
+        let (a, b) = UnixStream::pair().map_err(Error::io)?;
+        Ok((self.serve_connection(a), other.serve_connection(b)))
+    }
+}
+
+impl Connection {
+    /// Options for a new connection: limits, a service for the peer's calls.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// Connects to the Unix socket at `path`, with no service for the peer's calls (they
+    /// get -32601 until [`Connection::set_service`]).
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Connection, Error> {
+        Builder::new().connect(path).await
+    }
+}
+
+/// Runs the protocol over `io`, serving the peer's calls with `service`: shorthand for
+/// [`Builder::serve_connection`].
+pub fn serve_connection<T, S>(io: T, service: S) -> Connection
+where
+    T: Transport,
+    S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    Builder::new().service(service).serve_connection(io)
+}
+
+/// Serves `service` over this process's stdin and stdout until the parent closes the
+/// connection (or dies): the whole `main` of a worker spawned with
+/// [`Builder::spawn_child`].
+///
+/// ```no_run
+/// #[tokio::main]
+/// async fn main() {
+///     let router = diarrhoea::Router::new().route("add", |a: i64, b: i64| async move { a + b });
+///     diarrhoea::serve_stdio(router).await;
+/// }
+/// ```
+pub async fn serve_stdio<S>(service: S)
+where
+    S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    Builder::new().service(service).serve_stdio().closed().await
+}
+
+/// Tokens and task tracking a connection inherits from whoever started it.
+pub(crate) struct Parent {
+    pub(crate) abort: CancellationToken,
+    pub(crate) draining: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+impl Parent {
+    pub(crate) fn standalone() -> Self {
+        Parent {
+            abort: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+}
+
+/// The service a connection serves before anything is set: every call gets -32601.
+fn unbound() -> BoundService {
+    BoundService::new(Router::new())
+}
+
+/// Starts the tasks that drive `io`. `make` builds the service from the new connection's
+/// handle before anything is read, so it may greet the peer first; `slot` is the
+/// connection's place in a server's limit, given back when it closes.
+pub(crate) fn launch<T: Transport>(
+    io: T,
+    config: Config,
+    parent: &Parent,
+    slot: Option<OwnedSemaphorePermit>,
+    make: impl FnOnce(&Connection) -> BoundService,
+) -> Connection {
+    ignore_sigpipe();
+    let peer = PeerInfo::new(io.identity());
+    let (read, write) = io.split();
+    let (shared, outgoing_rx, binding) = Shared::new(config, peer, unbound(), parent);
+    let conn = Connection {
+        shared: shared.clone(),
+    };
+    shared.binding.send_replace(make(&conn));
+    let writer = parent
+        .tracker
+        .spawn(writer::run(write, outgoing_rx, shared.clone()));
+    parent.tracker.spawn(async move {
+        drive::<T>(read, binding, shared, writer).await;
+        drop(slot);
+    });
+    conn
+}
+
+/// Runs the inbound side, then lets the writer finish, then reports the close.
+async fn drive<T: Transport>(
+    read: T::Read,
+    binding: watch::Receiver<BoundService>,
+    shared: Arc<Shared>,
+    writer: tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let budget = Arc::new(Semaphore::new(shared.config.inbound_buffer));
+    let inbox = inbox::Inbox::new(tx, budget, shared.clone());
+    let reader = async {
+        if let Some(read) = reader::run(read, inbox, &shared).await {
+            // The peer has ended; drop its calls at once if it is gone entirely.
+            tokio::select! {
+                biased;
+                _ = shared.lifecycle.aborted() => {}
+                _ = shared.lifecycle.ended() => {}
+                _ = T::hung_up(&read) => {
+                    tracing::debug!(connection = shared.id(), "diarrhoea: peer hung up, dropping its calls");
+                    shared.lifecycle.abort();
+                }
+            }
+        }
+    };
+    let dispatcher = async {
+        dispatch::run(rx, binding, shared.clone()).await;
+        if shared.lifecycle.is_draining() {
+            let _ = shared
+                .outgoing
+                .send_control(Frame::ConnectionError(shared.farewell()))
+                .await;
+        }
+        shared.lifecycle.end();
+    };
+    tokio::join!(reader, dispatcher);
+    shared.lifecycle.end();
+    let _ = writer.await;
+    shared.lifecycle.close();
+    shared.emit(Event::Close);
+}
+
+/// Writing to a peer that went away must return `EPIPE`, never kill the process.
+///
+/// Rust binaries ignore SIGPIPE already, but a host process (or `-Zon-broken-pipe`) may not;
+/// a tokio signal listener installs a handler that stays for the life of the process.
+fn ignore_sigpipe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe()) {
+            tracing::warn!(error = %e, "diarrhoea: could not install a SIGPIPE handler");
+        }
+    });
+}

@@ -1,0 +1,272 @@
+//! The calling side: this side's calls and notifications as tower services, and the future of
+//! one call's reply.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tower::Service;
+
+use super::outbox::OutboxPoller;
+use super::{deadline, Shared, CANCEL_METHOD};
+use crate::args::Args;
+use crate::error::{Error, Kind};
+use crate::frame::Frame;
+use crate::request::Request;
+use crate::response::Response;
+
+impl Shared {
+    /// Registers a call and builds its frame; the caller then queues the frame.
+    ///
+    /// A call with a timeout fails locally with a timeout error when it passes (and the peer,
+    /// told the same deadline as `meta.timeout_ms`, gives up too). A timeout that has passed
+    /// already fails at once, before anything is sent.
+    pub(super) fn start_call(
+        self: &Arc<Self>,
+        timeout: Option<Duration>,
+        encode: impl FnOnce(u64) -> Result<Vec<u8>, Error>,
+    ) -> Result<(Vec<u8>, ResponseFuture), Error> {
+        if self.lifecycle.is_ending() {
+            return Err(Error::closed());
+        }
+        if timeout == Some(Duration::ZERO) {
+            return Err(Error::new(Kind::Timeout));
+        }
+        let id = self.next_call_id();
+        let line = encode(id)?;
+        self.check_line(&line)?;
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(id, tx)?;
+        // Inside an outgoing trace span, this ties the span to the call's id.
+        tracing::debug!(connection = self.id(), id, "diarrhoea: call");
+        let guard = CallGuard {
+            shared: self.clone(),
+            id,
+            armed: true,
+        };
+        let deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
+        let reply = ResponseFuture {
+            state: State::Waiting {
+                rx,
+                guard,
+                deadline,
+            },
+        };
+        Ok((line, reply))
+    }
+
+    /// [`Shared::start_call`] for a [`Request`], whose `meta.timeout_ms` is the explicit
+    /// timeout; an inherited deadline may shorten it.
+    fn start_request(
+        self: &Arc<Self>,
+        mut req: Request,
+    ) -> Result<(Vec<u8>, ResponseFuture), Error> {
+        let explicit = req.meta().timeout_ms.map(Duration::from_millis);
+        let timeout = deadline::effective(explicit);
+        req.meta_mut().timeout_ms = timeout.map(deadline::to_millis);
+        self.start_call(timeout, |id| Ok(req.into_call(id).to_line()))
+    }
+}
+
+/// Forgets a call whose future is dropped (or timed out) before its reply came, and tells the
+/// peer with `["$/cancel",[id]]` so it can stop working on it.
+struct CallGuard {
+    shared: Arc<Shared>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if !self.armed
+            || !self.shared.pending.forget(self.id)
+            || self.shared.lifecycle.is_ending()
+        {
+            return;
+        }
+        let cancel = Frame::Notification {
+            method: CANCEL_METHOD.into(),
+            args: Args::new(&(self.id,)).expect("an id serializes"),
+        };
+        match self.shared.outgoing.try_send_control(cancel) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(cancel)) => {
+                // Drop cannot wait; a full queue gets the cancel from a task.
+                let outgoing = self.shared.outgoing.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move { outgoing.send_control(cancel).await });
+                }
+            }
+        }
+    }
+}
+
+/// Outgoing calls as a [`tower::Service`]: `poll_ready` waits for room in the outgoing queue.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+///
+/// # async fn f(conn: diarrhoea::Connection) -> Result<(), tower::BoxError> {
+/// let mut calls = ServiceBuilder::new()
+///     .timeout(Duration::from_secs(1))
+///     .concurrency_limit(64)
+///     .service(conn.caller());
+/// let reply = calls.ready().await?.call(diarrhoea::Request::new("echo", (1, 2))?).await?;
+/// let (a, b): (i32, i32) = reply.deserialize()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Caller {
+    shared: Arc<Shared>,
+    outgoing: OutboxPoller,
+}
+
+impl Caller {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        let outgoing = shared.outgoing.poller();
+        Caller { shared, outgoing }
+    }
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller")
+            .field("connection", &self.shared.id())
+            .finish()
+    }
+}
+
+impl Service<Request> for Caller {
+    type Response = Response;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.outgoing.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> ResponseFuture {
+        let (line, reply) = match self.shared.start_request(req) {
+            Ok(started) => started,
+            Err(e) => {
+                self.outgoing.abort();
+                return ResponseFuture::failed(e);
+            }
+        };
+        match self.outgoing.send(line) {
+            Ok(()) => reply,
+            Err(_) => ResponseFuture::failed(Error::closed()),
+        }
+    }
+}
+
+/// Outgoing notifications as a [`tower::Service`]: `poll_ready` waits for room in the
+/// outgoing queue; the response is `()` once the frame is queued.
+#[derive(Clone)]
+pub struct Notifier {
+    shared: Arc<Shared>,
+    outgoing: OutboxPoller,
+}
+
+impl Notifier {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        let outgoing = shared.outgoing.poller();
+        Notifier { shared, outgoing }
+    }
+}
+
+impl fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Notifier")
+            .field("connection", &self.shared.id())
+            .finish()
+    }
+}
+
+impl Service<Request> for Notifier {
+    type Response = ();
+    type Error = Error;
+    type Future = std::future::Ready<Result<(), Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.outgoing.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let frame = req.into_notification();
+        let result = if self.shared.lifecycle.is_ending() {
+            Err(Error::closed())
+        } else {
+            self.shared.check_size(&frame)
+        };
+        std::future::ready(match result {
+            Ok(()) => self.outgoing.send(frame.to_line()),
+            Err(e) => {
+                self.outgoing.abort();
+                Err(e)
+            }
+        })
+    }
+}
+
+/// The reply to one outgoing call. Dropping it forgets the call (and sends the peer
+/// `$/cancel`).
+pub struct ResponseFuture {
+    state: State,
+}
+
+enum State {
+    Waiting {
+        rx: oneshot::Receiver<Result<Response, Error>>,
+        guard: CallGuard,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+    Failed(Option<Error>),
+}
+
+impl ResponseFuture {
+    pub(super) fn failed(error: Error) -> Self {
+        ResponseFuture {
+            state: State::Failed(Some(error)),
+        }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            State::Waiting {
+                rx,
+                guard,
+                deadline,
+            } => {
+                if let Poll::Ready(result) = Pin::new(rx).poll(cx) {
+                    // The entry was removed by whoever answered.
+                    guard.armed = false;
+                    return Poll::Ready(result.unwrap_or_else(|_| Err(Error::closed())));
+                }
+                // On timeout the guard stays armed: it forgets the call and cancels it at the peer.
+                match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Err(Error::new(Kind::Timeout))),
+                    _ => Poll::Pending,
+                }
+            }
+            State::Failed(error) => Poll::Ready(Err(error
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,180 @@
+//! The inbox: the request policy, in one place. Every call the reader decodes comes here,
+//! and either is answered at once or goes to the dispatcher with its share of the inbound
+//! buffer.
+//!
+//! - `["$/cancel",[id]]` takes effect here, ahead of queued work.
+//! - Other `$/` methods are reserved: -32601 (requests) or a warning (notifications).
+//! - A request whose id is in flight already gets -32600.
+//! - A request's deadline is the earlier of `Config::request_timeout` and the peer's
+//!   `meta.timeout_ms`, counted from now (when its frame was read).
+//! - While the connection drains, calls are refused with the farewell error.
+//! - A call waits for room in the inbound buffer (backpressure on the reader).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::in_flight::Cancelled;
+use super::{Shared, CANCEL_METHOD};
+use crate::error::{code, Error, RpcError};
+use crate::frame::Frame;
+use crate::request::{Deadline, Request};
+
+/// What the dispatcher receives: a call, and its share of the inbound buffer.
+pub(super) type Inbound = (Request, OwnedSemaphorePermit);
+
+/// A frame's cost in the inbound buffer beyond its payload, for the request's own fields.
+const FRAME_OVERHEAD: usize = 128;
+
+pub(super) struct Inbox {
+    /// `None` once the connection drains: calls are refused with `refusal`.
+    dispatcher: Option<mpsc::UnboundedSender<Inbound>>,
+    refusal: Option<RpcError>,
+    budget: Arc<Semaphore>,
+    shared: Arc<Shared>,
+}
+
+impl Inbox {
+    pub(super) fn new(
+        dispatcher: mpsc::UnboundedSender<Inbound>,
+        budget: Arc<Semaphore>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Inbox {
+            dispatcher: Some(dispatcher),
+            refusal: None,
+            budget,
+            shared,
+        }
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.dispatcher.is_some()
+    }
+
+    /// Stops dispatching: from now on, calls are refused with `why`.
+    pub(super) fn close(&mut self, why: RpcError) {
+        self.dispatcher = None;
+        self.refusal = Some(why);
+    }
+
+    /// Takes one call; `false` when the connection is going away.
+    pub(super) async fn submit(&mut self, call: Frame) -> bool {
+        let shared = &self.shared;
+        let arrived = Instant::now();
+        let cost = (call.payload_len() + FRAME_OVERHEAD).min(shared.config.inbound_buffer);
+        let origin: crate::request::Origin = shared.clone();
+        let Some(mut req) = Request::incoming(call, origin, shared.peer.clone()) else {
+            return true;
+        };
+        if req.method() == CANCEL_METHOD && !req.is_call() {
+            return self.cancel(&req).await;
+        }
+        let refusal = if let Some(why) = &self.refusal {
+            Some(why.clone())
+        } else if req.method().starts_with("$/") {
+            // Reserved for the protocol; never routed to user handlers or the fallback.
+            Some(RpcError::method_not_found(req.method()))
+        } else {
+            None
+        };
+        if let Some(error) = refusal {
+            return self.refuse(req.id(), error).await;
+        }
+        if let Some(id) = req.id() {
+            if !shared.in_flight.insert(id) {
+                let dup = RpcError::invalid_frame(format!(
+                    "duplicate id {id}: a request with this id is in flight"
+                ));
+                shared.error(Error::protocol(dup.clone()));
+                return self.reply_error(id, dup).await;
+            }
+            if let Some(timeout) = deadline_of(shared.config.request_timeout, &req) {
+                req.set_deadline(Deadline(arrived + timeout));
+            }
+        }
+        // Under load the budget usually has room: take it without building a wait.
+        let permit = match self.budget.clone().try_acquire_many_owned(cost as u32) {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                biased;
+                _ = shared.lifecycle.aborted() => return false,
+                permit = self.budget.clone().acquire_many_owned(cost as u32) => {
+                    permit.expect("never closed")
+                }
+            },
+        };
+        // The dispatcher only goes away when the connection does.
+        self.dispatcher
+            .as_ref()
+            .is_some_and(|tx| tx.send((req, permit)).is_ok())
+    }
+
+    /// Answers a call that will not be dispatched: an error reply, or an event for a
+    /// notification.
+    async fn refuse(&self, id: Option<u64>, error: RpcError) -> bool {
+        match id {
+            Some(id) => self.reply_error(id, error).await,
+            None if error.code == code::METHOD_NOT_FOUND => {
+                self.shared.warning(Error::protocol(error));
+                true
+            }
+            None => {
+                self.shared
+                    .error(Error::protocol(error).with_context("notification dropped"));
+                true
+            }
+        }
+    }
+
+    /// `["$/cancel",[id]]`: handled here, ahead of queued work, so it takes effect at once.
+    async fn cancel(&self, req: &Request) -> bool {
+        let shared = &self.shared;
+        let Ok((id,)) = req.args().deserialize::<(u64,)>() else {
+            shared.warning(Error::protocol(RpcError::invalid_params(
+                "$/cancel takes one request id",
+            )));
+            return true;
+        };
+        match shared.in_flight.cancel(id) {
+            Cancelled::Queued | Cancelled::Running => self.reply_error(id, cancelled()).await,
+            Cancelled::Unknown => {
+                tracing::debug!(
+                    connection = shared.id(),
+                    id,
+                    "diarrhoea: cancel for a request not in flight"
+                );
+                true
+            }
+        }
+    }
+
+    /// Queues an error reply; `false` if the connection is being torn down.
+    pub(super) async fn reply_error(&self, id: u64, error: RpcError) -> bool {
+        let frame = Frame::Reply {
+            id,
+            result: Err(error),
+        };
+        tokio::select! {
+            biased;
+            _ = self.shared.lifecycle.aborted() => false,
+            // A writer that is gone means the connection is ending; keep reading replies.
+            _ = self.shared.outgoing.send(frame) => true,
+        }
+    }
+}
+
+/// How long a request may take: the earlier of this side's limit and the peer's.
+fn deadline_of(local: Option<Duration>, req: &Request) -> Option<Duration> {
+    let remote = req.meta().timeout_ms.map(Duration::from_millis);
+    match (local, remote) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn cancelled() -> RpcError {
+    RpcError::new(code::CANCELLED, "cancelled by the caller")
+}

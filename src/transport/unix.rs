@@ -1,0 +1,43 @@
+//! Unix domain sockets: the peer's credentials, and a hang-up check.
+
+use std::future::Future;
+
+use tokio::io::Interest;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+use super::{Transport, HANGUP_CHECK};
+use crate::peer::{Credentials, Identity};
+
+impl Transport for UnixStream {
+    type Read = OwnedReadHalf;
+    type Write = OwnedWriteHalf;
+
+    fn identity(&self) -> Identity {
+        match self.peer_cred() {
+            Ok(cred) => Identity::Unix(Credentials {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid(),
+            }),
+            Err(_) => Identity::Unknown,
+        }
+    }
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+
+    fn hung_up(read: &Self::Read) -> impl Future<Output = ()> + Send + '_ {
+        let socket: &UnixStream = read.as_ref();
+        async move {
+            loop {
+                tokio::time::sleep(HANGUP_CHECK).await;
+                match socket.ready(Interest::WRITABLE).await {
+                    Ok(ready) if !ready.is_write_closed() => {}
+                    _ => return,
+                }
+            }
+        }
+    }
+}
