@@ -140,6 +140,11 @@ impl Connection {
     pub async fn connect(path: impl AsRef<Path>) -> Result<Connection, Error> {
         Builder::new().connect(path).await
     }
+
+    /// Two connected ends in this process with default options: see [`Builder::pair`].
+    pub fn pair() -> Result<(Connection, Connection), Error> {
+        Builder::new().pair(Builder::new())
+    }
 }
 
 /// Runs the protocol over `io`, serving the peer's calls with `service`: shorthand for

@@ -52,6 +52,7 @@ impl SocketFile {
     }
 
     /// Removes the file now, as dropping does; says so at the call site.
+    #[cfg(test)]
     pub(crate) fn remove(self) {
         drop(self);
     }
