@@ -1,4 +1,5 @@
-//! Fast IPC/RPC between processes over Unix domain sockets, as a [`tower`] middleware stack.
+//! Fast IPC/RPC between processes over Unix domain sockets (or any byte stream), as a
+//! [`tower`] middleware stack.
 //!
 //! `diarrhoea` is the Rust successor of the Node.js library of the same name (1.1.0) and keeps
 //! its wire format: one JSON array per line, `["method",[args]]`. A Node peer talks to a Rust
@@ -6,7 +7,7 @@
 //! on one connection.
 //!
 //! ```no_run
-//! use diarrhoea::{Client, Connection, Router, Server};
+//! use diarrhoea::{Connection, Router, UnixListener};
 //!
 //! # async fn f() -> Result<(), diarrhoea::Error> {
 //! // Server: bind handlers by method name; positional args deserialize into typed params.
@@ -15,11 +16,11 @@
 //!         peer.post_message("pong", (x, time)).await
 //!     })
 //!     .route("add", |a: i64, b: i64| async move { a + b });
-//! let server = Server::bind("./test.sock")?;
-//! tokio::spawn(server.serve_with_shutdown(router, diarrhoea::shutdown_signal()));
+//! let listener = UnixListener::bind("./test.sock")?;
+//! tokio::spawn(diarrhoea::serve(listener, router).with_graceful_shutdown(diarrhoea::shutdown_signal()));
 //!
 //! // Client: notifications and calls; the server can call the client back the same way.
-//! let conn = Client::connect("./test.sock").await?;
+//! let conn = Connection::connect("./test.sock").await?;
 //! conn.post_message("ping", ("hello", 1)).await?;
 //! let sum: i64 = conn.call("add", (2, 3)).await?;
 //! assert_eq!(sum, 5);
@@ -31,21 +32,45 @@
 //!
 //! ```text
 //! read half -> codec (bytes -> Frame) -> Frame -+-> reply -> pending table -> the caller's future
-//!                                               +-> call  -> Request -> [your tower layers] -> Router -> handler
+//!                                               +-> call  -> inbox (policy) -> Request -> [your tower layers] -> Router -> handler
 //! handler result -> reply Frame -> line (bytes) -> bounded outbox -> one writer task -> write half
 //! caller -> Caller (a tower::Service) -> pending table (id) -> line -> outbox -> writer
 //! ```
 //!
+//! Modules, from the wire up; each uses only those above it (no cycles):
+//!
 //! | module | role |
 //! | --- | --- |
-//! | `error` | [`Error`] (this crate's failures) and [`RpcError`] (the error in a reply) |
+//! | `error` | [`Error`] (this crate's failures), [`RpcError`] (the error in a reply), the one map from tower errors to codes |
+//! | `args`, `response` | [`Args`] and [`Response`]: raw JSON, parsed only by the handler or caller that knows its type |
+//! | `frame` | [`Frame`]: the one place that knows the JSON shape, and the one encoder |
 //! | [`codec`] | [`FrameCodec`](codec::FrameCodec): lines with a maximum length to frames |
-//! | `frame` | [`Frame`]: the one place that knows the JSON shape |
-//! | `request`, `response` | [`Request`] and [`Response`], what flows through a stack |
-//! | `router`, `handler` | [`Router`]: method name to typed async fn |
-//! | `connection` | reader, dispatcher, in-flight and pending tables, outbox, writer: both sides share it |
-//! | `client`, `server` | [`Client::connect`]; [`Server`]: socket file, accepting, limits, shutdown |
+//! | `peer`, `request` | [`PeerInfo`], [`Request`] and its [`Deadline`]: what flows through a stack |
+//! | `handler`, `router` | [`Router`]: method name to typed async fn |
+//! | [`transport`] | [`Transport`](transport::Transport): what a connection needs from a byte stream |
+//! | [`connection`] | builder, reader, inbox, dispatcher, pending and in-flight tables, outbox, writer: both sides share it |
 //! | [`layer`] | the crate's own middleware: tracing, naming overloads, an allow list of peers |
+//! | `server` | [`serve`]: listeners, the accept loop, per-connection factories, graceful shutdown |
+//! | [`future`] | the named futures |
+//!
+//! # Transports
+//!
+//! A connection runs over any byte stream ([`transport`]): a Unix socket (the peer's uid, gid
+//! and pid on every request), TCP ([`Connection::connect_tcp`](connection::Builder::connect_tcp),
+//! a `tokio::net::TcpListener` given to [`serve`]), a child process's stdin and stdout
+//! ([`spawn_child`](connection::Builder::spawn_child) and [`serve_stdio`]), an in-process pair
+//! ([`Connection::pair`]), or any `AsyncRead + AsyncWrite` stream in
+//! [`transport::Io`] (a TLS stream, say). TCP brings no encryption and no authentication:
+//! wrap it in TLS, and note that [`AllowPeersLayer`](layer::AllowPeersLayer) refuses every
+//! peer without Unix credentials, so the recommended stack never silently opens up over TCP.
+//!
+//! # Serving
+//!
+//! One way: [`serve`]`(listener, make)`, awaited, optionally
+//! [`with_graceful_shutdown`](Serve::with_graceful_shutdown). `make` is a cloneable service
+//! or a factory `|conn: &Connection| -> S` that sees each new connection before anything is
+//! read from it (to greet it with [`Connection::try_post_message`], or to build
+//! per-connection limits). Any single stream: [`serve_connection`].
 //!
 //! # Protocol v1
 //!
@@ -85,20 +110,34 @@
 //!
 //! # Ordering and flow control
 //!
-//! Per connection, notifications are handled in wire order: each handler's future completes
-//! before the next frame is dispatched. Requests are dispatched in wire order and run
-//! concurrently, up to [`Config::max_concurrent_requests`]. Replies to this side's own calls go
-//! straight from the reader to the waiting caller and never queue behind inbound work, as long as
-//! the inbound buffer ([`Config::inbound_buffer`]) has room; when it is full, the reader stops
-//! reading (backpressure); a request keeps its share of that buffer until it is answered.
-//! Outgoing frames wait in a queue bounded in frames and bytes ([`Config::outgoing_queue`],
-//! [`Config::outgoing_buffer`]), so `post_message`, `call`, and [`Caller`]/[`Notifier`]'s
-//! `poll_ready` wait while the peer does not read.
+//! Per connection, notifications are handled in wire order among themselves: each handler's
+//! future completes before the next notification's starts. Requests are dispatched in wire
+//! order and run concurrently, up to [`Config::max_concurrent_requests`], and are never held
+//! behind a running notification: a notification handler that calls its peer, which calls
+//! back before answering, completes. (A request that arrives after a notification may
+//! therefore run before that notification has finished.) Replies to this side's own calls go
+//! straight from the reader to the waiting caller and never queue behind inbound work, as long
+//! as the inbound buffer ([`Config::inbound_buffer`]) has room; when it is full, the reader
+//! stops reading (backpressure); a request or notification keeps its share of that buffer
+//! until it is done. Outgoing frames wait in a queue bounded in frames and bytes
+//! ([`Config::outgoing_queue`], [`Config::outgoing_buffer`]), so `post_message`, `call`, and
+//! [`Caller`]/[`Notifier`]'s `poll_ready` wait while the peer does not read.
+//!
+//! # Deadlines
+//!
+//! An incoming request's deadline is the earlier of [`Config::request_timeout`] and the peer's
+//! `meta.timeout_ms`, counted from when its frame was read; past it, the request is answered
+//! -32001 and its handler dropped. Deadlines propagate: a call made while serving a request
+//! (with [`Connection::call`], or a [`Caller`] called from the handler's task) inherits what
+//! is left of that request's deadline and tells its peer as `meta.timeout_ms`, so a chain
+//! A -> B -> C fails at every hop when A's deadline passes, as tarpc's context does. An
+//! explicit shorter timeout still wins. A call moved to another task (inside a `Buffer`, or a
+//! `tokio::spawn`) does not inherit: pass its timeout explicitly.
 //!
 //! # Order
 //!
-//! Layers run outermost first. The recommended server stack, built per connection with
-//! [`Server::serve_each_with_shutdown`] so that per-connection limits are per connection:
+//! Layers run outermost first. The recommended server stack, built per connection by the
+//! factory given to [`serve`], so that per-connection limits are per connection:
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -110,27 +149,23 @@
 //! let allow = AllowPeersLayer::own_uid()?;
 //! // One semaphore for the whole server: the layer is built once and cloned per connection.
 //! let global = GlobalConcurrencyLimitLayer::new(1024);
-//! let server = diarrhoea::Server::builder()
-//!     // The deadline: enforced by the dispatcher around permit, readiness and call.
-//!     .config(diarrhoea::Config::new().request_timeout(Duration::from_secs(5)))
-//!     .bind("./app.sock")?;
-//! server
-//!     .serve_each_with_shutdown(
-//!         move |_peer| {
-//!             ServiceBuilder::new()
-//!                 .layer(TraceLayer::incoming()) // 1. sees every outcome
-//!                 .layer(allow.clone()) // 2. refused peers take no permit
-//!                 .layer(NameOverloadLayer::new("per-connection concurrency limit (64)"))
-//!                 .load_shed() // 3. right outside the limit it sheds for
-//!                 .concurrency_limit(64)
-//!                 .layer(NameOverloadLayer::new("server-wide concurrency limit (1024)"))
-//!                 .load_shed()
-//!                 .layer(global.clone())
-//!                 .service(router.clone())
-//!         },
-//!         diarrhoea::shutdown_signal(),
-//!     )
-//!     .await?;
+//! let listener = diarrhoea::UnixListener::bind("./app.sock")?;
+//! diarrhoea::serve(listener, move |_conn: &diarrhoea::Connection| {
+//!     ServiceBuilder::new()
+//!         .layer(TraceLayer::incoming()) // 1. sees every outcome
+//!         .layer(allow.clone()) // 2. refused peers take no permit
+//!         .layer(NameOverloadLayer::new("per-connection concurrency limit (64)"))
+//!         .load_shed() // 3. right outside the limit it sheds for
+//!         .concurrency_limit(64)
+//!         .layer(NameOverloadLayer::new("server-wide concurrency limit (1024)"))
+//!         .load_shed()
+//!         .layer(global.clone())
+//!         .service(router.clone())
+//! })
+//! // The deadline: enforced by the dispatcher around permit, readiness and call.
+//! .config(diarrhoea::Config::new().request_timeout(Duration::from_secs(5)))
+//! .with_graceful_shutdown(diarrhoea::shutdown_signal())
+//! .await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -157,8 +192,8 @@
 //!   so no permit sits idle; but a handler that awaits a nested call to the peer keeps its
 //!   permit while it waits, so a chain of calls back and forth needs a limit at least as deep
 //!   as the chain's share on each side, or shedding.
-//! - A `ConcurrencyLimit` in a stack given to [`Server::serve_with_shutdown`] is shared by
-//!   every connection (clones share its semaphore): build the stack per connection for a
+//! - A `ConcurrencyLimit` in a stack given to [`serve`] as a plain service is shared by
+//!   every connection (clones share its semaphore): build the stack in the factory for a
 //!   per-connection limit, and share one `GlobalConcurrencyLimitLayer` for a server-wide one.
 //! - tower's `RateLimit` is not `Clone`: put a `Buffer` right outside it (per connection);
 //!   requests over the rate then wait (backpressure). A `LoadShed` outside that `Buffer` sheds

@@ -1,11 +1,11 @@
 //! [`AllowPeers`]: only listed users and groups may use a server.
 //!
 //! The kernel tells a Unix socket server who connected (`SO_PEERCRED`: uid, gid, pid); every
-//! incoming request carries it in [`PeerInfo`](crate::PeerInfo). A peer whose uid is not listed, and whose gid
+//! incoming request carries it in [`PeerInfo`]. A peer whose uid is not listed, and whose gid
 //! is not listed either, is refused: its request is answered with [`PEER_NOT_ALLOWED`] and the
 //! connection is closed with a connection error `[null,null,{"code":-31001,...}]` carrying
 //! the same code. A request without credentials (the platform could not read them) is refused
-//! too: the layer fails closed.
+//! too (TCP, pipes, TLS: any transport without Unix credentials): the layer fails closed.
 //!
 //! The socket file's mode (0600 by default) already keeps other users out on most systems;
 //! this layer is for sockets opened to a group, or a second line of defence.

@@ -8,8 +8,8 @@
 //!
 //! | field | value |
 //! | --- | --- |
-//! | `connection` | the connection id ([`PeerInfo`](crate::PeerInfo), or the request's [`Connection`], or the id given with [`TraceLayer::connection_id`]) |
-//! | `direction` | `incoming` (a peer's request, around a server stack) or `outgoing` (around [`Connection::caller`] or [`Connection::notifier`]) |
+//! | `connection` | the connection id ([`PeerInfo`](crate::PeerInfo), or the request's [`Connection`](crate::Connection), or the id given with [`TraceLayer::connection_id`]) |
+//! | `direction` | `incoming` (a peer's request, around a server stack) or `outgoing` (around [`Connection::caller`](crate::Connection::caller) or [`Connection::notifier`](crate::Connection::notifier)) |
 //! | `method` | the method name (truncated to 128 characters) |
 //! | `id` | the request id when it is known (incoming calls; an outgoing call gets its id only inside [`Caller`](crate::Caller)) |
 //! | `latency_us` | microseconds from `call` to the response |
@@ -55,7 +55,7 @@ const METHOD_CHARS: usize = 128;
 pub enum Direction {
     /// A request from the peer, handled here (around a server or client's bound stack).
     Incoming,
-    /// A request to the peer (around [`Connection::caller`] or [`Connection::notifier`]).
+    /// A request to the peer (around [`Connection::caller`](crate::Connection::caller) or [`Connection::notifier`](crate::Connection::notifier)).
     Outgoing,
 }
 
@@ -109,8 +109,8 @@ impl TraceLayer {
         Self::new(Direction::Incoming)
     }
 
-    /// Traces this side's requests: put it outermost around [`Connection::caller`] or
-    /// [`Connection::notifier`], with [`connection_id`](Self::connection_id) set.
+    /// Traces this side's requests: put it outermost around [`Connection::caller`](crate::Connection::caller) or
+    /// [`Connection::notifier`](crate::Connection::notifier), with [`connection_id`](Self::connection_id) set.
     pub const fn outgoing() -> Self {
         Self::new(Direction::Outgoing)
     }

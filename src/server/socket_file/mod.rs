@@ -88,6 +88,10 @@ impl Inode {
 /// A stale socket at `path` (no one listening) is replaced; a live one, or anything that is not
 /// a socket, is refused and left untouched. The listener is non-blocking.
 pub(crate) fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Error> {
+    bind_file(path, mode).map_err(|e| e.with_context(format!("bind {path:?}")))
+}
+
+fn bind_file(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Error> {
     let (Some(parent), Some(_)) = (path.parent(), path.file_name()) else {
         return Err(refuse(
             "path is empty or does not name a file",
@@ -105,11 +109,11 @@ pub(crate) fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile),
     }
 
     let staging = Staging::create(parent, path)?;
-    let listener = UnixListener::bind(&staging.socket).map_err(|e| io_error(path, e))?;
+    let listener = UnixListener::bind(&staging.socket).map_err(|e| Error::io(e))?;
     fs::set_permissions(&staging.socket, Permissions::from_mode(mode))
-        .map_err(|e| io_error(path, e))?;
+        .map_err(|e| Error::io(e))?;
     // The inode the link will share, read where no one else can swap it.
-    let meta = fs::symlink_metadata(&staging.socket).map_err(|e| io_error(path, e))?;
+    let meta = fs::symlink_metadata(&staging.socket).map_err(|e| Error::io(e))?;
     link_into_place(&staging.socket, path)?;
     let file = SocketFile {
         path: path.to_owned(),
@@ -117,7 +121,7 @@ pub(crate) fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile),
     };
     listener
         .set_nonblocking(true)
-        .map_err(|e| io_error(path, e))?;
+        .map_err(|e| Error::io(e))?;
     Ok((listener, file))
 }
 
@@ -153,11 +157,11 @@ impl Staging {
         DirBuilder::new()
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| io_error(path, e))?;
+            .map_err(|e| Error::io(e))?;
         let staging = Staging { dir, socket };
         // The umask may have taken bits from the owner, who needs them all to bind inside.
         fs::set_permissions(&staging.dir, Permissions::from_mode(0o700))
-            .map_err(|e| io_error(path, e))?;
+            .map_err(|e| Error::io(e))?;
         Ok(staging)
     }
 }
@@ -176,7 +180,7 @@ fn link_into_place(staged: &Path, path: &Path) -> Result<(), Error> {
         match fs::hard_link(staged, path) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => remove_if_stale(path)?,
-            Err(e) => return Err(io_error(path, e)),
+            Err(e) => return Err(Error::io(e)),
         }
     }
     Err(refuse(
@@ -194,7 +198,7 @@ fn remove_if_stale(path: &Path) -> Result<(), Error> {
     let probed = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_error(path, e)),
+        Err(e) => return Err(Error::io(e)),
     };
     if !probed.file_type().is_socket() {
         return Err(refuse(
@@ -210,7 +214,7 @@ fn remove_if_stale(path: &Path) -> Result<(), Error> {
             format!("{path:?} accepted a connection"),
         )),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-            unlink_if_unchanged(path, Inode::of(&probed)).map_err(|e| io_error(path, e))
+            unlink_if_unchanged(path, Inode::of(&probed)).map_err(|e| Error::io(e))
         }
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(refuse(
@@ -266,9 +270,6 @@ fn refuse(what: &'static str, kind: ErrorKind, detail: String) -> Error {
 }
 
 /// An I/O error while binding, with the path it concerns and its kind kept.
-fn io_error(path: &Path, e: io::Error) -> Error {
-    Error::io(io::Error::new(e.kind(), format!("{path:?}: {e}")))
-}
 
 #[cfg(test)]
 mod tests;

@@ -34,10 +34,21 @@ fn mode_of(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// The error and its sources, as a reporter prints them.
+fn chain(err: &Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 /// Asserts a refusal: a bind error that names `path`, with a source of `kind`.
 fn assert_refused(err: &Error, path: &Path, kind: ErrorKind) {
     assert!(err.is_bind(), "{err}");
-    assert!(err.to_string().contains(&format!("{path:?}")), "{err}");
+    assert!(chain(&err).contains(&format!("{path:?}")), "{err}");
     let source = std::error::Error::source(err).and_then(|s| s.downcast_ref::<io::Error>());
     assert_eq!(source.map(io::Error::kind), Some(kind), "{err}");
 }
@@ -120,7 +131,7 @@ fn too_long_path_is_refused_before_touching_anything() {
     assert_eq!(path.as_os_str().len(), MAX_PATH_LEN + 1);
     let err = bind(&path, 0o600).unwrap_err();
     assert_refused(&err, &path, ErrorKind::InvalidFilename);
-    assert!(err.to_string().contains(&MAX_PATH_LEN.to_string()), "{err}");
+    assert!(chain(&err).contains(&MAX_PATH_LEN.to_string()), "{err}");
     assert!(entries(tmp.path()).is_empty());
 }
 
@@ -150,8 +161,8 @@ fn too_long_temporary_path_is_refused_before_touching_anything() {
     assert_eq!(path.as_os_str().len(), MAX_PATH_LEN);
     let err = bind(&path, 0o600).unwrap_err();
     assert_refused(&err, &path, ErrorKind::InvalidFilename);
-    assert!(err.to_string().contains("temporary"), "{err}");
-    assert!(err.to_string().contains(&MAX_PATH_LEN.to_string()), "{err}");
+    assert!(chain(&err).contains("temporary"), "{err}");
+    assert!(chain(&err).contains(&MAX_PATH_LEN.to_string()), "{err}");
     assert!(entries(&dir).is_empty());
 }
 
@@ -162,7 +173,7 @@ fn missing_directory_is_an_io_error_naming_the_path() {
     let path = tmp.path().join("missing").join("x.sock");
     let err = bind(&path, 0o600).unwrap_err();
     assert!(err.is_io(), "{err}");
-    assert!(err.to_string().contains(&format!("{path:?}")), "{err}");
+    assert!(chain(&err).contains(&format!("{path:?}")), "{err}");
     assert!(entries(tmp.path()).is_empty());
 }
 
@@ -186,7 +197,7 @@ fn refuses_live_socket_which_keeps_working() {
     let live = UnixListener::bind(&path).unwrap();
     let err = bind(&path, 0o600).unwrap_err();
     assert_refused(&err, &path, ErrorKind::AddrInUse);
-    assert!(err.to_string().contains("live server"), "{err}");
+    assert!(chain(&err).contains("live server"), "{err}");
     // The probe's connection, then ours.
     live.accept().unwrap();
     UnixStream::connect(&path).unwrap();
@@ -359,7 +370,7 @@ fn race(dir: &Path, path: &Path) {
             Ok(won) => winners.push(won),
             Err(err) => {
                 assert!(err.is_bind(), "{err}");
-                assert!(err.to_string().contains(&format!("{path:?}")), "{err}");
+                assert!(chain(&err).contains(&format!("{path:?}")), "{err}");
             }
         }
     }
