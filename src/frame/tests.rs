@@ -1,0 +1,192 @@
+//! Frame shapes, parsing and encoding, on plain strings.
+
+use super::*;
+use bytes::BytesMut;
+
+fn encode(frame: &Frame) -> String {
+    let mut buf = BytesMut::new();
+    frame.encode(&mut buf);
+    String::from_utf8(buf.to_vec()).unwrap()
+}
+
+fn raw(s: &str) -> Box<RawValue> {
+    RawValue::from_string(s.to_owned()).unwrap()
+}
+
+#[test]
+fn notifications_are_byte_identical_to_diarrhoea_1_1_0() {
+    let args = Args::new(&("flood1", 1732400000000u64)).unwrap();
+    let frame = Frame::Notification {
+        method: "ping".into(),
+        args,
+    };
+    assert_eq!(encode(&frame), "[\"ping\",[\"flood1\",1732400000000]]\n");
+    let none = Frame::Notification {
+        method: "ping".into(),
+        args: Args::empty(),
+    };
+    assert_eq!(encode(&none), "[\"ping\",[]]\n");
+}
+
+#[test]
+fn every_frame_round_trips() {
+    let frames = [
+        Frame::Notification {
+            method: "a\"b\n".into(),
+            args: Args::new(&(1, "x")).unwrap(),
+        },
+        Frame::Request {
+            method: "echo".into(),
+            args: Args::empty(),
+            id: 7,
+            meta: Meta::default(),
+        },
+        Frame::Request {
+            method: "echo".into(),
+            args: Args::new(&[1, 2]).unwrap(),
+            id: MAX_ID,
+            meta: Meta {
+                timeout_ms: Some(250),
+            },
+        },
+        Frame::Reply {
+            id: 7,
+            result: Ok(Response::from_raw(raw(r#"{"a":[1,2]}"#))),
+        },
+        Frame::Reply {
+            id: 8,
+            result: Err(RpcError::new(-1, "no")),
+        },
+        Frame::ConnectionError(RpcError::new(code::OVERLOADED, "server full")),
+    ];
+    for frame in frames {
+        let line = encode(&frame);
+        assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+        assert_eq!(Frame::parse(line.trim_end()).unwrap(), frame, "{line}");
+    }
+}
+
+#[test]
+fn wire_shapes_match_the_spec() {
+    let req = Frame::Request {
+        method: "m".into(),
+        args: Args::empty(),
+        id: 3,
+        meta: Meta {
+            timeout_ms: Some(5),
+        },
+    };
+    assert_eq!(encode(&req), "[\"m\",[],3,{\"timeout_ms\":5}]\n");
+    let err = Frame::Reply {
+        id: 3,
+        result: Err(RpcError::method_not_found("m")),
+    };
+    assert_eq!(
+        encode(&err),
+        "[3,null,{\"code\":-32601,\"message\":\"method not found: m\"}]\n"
+    );
+    let conn = Frame::ConnectionError(RpcError::new(-32004, "bye"));
+    assert_eq!(
+        encode(&conn),
+        "[null,null,{\"code\":-32004,\"message\":\"bye\"}]\n"
+    );
+}
+
+#[test]
+fn meta_ignores_unknown_keys() {
+    let frame = Frame::parse(r#"["m",[],1,{"trace":"x","timeout_ms":9}]"#).unwrap();
+    assert!(matches!(
+        frame,
+        Frame::Request {
+            meta: Meta {
+                timeout_ms: Some(9)
+            },
+            ..
+        }
+    ));
+}
+
+fn invalid(line: &str) -> InvalidFrame {
+    Frame::parse(line).expect_err(line)
+}
+
+#[test]
+fn malformed_lines_are_classified() {
+    assert_eq!(invalid("not json").error.code, code::PARSE_ERROR);
+    assert_eq!(invalid("[\"m\",[1]").error.code, code::PARSE_ERROR);
+    for line in [
+        "{}",
+        "5",
+        "[]",
+        "[\"m\"]",
+        "[true,[]]",
+        "[\"m\",5]",
+        "[\"m\",[],-1]",
+        "[\"m\",[],1.5]",
+        "[\"m\",[],9007199254740992]",
+        "[1,2,3]",
+        "[null,[]]",
+        "[-1,5]",
+    ] {
+        let e = invalid(line);
+        assert_eq!(e.error.code, code::INVALID_FRAME, "{line}");
+        assert_eq!(e.id, None, "{line}");
+    }
+}
+
+#[test]
+fn malformed_requests_keep_a_readable_id() {
+    for line in [
+        "[\"m\",5,7]",
+        "[\"m\",null,7]",
+        "[\"m\",[],7,[]]",
+        "[\"m\",[],7,{\"timeout_ms\":-1}]",
+        "[\"m\",[],7,{},1]",
+        "[\"m\",[],7,2,3]",
+        "[5,[],7]",
+    ] {
+        let e = Frame::parse(line);
+        match e {
+            Err(e) if line.starts_with("[5") => assert_eq!(e.id, None),
+            Err(e) => assert_eq!(
+                (e.id, e.error.code),
+                (Some(7), code::INVALID_FRAME),
+                "{line}"
+            ),
+            Ok(f) => panic!("{line} parsed as {f:?}"),
+        }
+    }
+}
+
+#[test]
+fn malformed_error_replies_still_reach_the_caller() {
+    let frame = Frame::parse("[4,null,\"oops\"]").unwrap();
+    match frame {
+        Frame::Reply {
+            id: 4,
+            result: Err(e),
+        } => assert_eq!(e.code, code::INVALID_FRAME),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn deep_nesting_is_rejected_without_overflowing_the_stack() {
+    let depth = 1_000_000;
+    let line = format!("[\"m\",[{}{}]]", "[".repeat(depth), "]".repeat(depth));
+    // Raw values are skipped iteratively, so this parses; handlers then hit serde_json's
+    // recursion limit when they deserialize.
+    let frame = Frame::parse(&line).unwrap();
+    let Frame::Notification { args, .. } = frame else {
+        panic!()
+    };
+    assert!(args.deserialize::<serde_json::Value>().is_err());
+    let bad = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    assert!(Frame::parse(&bad).is_err());
+}
+
+#[test]
+fn method_names_may_hold_escapes() {
+    let frame = Frame::parse(r#"["a\u0000\n\"b",[]]"#).unwrap();
+    assert!(matches!(frame, Frame::Notification { method, .. } if &*method == "a\0\n\"b"));
+}
