@@ -56,3 +56,19 @@ pub trait Transport: Send + 'static {
 
 /// How often a connection whose peer has ended checks that the peer is still there.
 const HANGUP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Completes once a socket reports its write side closed (the peer is gone entirely),
+/// checking every [`HANGUP_CHECK`]: the hang-up check of Unix and TCP sockets.
+async fn until_write_closed<F, R>(ready: F)
+where
+    F: Fn() -> R,
+    R: Future<Output = std::io::Result<tokio::io::Ready>>,
+{
+    loop {
+        tokio::time::sleep(HANGUP_CHECK).await;
+        match ready().await {
+            Ok(ready) if !ready.is_write_closed() => {}
+            _ => return,
+        }
+    }
+}

@@ -6,7 +6,7 @@ use tokio::io::Interest;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::{Transport, HANGUP_CHECK};
+use super::Transport;
 use crate::peer::Identity;
 
 impl Transport for TcpStream {
@@ -28,14 +28,6 @@ impl Transport for TcpStream {
 
     fn hung_up(read: &Self::Read) -> impl Future<Output = ()> + Send + '_ {
         let socket: &TcpStream = read.as_ref();
-        async move {
-            loop {
-                tokio::time::sleep(HANGUP_CHECK).await;
-                match socket.ready(Interest::WRITABLE).await {
-                    Ok(ready) if !ready.is_write_closed() => {}
-                    _ => return,
-                }
-            }
-        }
+        super::until_write_closed(move || socket.ready(Interest::WRITABLE))
     }
 }

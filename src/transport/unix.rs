@@ -6,7 +6,7 @@ use tokio::io::Interest;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
-use super::{Transport, HANGUP_CHECK};
+use super::Transport;
 use crate::peer::{Credentials, Identity};
 
 impl Transport for UnixStream {
@@ -30,14 +30,6 @@ impl Transport for UnixStream {
 
     fn hung_up(read: &Self::Read) -> impl Future<Output = ()> + Send + '_ {
         let socket: &UnixStream = read.as_ref();
-        async move {
-            loop {
-                tokio::time::sleep(HANGUP_CHECK).await;
-                match socket.ready(Interest::WRITABLE).await {
-                    Ok(ready) if !ready.is_write_closed() => {}
-                    _ => return,
-                }
-            }
-        }
+        super::until_write_closed(move || socket.ready(Interest::WRITABLE))
     }
 }
