@@ -163,6 +163,15 @@ mod tests {
     }
 
     #[test]
+    fn the_maximum_is_the_one_given() {
+        assert_eq!(FrameCodec::new(100).max_frame_size(), 100);
+        assert_eq!(
+            FrameCodec::default().max_frame_size(),
+            DEFAULT_MAX_FRAME_SIZE
+        );
+    }
+
+    #[test]
     fn crlf_and_empty_lines() {
         let mut codec = FrameCodec::default();
         let mut buf = BytesMut::from("\r\n\n[\"ping\",[1]]\r\n\n");

@@ -118,3 +118,46 @@ impl InFlight {
         self.lock().remove(&id).is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_in_flight_once() {
+        let table = InFlight::default();
+        assert!(table.insert(1));
+        assert!(!table.insert(1));
+        assert!(table.finish(1));
+        assert!(!table.finish(1), "answered once");
+        assert!(table.insert(1), "free again once answered");
+    }
+
+    #[test]
+    fn only_a_request_that_has_not_started_is_removed_as_unstarted() {
+        let table = InFlight::default();
+        table.insert(1);
+        table.insert(2);
+        assert!(table.start(2));
+        assert!(table.remove_unstarted(1));
+        assert!(!table.remove_unstarted(2), "running: its task answers it");
+        assert!(table.finish(2));
+        assert!(!table.start(1), "removed: nothing left to start");
+    }
+
+    #[test]
+    fn cancel_tells_queued_from_running_and_cancels_the_token() {
+        let table = InFlight::default();
+        table.insert(1);
+        table.insert(2);
+        table.start(2);
+        let token = table.token(2);
+        assert!(!token.is_cancelled());
+        assert!(matches!(table.cancel(1), Cancelled::Queued));
+        assert!(matches!(table.cancel(2), Cancelled::Running));
+        assert!(token.is_cancelled());
+        assert!(matches!(table.cancel(2), Cancelled::Unknown));
+        assert!(!table.finish(2), "the cancel answered it");
+        assert!(table.token(3).is_cancelled(), "not in flight: already cancelled");
+    }
+}

@@ -179,3 +179,59 @@ impl OutboxPoller {
         self.slots.abort_send();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    const BUDGET: usize = 4096;
+
+    #[tokio::test]
+    async fn a_frame_is_charged_its_bytes_until_the_writer_takes_it() {
+        let (outbox, mut rx) = Outbox::new(8, BUDGET);
+        let mut poller = outbox.poller();
+        poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
+        poller.send(vec![b'x'; 3000]).unwrap();
+        assert_eq!(outbox.bytes.available_permits(), BUDGET - 3000);
+        let queued = rx.recv().await.unwrap();
+        assert_eq!(queued.line.len(), 3000);
+        drop(queued);
+        assert_eq!(outbox.bytes.available_permits(), BUDGET);
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_budget_takes_what_is_left() {
+        let (outbox, _rx) = Outbox::new(8, BUDGET);
+        let mut poller = outbox.poller();
+        poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
+        poller.send(vec![b'x'; 3 * BUDGET]).unwrap();
+        assert_eq!(outbox.bytes.available_permits(), 0);
+    }
+
+    #[tokio::test]
+    async fn abort_gives_back_what_poll_ready_reserved() {
+        let (outbox, _rx) = Outbox::new(1, BUDGET);
+        let mut poller = outbox.poller();
+        poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
+        assert_eq!(outbox.bytes.available_permits(), BUDGET - 1);
+        poller.abort();
+        assert_eq!(outbox.bytes.available_permits(), BUDGET);
+        // The one frame slot is free again: another sender gets it.
+        outbox.try_send_line(b"x\n".to_vec()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn try_send_refuses_when_frames_or_bytes_are_spent() {
+        let (outbox, mut rx) = Outbox::new(2, BUDGET);
+        outbox.try_send_line(vec![b'x'; 10]).unwrap();
+        outbox.try_send_line(vec![b'x'; 10]).unwrap();
+        assert!(outbox.try_send_line(vec![b'x'; 10]).unwrap_err().is_overloaded());
+        rx.recv().await.unwrap();
+        rx.recv().await.unwrap();
+        outbox.try_send_line(vec![b'x'; BUDGET]).unwrap();
+        assert!(outbox.try_send_line(vec![b'x'; 1]).unwrap_err().is_overloaded());
+        drop(rx);
+        assert!(outbox.try_send_line(vec![b'x'; 1]).is_err());
+    }
+}

@@ -105,3 +105,68 @@ impl Pending {
             .len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(pending: &Pending, id: u64) -> oneshot::Receiver<Result<Response, Error>> {
+        let (tx, rx) = oneshot::channel();
+        pending.insert(id, tx).unwrap();
+        rx
+    }
+
+    #[test]
+    fn replies_reach_their_caller_once() {
+        let pending = Pending::default();
+        let mut rx = waiting(&pending, 1);
+        assert_eq!(pending.len(), 1);
+        assert!(matches!(
+            pending.complete(1, Ok(Response::null())),
+            Delivery::Delivered
+        ));
+        assert_eq!(rx.try_recv().unwrap().unwrap(), Response::null());
+        assert!(matches!(
+            pending.complete(1, Ok(Response::null())),
+            Delivery::Unknown
+        ));
+    }
+
+    #[test]
+    fn every_call_given_up_on_is_remembered_up_to_the_bound() {
+        let pending = Pending::default();
+        let ids = 1..=(FORGOTTEN as u64 + 1);
+        for id in ids.clone() {
+            let _rx = waiting(&pending, id);
+            assert!(pending.forget(id));
+            assert!(!pending.forget(id), "forgotten once");
+        }
+        // The oldest is dropped from memory first; every other late reply is expected.
+        assert!(matches!(
+            pending.complete(1, Ok(Response::null())),
+            Delivery::Unknown
+        ));
+        for id in 2..=(FORGOTTEN as u64 + 1) {
+            assert!(
+                matches!(pending.complete(id, Ok(Response::null())), Delivery::Late),
+                "id {id}"
+            );
+        }
+        // A late reply is expected once.
+        assert!(matches!(
+            pending.complete(2, Ok(Response::null())),
+            Delivery::Unknown
+        ));
+    }
+
+    #[test]
+    fn closing_fails_every_waiter_and_refuses_new_calls() {
+        let pending = Pending::default();
+        let mut rx = waiting(&pending, 7);
+        pending.close();
+        assert!(rx.try_recv().unwrap().unwrap_err().is_closed());
+        let (tx, _rx) = oneshot::channel();
+        assert!(pending.insert(8, tx).unwrap_err().is_closed());
+        assert_eq!(pending.len(), 0);
+    }
+}
