@@ -229,8 +229,8 @@ where
     result
 }
 
-/// 2. Every connection refuses new calls and finishes the ones in flight; 3. after the
-/// timeout, the rest are closed.
+/// Steps 2 and 3 of a graceful shutdown: every connection refuses new calls and finishes
+/// the ones in flight; after the timeout, the rest are closed.
 async fn shutdown(connections: Parent, timeout: Duration) {
     connections.draining.cancel();
     connections.tracker.close();

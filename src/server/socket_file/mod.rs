@@ -109,11 +109,11 @@ fn bind_file(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Error
     }
 
     let staging = Staging::create(parent, path)?;
-    let listener = UnixListener::bind(&staging.socket).map_err(|e| Error::io(e))?;
+    let listener = UnixListener::bind(&staging.socket).map_err(Error::io)?;
     fs::set_permissions(&staging.socket, Permissions::from_mode(mode))
-        .map_err(|e| Error::io(e))?;
+        .map_err(Error::io)?;
     // The inode the link will share, read where no one else can swap it.
-    let meta = fs::symlink_metadata(&staging.socket).map_err(|e| Error::io(e))?;
+    let meta = fs::symlink_metadata(&staging.socket).map_err(Error::io)?;
     link_into_place(&staging.socket, path)?;
     let file = SocketFile {
         path: path.to_owned(),
@@ -121,7 +121,7 @@ fn bind_file(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Error
     };
     listener
         .set_nonblocking(true)
-        .map_err(|e| Error::io(e))?;
+        .map_err(Error::io)?;
     Ok((listener, file))
 }
 
@@ -157,11 +157,11 @@ impl Staging {
         DirBuilder::new()
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| Error::io(e))?;
+            .map_err(Error::io)?;
         let staging = Staging { dir, socket };
         // The umask may have taken bits from the owner, who needs them all to bind inside.
         fs::set_permissions(&staging.dir, Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(e))?;
+            .map_err(Error::io)?;
         Ok(staging)
     }
 }
@@ -214,7 +214,7 @@ fn remove_if_stale(path: &Path) -> Result<(), Error> {
             format!("{path:?} accepted a connection"),
         )),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-            unlink_if_unchanged(path, Inode::of(&probed)).map_err(|e| Error::io(e))
+            unlink_if_unchanged(path, Inode::of(&probed)).map_err(Error::io)
         }
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(refuse(
