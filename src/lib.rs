@@ -226,20 +226,20 @@
 #![forbid(unsafe_code)]
 
 // In pipeline order, from the wire up; each module uses only those above it.
-mod error;
 mod args;
-mod response;
-mod frame;
 pub mod codec;
+pub mod connection;
+mod error;
+mod frame;
+pub mod future;
+mod handler;
+pub mod layer;
 mod peer;
 mod request;
-mod handler;
+mod response;
 mod router;
-pub mod transport;
-pub mod connection;
-pub mod layer;
 mod server;
-pub mod future;
+pub mod transport;
 
 pub use args::Args;
 pub use connection::{
@@ -253,6 +253,6 @@ pub use request::{Deadline, Extensions, Request};
 pub use response::{IntoReply, Json, Response};
 pub use router::Router;
 pub use server::{
-    from_stream, serve, shutdown_signal, FromStream, Listener, MakeService, Serve,
-    UnixListener, WithGracefulShutdown, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT,
+    from_stream, serve, shutdown_signal, FromStream, Listener, MakeService, Serve, UnixListener,
+    WithGracefulShutdown, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT,
 };

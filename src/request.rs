@@ -25,7 +25,8 @@ pub struct Deadline(pub tokio::time::Instant);
 impl Deadline {
     /// How long is left; zero once it has passed.
     pub fn remaining(&self) -> std::time::Duration {
-        self.0.saturating_duration_since(tokio::time::Instant::now())
+        self.0
+            .saturating_duration_since(tokio::time::Instant::now())
     }
 }
 

@@ -6,8 +6,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::error::{Error, Kind, RpcError};
 use crate::args::Args;
+use crate::error::{Error, Kind, RpcError};
 
 /// The result of a call, still as JSON: what a handler answered, or what a peer replied.
 #[derive(Clone)]

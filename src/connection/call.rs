@@ -82,9 +82,7 @@ struct CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if !self.armed
-            || !self.shared.pending.forget(self.id)
-            || self.shared.lifecycle.is_ending()
+        if !self.armed || !self.shared.pending.forget(self.id) || self.shared.lifecycle.is_ending()
         {
             return;
         }

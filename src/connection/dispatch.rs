@@ -185,7 +185,15 @@ impl Lane {
     ) {
         if self.behind.load(Ordering::Acquire) > 0 {
             let service = service.clone();
-            return self.send(Queued::Waiting { req, budget, service }, shared, tasks);
+            return self.send(
+                Queued::Waiting {
+                    req,
+                    budget,
+                    service,
+                },
+                shared,
+                tasks,
+            );
         }
         let method = req.method_arc().clone();
         let started = match poll_once(|cx| service.poll_ready(cx)).await {
@@ -194,7 +202,15 @@ impl Lane {
             // Not ready: wait for it in the lane, not here, so requests keep flowing.
             Poll::Pending => {
                 let service = service.clone();
-                return self.send(Queued::Waiting { req, budget, service }, shared, tasks);
+                return self.send(
+                    Queued::Waiting {
+                        req,
+                        budget,
+                        service,
+                    },
+                    shared,
+                    tasks,
+                );
             }
         };
         let mut running = Notification {
@@ -369,8 +385,8 @@ async fn send_reply(shared: &Shared, id: u64, result: Result<Response, RpcError>
 fn report_notification_error(shared: &Shared, method: &str, error: BoxError) {
     let rpc = RpcError::from_box_error(error);
     let unknown = rpc.code == code::METHOD_NOT_FOUND;
-    let error = Error::protocol(rpc)
-        .with_context(format!("notification `{}`", truncate(method, 64)));
+    let error =
+        Error::protocol(rpc).with_context(format!("notification `{}`", truncate(method, 64)));
     if unknown {
         shared.warning(error);
     } else {

@@ -158,6 +158,9 @@ mod tests {
         assert!(token.is_cancelled());
         assert!(matches!(table.cancel(2), Cancelled::Unknown));
         assert!(!table.finish(2), "the cancel answered it");
-        assert!(table.token(3).is_cancelled(), "not in flight: already cancelled");
+        assert!(
+            table.token(3).is_cancelled(),
+            "not in flight: already cancelled"
+        );
     }
 }

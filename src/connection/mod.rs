@@ -48,8 +48,8 @@ use crate::frame::{Frame, MAX_ID};
 use crate::peer::PeerInfo;
 
 pub(crate) use bound::BoundService;
-pub use builder::{serve_connection, serve_stdio, Builder};
 pub(crate) use builder::{launch, Parent};
+pub use builder::{serve_connection, serve_stdio, Builder};
 pub use call::{Caller, Notifier, ResponseFuture};
 pub use config::Config;
 pub use events::{Event, Events};
@@ -113,7 +113,9 @@ impl Shared {
     fn emit(&self, event: Event) {
         let id = self.id();
         match &event {
-            Event::Error(e) => tracing::warn!(connection = id, error = %ErrorChain(e), "diarrhoea: error"),
+            Event::Error(e) => {
+                tracing::warn!(connection = id, error = %ErrorChain(e), "diarrhoea: error")
+            }
             Event::Warning(e) => {
                 tracing::warn!(connection = id, warning = %ErrorChain(e), "diarrhoea: ignored")
             }

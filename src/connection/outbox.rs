@@ -226,11 +226,17 @@ mod tests {
         let (outbox, mut rx) = Outbox::new(2, BUDGET);
         outbox.try_send_line(vec![b'x'; 10]).unwrap();
         outbox.try_send_line(vec![b'x'; 10]).unwrap();
-        assert!(outbox.try_send_line(vec![b'x'; 10]).unwrap_err().is_overloaded());
+        assert!(outbox
+            .try_send_line(vec![b'x'; 10])
+            .unwrap_err()
+            .is_overloaded());
         rx.recv().await.unwrap();
         rx.recv().await.unwrap();
         outbox.try_send_line(vec![b'x'; BUDGET]).unwrap();
-        assert!(outbox.try_send_line(vec![b'x'; 1]).unwrap_err().is_overloaded());
+        assert!(outbox
+            .try_send_line(vec![b'x'; 1])
+            .unwrap_err()
+            .is_overloaded());
         drop(rx);
         assert!(outbox.try_send_line(vec![b'x'; 1]).is_err());
     }

@@ -230,7 +230,10 @@ impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6, A7, A8]);
 impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6, A7, A8, A9]);
 impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10]);
 impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11]);
-impl_handler!([C1, C2], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12]);
+impl_handler!(
+    [C1, C2],
+    [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12]
+);
 impl_handler!([C1, C2, C3], []);
 impl_handler!([C1, C2, C3], [A1]);
 impl_handler!([C1, C2, C3], [A1, A2]);
@@ -243,7 +246,10 @@ impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6, A7, A8]);
 impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6, A7, A8, A9]);
 impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10]);
 impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11]);
-impl_handler!([C1, C2, C3], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12]);
+impl_handler!(
+    [C1, C2, C3],
+    [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12]
+);
 impl_handler!([C1, C2, C3, C4], []);
 impl_handler!([C1, C2, C3, C4], [A1]);
 impl_handler!([C1, C2, C3, C4], [A1, A2]);
@@ -255,8 +261,14 @@ impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7]);
 impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7, A8]);
 impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7, A8, A9]);
 impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10]);
-impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11]);
-impl_handler!([C1, C2, C3, C4], [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12]);
+impl_handler!(
+    [C1, C2, C3, C4],
+    [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11]
+);
+impl_handler!(
+    [C1, C2, C3, C4],
+    [A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12]
+);
 
 /// A handler with its marker erased, so routes of different types fit in one table.
 pub(crate) trait ErasedHandler: Send + Sync + 'static {

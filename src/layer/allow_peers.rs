@@ -31,8 +31,8 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::peer::PeerInfo;
 use crate::error::{BoxError, RpcError};
+use crate::peer::PeerInfo;
 use crate::request::Request;
 
 /// The code of the error a refused peer gets.

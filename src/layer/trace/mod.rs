@@ -38,9 +38,9 @@ use tower::{Layer, Service};
 use tracing::field::Empty;
 use tracing::{Level, Span};
 
+use crate::error::{code, code_of, truncate, BoxError, Error, RpcError};
 #[cfg(test)]
 use crate::peer::PeerInfo;
-use crate::error::{code, code_of, truncate, BoxError, Error, RpcError};
 use crate::request::Request;
 use crate::response::Response;
 

@@ -110,8 +110,7 @@ fn bind_file(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Error
 
     let staging = Staging::create(parent, path)?;
     let listener = UnixListener::bind(&staging.socket).map_err(Error::io)?;
-    fs::set_permissions(&staging.socket, Permissions::from_mode(mode))
-        .map_err(Error::io)?;
+    fs::set_permissions(&staging.socket, Permissions::from_mode(mode)).map_err(Error::io)?;
     // The inode the link will share, read where no one else can swap it.
     let meta = fs::symlink_metadata(&staging.socket).map_err(Error::io)?;
     link_into_place(&staging.socket, path)?;
@@ -119,9 +118,7 @@ fn bind_file(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Error
         path: path.to_owned(),
         inode: Inode::of(&meta),
     };
-    listener
-        .set_nonblocking(true)
-        .map_err(Error::io)?;
+    listener.set_nonblocking(true).map_err(Error::io)?;
     Ok((listener, file))
 }
 
@@ -160,8 +157,7 @@ impl Staging {
             .map_err(Error::io)?;
         let staging = Staging { dir, socket };
         // The umask may have taken bits from the owner, who needs them all to bind inside.
-        fs::set_permissions(&staging.dir, Permissions::from_mode(0o700))
-            .map_err(Error::io)?;
+        fs::set_permissions(&staging.dir, Permissions::from_mode(0o700)).map_err(Error::io)?;
         Ok(staging)
     }
 }
@@ -268,8 +264,6 @@ fn lock_directory(path: &Path) -> Option<File> {
 fn refuse(what: &'static str, kind: ErrorKind, detail: String) -> Error {
     Error::bind(what, io::Error::new(kind, detail))
 }
-
-/// An I/O error while binding, with the path it concerns and its kind kept.
 
 #[cfg(test)]
 mod tests;

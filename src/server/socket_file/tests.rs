@@ -48,7 +48,7 @@ fn chain(err: &Error) -> String {
 /// Asserts a refusal: a bind error that names `path`, with a source of `kind`.
 fn assert_refused(err: &Error, path: &Path, kind: ErrorKind) {
     assert!(err.is_bind(), "{err}");
-    assert!(chain(&err).contains(&format!("{path:?}")), "{err}");
+    assert!(chain(err).contains(&format!("{path:?}")), "{err}");
     let source = std::error::Error::source(err).and_then(|s| s.downcast_ref::<io::Error>());
     assert_eq!(source.map(io::Error::kind), Some(kind), "{err}");
 }
