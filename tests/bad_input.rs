@@ -8,26 +8,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use diarrhoea::{code, Config, Connection, Event, Router, Server};
+use diarrhoea::{code, Config, Connection, Event, Router};
 use serde_json::json;
 
 /// A server connection and a raw peer on it, with the server's events subscribed before the
-/// peer writes anything.
+/// peer writes anything. The server serves as long as the test keeps it.
 async fn setup(
     router: Router,
     config: Config,
-) -> (tempfile::TempDir, Connection, diarrhoea::Events, RawPeer) {
-    let (dir, path) = socket_path();
-    let server = Server::builder().config(config).bind(&path).unwrap();
-    let (accepted, peer) = tokio::join!(server.accept(router), RawPeer::connect(&path));
-    let accepted = accepted.unwrap();
+) -> (TestServer, Connection, diarrhoea::Events, RawPeer) {
+    let mut server = TestServer::builder().config(config).start(router);
+    let peer = RawPeer::connect(server.path()).await;
+    let accepted = server.accept().await;
     let events = accepted.events();
-    // Keep the listener alive as long as the test: leak it into a task that never ends.
-    tokio::spawn(async move {
-        let _server = server;
-        std::future::pending::<()>().await
-    });
-    (dir, accepted, events, peer)
+    (server, accepted, events, peer)
 }
 
 async fn still_answers(peer: &mut RawPeer, id: u64) {
@@ -37,7 +31,7 @@ async fn still_answers(peer: &mut RawPeer, id: u64) {
 
 #[tokio::test]
 async fn a_line_that_is_not_json_is_dropped_with_an_error_event() {
-    let (_d, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
+    let (_server, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
     peer.send("this is not json\n").await;
     next_event(
         &mut events,
@@ -63,7 +57,7 @@ async fn a_line_that_is_not_json_is_dropped_with_an_error_event() {
 
 #[tokio::test]
 async fn a_malformed_request_with_a_readable_id_gets_invalid_frame() {
-    let (_d, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
+    let (_server, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
     peer.send("[\"echo\",5,6]\n").await;
     let reply = peer.recv().await;
     assert_eq!(reply[0], 6);
@@ -82,7 +76,7 @@ async fn a_malformed_request_with_a_readable_id_gets_invalid_frame() {
 
 #[tokio::test]
 async fn unknown_methods() {
-    let (_d, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
+    let (_server, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
     // A request gets -32601.
     peer.send("[\"nope\",[],1]\n").await;
     assert_eq!(peer.recv().await[2]["code"], code::METHOD_NOT_FOUND);
@@ -108,7 +102,7 @@ async fn unknown_notifications_reach_the_catch_all() {
         let sink = sink.clone();
         async move { sink.lock().unwrap().push(req_args.get().to_owned()) }
     });
-    let (_d, _conn, _events, mut peer) = setup(router, Config::new()).await;
+    let (_server, _conn, _events, mut peer) = setup(router, Config::new()).await;
     peer.send("[\"anything\",[1,\"two\"]]\n").await;
     // A request to an unknown method reaches the fallback too, and gets its reply.
     peer.send("[\"other\",[],4]\n").await;
@@ -121,7 +115,7 @@ async fn unknown_notifications_reach_the_catch_all() {
 
 #[tokio::test]
 async fn args_that_do_not_fit_the_handler() {
-    let (_d, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
+    let (_server, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
     for (i, args) in ["[\"x\",3]", "[1]", "[1,2,3]", "[1.5,2]", "[]"]
         .iter()
         .enumerate()
@@ -151,7 +145,7 @@ async fn args_that_do_not_fit_the_handler() {
 #[tokio::test]
 async fn a_line_longer_than_the_maximum_is_discarded() {
     let config = Config::new().max_frame_size(64 * 1024);
-    let (_d, _conn, mut events, mut peer) = setup(test_router(), config).await;
+    let (_server, _conn, mut events, mut peer) = setup(test_router(), config).await;
     // Three times the limit in pieces, then the end of the line: one frame discarded.
     let piece = vec![b'['; 32 * 1024];
     for _ in 0..6 {
@@ -173,7 +167,7 @@ async fn a_line_longer_than_the_maximum_is_discarded() {
 
 #[tokio::test]
 async fn invalid_utf8_is_dropped_with_an_error_event() {
-    let (_d, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
+    let (_server, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
     peer.send(b"[\"echo\",[\"\xff\xfe\"],1]\n").await;
     next_event(
         &mut events,
@@ -186,7 +180,7 @@ async fn invalid_utf8_is_dropped_with_an_error_event() {
 
 #[tokio::test]
 async fn replies_with_unknown_ids_and_duplicate_request_ids() {
-    let (_d, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
+    let (_server, _conn, mut events, mut peer) = setup(test_router(), Config::new()).await;
     peer.send("[12345,\"nobody asked\"]\n[6,null,{\"code\":1,\"message\":\"x\"}]\n")
         .await;
     next_event(
@@ -219,7 +213,7 @@ async fn replies_with_unknown_ids_and_duplicate_request_ids() {
 
 #[tokio::test]
 async fn a_handler_that_panics_gets_an_internal_error_and_everything_survives() {
-    let (dir, _conn, _events, mut peer) = setup(test_router(), Config::new()).await;
+    let (server, _conn, _events, mut peer) = setup(test_router(), Config::new()).await;
     peer.send("[\"panic\",[],1]\n").await;
     let reply = peer.recv().await;
     assert_eq!(reply[2]["code"], code::INTERNAL_ERROR);
@@ -231,7 +225,7 @@ async fn a_handler_that_panics_gets_an_internal_error_and_everything_survives() 
     peer.send("[\"panic\",[]]\n").await;
     still_answers(&mut peer, 2).await;
     // And the server still accepts.
-    let other = RawPeer::connect(&dir.path().join("test.sock")).await;
+    let other = RawPeer::connect(server.path()).await;
     drop(other.write);
 }
 
@@ -243,14 +237,14 @@ async fn a_peer_that_closes_mid_frame_never_gets_it_dispatched() {
         let count = count.clone();
         async move { count.fetch_add(1, Ordering::SeqCst) }
     });
-    let (_d, conn, mut events, mut peer) = setup(router, Config::new()).await;
+    let (_server, conn, mut events, mut peer) = setup(router, Config::new()).await;
     peer.send("[\"ping\",[\"complete\"]]\n[\"ping\",[\"cut of")
         .await;
     drop(peer);
     next_event(
         &mut events,
         "mid-frame error",
-        |e| matches!(e, Event::Error(e) if e.to_string().contains("mid-frame")),
+        |e| matches!(e, Event::Error(e) if error_chain(&**e).contains("mid-frame")),
     )
     .await;
     next_event(&mut events, "close", |e| matches!(e, Event::Close)).await;
@@ -260,8 +254,8 @@ async fn a_peer_that_closes_mid_frame_never_gets_it_dispatched() {
 
 #[tokio::test]
 async fn a_killed_peer_process_fails_pending_calls_and_nothing_hangs() {
-    let (dir, path) = socket_path();
-    let server = Server::bind(&path).unwrap();
+    let mut server = TestServer::start(test_router());
+    let path = server.path().to_owned();
     // A real process connects, writes half a frame, and is killed with SIGKILL.
     let script = format!(
         "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})\ns.sendall(b'[\"ping\",[\"half')\ntime.sleep(60)\n",
@@ -272,9 +266,7 @@ async fn a_killed_peer_process_fails_pending_calls_and_nothing_hangs() {
         .arg(script)
         .spawn()
         .expect("python3");
-    let conn = within("accept", server.accept(test_router()))
-        .await
-        .unwrap();
+    let conn = server.accept().await;
     let mut events = conn.events();
     // The server calls the peer, which will never answer.
     let call = tokio::spawn({
@@ -287,7 +279,7 @@ async fn a_killed_peer_process_fails_pending_calls_and_nothing_hangs() {
     let err = within("pending call", call).await.unwrap().unwrap_err();
     assert!(err.is_closed(), "{err}");
     next_event(&mut events, "close", |e| matches!(e, Event::Close)).await;
-    drop(dir);
+    drop(server);
 }
 
 #[tokio::test]
@@ -295,7 +287,7 @@ async fn missing_trailing_arguments_fill_option_parameters() {
     let router = Router::new().route("opt", |x: String, time: Option<u64>| async move {
         diarrhoea::Json((x, time))
     });
-    let (_d, _conn, _events, mut peer) = setup(router, Config::new()).await;
+    let (_server, _conn, _events, mut peer) = setup(router, Config::new()).await;
     // As diarrhoea 1.x's flood_client sends its first ping: one argument of two.
     peer.send("[\"opt\",[\"Hello world!\"],1]\n[\"opt\",[\"a\",5],2]\n[\"opt\",[],3]\n")
         .await;

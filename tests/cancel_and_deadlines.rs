@@ -7,22 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use diarrhoea::{code, Client, Config, PeerInfo, Request, Router, Server};
+use diarrhoea::{code, Config, Connection, PeerInfo, Request, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-async fn raw_setup(config: Config, router: Router) -> (tempfile::TempDir, RawPeer) {
-    let (dir, path) = socket_path();
-    let server = Server::builder().config(config).bind(&path).unwrap();
-    tokio::spawn(server.serve(router));
-    let peer = RawPeer::connect(&path).await;
-    (dir, peer)
+async fn raw_setup(config: Config, router: Router) -> (TestServer, RawPeer) {
+    let server = TestServer::builder().config(config).start(router);
+    let peer = RawPeer::connect(server.path()).await;
+    (server, peer)
 }
 
 #[tokio::test]
 async fn a_running_request_is_cancelled_by_the_peer() {
-    let (_d, mut peer) = raw_setup(Config::new(), test_router()).await;
+    let (_server, mut peer) = raw_setup(Config::new(), test_router()).await;
     peer.send("[\"sleep\",[60000],1]\n").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     peer.send("[\"$/cancel\",[1]]\n").await;
@@ -39,7 +37,7 @@ async fn a_running_request_is_cancelled_by_the_peer() {
 #[tokio::test]
 async fn a_queued_request_is_answered_cancelled_at_once() {
     let config = Config::new().max_concurrent_requests(1);
-    let (_d, mut peer) = raw_setup(config, test_router()).await;
+    let (_server, mut peer) = raw_setup(config, test_router()).await;
     // Request 1 holds the only permit; request 2 waits behind it.
     peer.send("[\"sleep\",[60000],1]\n[\"add\",[1,2],2]\n")
         .await;
@@ -90,17 +88,12 @@ async fn eventually(what: &str, flag: &AtomicBool) {
 
 #[tokio::test]
 async fn dropping_a_call_cancels_the_handler_at_the_peer() {
-    let (_dir, path) = socket_path();
     let (dropped, token_fired) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
     );
-    tokio::spawn(
-        Server::bind(&path)
-            .unwrap()
-            .serve(waiting_router(dropped.clone(), token_fired.clone())),
-    );
-    let client = Client::connect(&path).await.unwrap();
+    let server = TestServer::start(waiting_router(dropped.clone(), token_fired.clone()));
+    let client = Connection::connect(server.path()).await.unwrap();
     let call = client.call::<()>("wait", ());
     assert!(tokio::time::timeout(Duration::from_millis(50), call)
         .await
@@ -115,7 +108,7 @@ async fn dropping_a_call_cancels_the_handler_at_the_peer() {
 
 #[tokio::test]
 async fn the_peers_timeout_ms_is_honoured() {
-    let (_d, mut peer) = raw_setup(Config::new(), test_router()).await;
+    let (_server, mut peer) = raw_setup(Config::new(), test_router()).await;
     peer.send("[\"sleep\",[60000],1,{\"timeout_ms\":50}]\n")
         .await;
     assert_eq!(peer.recv().await[2]["code"], code::TIMEOUT);
@@ -130,7 +123,7 @@ async fn time_waiting_for_a_permit_counts_against_the_deadline() {
     let config = Config::new()
         .max_concurrent_requests(1)
         .request_timeout(Duration::from_millis(200));
-    let (_d, mut peer) = raw_setup(config, test_router()).await;
+    let (_server, mut peer) = raw_setup(config, test_router()).await;
     // The first request holds the permit past its own deadline: both expire, the second while
     // it is still waiting for the permit.
     peer.send("[\"sleep\",[60000],1]\n[\"add\",[1,1],2]\n")
@@ -146,17 +139,12 @@ async fn time_waiting_for_a_permit_counts_against_the_deadline() {
 
 #[tokio::test]
 async fn a_call_with_a_timeout_fails_locally_and_tells_the_peer() {
-    let (_dir, path) = socket_path();
     let (dropped, token_fired) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
     );
-    tokio::spawn(
-        Server::bind(&path)
-            .unwrap()
-            .serve(waiting_router(dropped.clone(), token_fired)),
-    );
-    let client = Client::connect(&path).await.unwrap();
+    let server = TestServer::start(waiting_router(dropped.clone(), token_fired));
+    let client = Connection::connect(server.path()).await.unwrap();
     let err = client
         .call_with_timeout::<()>("wait", (), Duration::from_millis(50))
         .await
@@ -184,13 +172,14 @@ async fn a_call_with_a_timeout_fails_locally_and_tells_the_peer() {
 
 #[tokio::test]
 async fn requests_carry_the_peers_identity() {
-    let (_dir, path) = socket_path();
     let router = Router::new().route("whoami", |peer: PeerInfo| async move {
-        let cred = peer.cred.expect("credentials of a Unix socket peer");
-        diarrhoea::Json((cred.uid(), cred.pid()))
+        let cred = peer
+            .credentials()
+            .expect("credentials of a Unix socket peer");
+        diarrhoea::Json((cred.uid, cred.pid))
     });
-    tokio::spawn(Server::bind(&path).unwrap().serve(router));
-    let client = Client::connect(&path).await.unwrap();
+    let server = TestServer::start(router);
+    let client = Connection::connect(server.path()).await.unwrap();
     let (uid, pid): (u32, Option<i32>) = client.call("whoami", ()).await.unwrap();
     let me = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
     assert_eq!(uid, me);
@@ -201,7 +190,7 @@ async fn requests_carry_the_peers_identity() {
 async fn a_late_reply_to_a_call_given_up_on_is_not_a_warning() {
     let (_dir, path) = socket_path();
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let (accepted, client) = tokio::join!(listener.accept(), Client::connect(&path));
+    let (accepted, client) = tokio::join!(listener.accept(), Connection::connect(&path));
     let (read, write) = accepted.unwrap().0.into_split();
     let mut peer = RawPeer {
         lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(read)),
@@ -228,7 +217,7 @@ async fn a_late_reply_to_a_call_given_up_on_is_not_a_warning() {
 
 fn event_text(event: &diarrhoea::Event) -> String {
     match event {
-        diarrhoea::Event::Warning(e) | diarrhoea::Event::Error(e) => e.to_string(),
+        diarrhoea::Event::Warning(e) | diarrhoea::Event::Error(e) => error_chain(&**e),
         other => format!("{other:?}"),
     }
 }

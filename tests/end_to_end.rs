@@ -6,23 +6,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use diarrhoea::{Client, Config, Connection, Request, Router, Server};
+use diarrhoea::{Config, Connection, Request, Router};
 use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
 
 #[tokio::test]
 async fn notification_ping_gets_a_pong_notification() {
-    let (_dir, path) = socket_path();
-    let server = Server::bind(&path).unwrap();
-    tokio::spawn(server.serve(test_router()));
+    let server = TestServer::start(test_router());
+    let path = server.path();
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let client = Client::builder()
-        .bind(Router::new().route("pong", move |x: String, time: u64| {
+    let client = Connection::builder()
+        .service(Router::new().route("pong", move |x: String, time: u64| {
             let tx = tx.clone();
             async move { tx.send((x, time)).unwrap() }
         }))
-        .connect(&path)
+        .connect(path)
         .await
         .unwrap();
     client
@@ -35,9 +34,9 @@ async fn notification_ping_gets_a_pong_notification() {
 
 #[tokio::test]
 async fn calls_return_results_and_typed_errors() {
-    let (_dir, path) = socket_path();
-    tokio::spawn(Server::bind(&path).unwrap().serve(test_router()));
-    let client = Client::connect(&path).await.unwrap();
+    let server = TestServer::start(test_router());
+    let path = server.path();
+    let client = Connection::connect(path).await.unwrap();
 
     assert_eq!(client.call::<i64>("add", (2, 3)).await.unwrap(), 5);
     let echoed: (String, Vec<u8>, Option<bool>) = client
@@ -58,11 +57,11 @@ async fn calls_return_results_and_typed_errors() {
 
 #[tokio::test]
 async fn the_server_calls_the_client_back_on_the_same_connection() {
-    let (_dir, path) = socket_path();
-    tokio::spawn(Server::bind(&path).unwrap().serve(test_router()));
-    let client = Client::builder()
-        .bind(Router::new().route("double", |n: i64| async move { n * 2 }))
-        .connect(&path)
+    let server = TestServer::start(test_router());
+    let path = server.path();
+    let client = Connection::builder()
+        .service(Router::new().route("double", |n: i64| async move { n * 2 }))
+        .connect(path)
         .await
         .unwrap();
     assert_eq!(client.call::<i64>("ask", (21,)).await.unwrap(), 42);
@@ -70,27 +69,26 @@ async fn the_server_calls_the_client_back_on_the_same_connection() {
 
 #[tokio::test]
 async fn a_server_posts_and_calls_on_a_connection_it_accepted() {
-    let (_dir, path) = socket_path();
-    let server = Server::bind(&path).unwrap();
-    let client = Client::builder()
-        .bind(Router::new().route("whoami", || async { "client" }))
-        .connect(&path);
-    let (accepted, client) = tokio::join!(server.accept(Router::new()), client);
-    let (accepted, client) = (accepted.unwrap(), client.unwrap());
+    let mut server = TestServer::start(Router::new());
+    let client = Connection::builder()
+        .service(Router::new().route("whoami", || async { "client" }))
+        .connect(server.path())
+        .await
+        .unwrap();
+    let accepted = server.accept().await;
     assert_eq!(
         accepted.call::<String>("whoami", ()).await.unwrap(),
         "client"
     );
 
     // Node parity: bind per connection, after the fact.
-    accepted.bind(Router::new().route("late", || async { 7 }));
+    accepted.set_service(Router::new().route("late", || async { 7 }));
     assert_eq!(client.call::<i32>("late", ()).await.unwrap(), 7);
-    assert!(accepted.peer_cred().is_some());
+    assert!(accepted.peer().credentials().is_some());
 }
 
 #[tokio::test]
 async fn ten_thousand_notifications_are_handled_in_wire_order() {
-    let (_dir, path) = socket_path();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     let router = Router::new().route("n", move |i: u32| {
@@ -103,8 +101,9 @@ async fn ten_thousand_notifications_are_handled_in_wire_order() {
             record.lock().unwrap().push(i);
         }
     });
-    tokio::spawn(Server::bind(&path).unwrap().serve(router));
-    let client = Client::connect(&path).await.unwrap();
+    let server = TestServer::start(router);
+    let path = server.path();
+    let client = Connection::connect(path).await.unwrap();
     for i in 0..10_000u32 {
         client.post_message("n", (i,)).await.unwrap();
     }
@@ -121,7 +120,6 @@ async fn ten_thousand_notifications_are_handled_in_wire_order() {
 
 #[tokio::test]
 async fn replies_reach_a_handler_while_the_peer_floods() {
-    let (_dir, path) = socket_path();
     // Each `slow` notification takes at least a millisecond, in wire order: the server's
     // dispatcher is busy for seconds with the flood below.
     let handled = Arc::new(Mutex::new(0u32));
@@ -133,14 +131,15 @@ async fn replies_reach_a_handler_while_the_peer_floods() {
             *count.lock().unwrap() += 1;
         }
     });
-    tokio::spawn(Server::bind(&path).unwrap().serve(router));
+    let server = TestServer::start(router);
+    let path = server.path();
     // The client answers `double` only after the flood is on the wire ahead of its reply.
-    let client = Client::builder()
-        .bind(Router::new().route("double", |n: i64| async move {
+    let client = Connection::builder()
+        .service(Router::new().route("double", |n: i64| async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             n * 2
         }))
-        .connect(&path)
+        .connect(path)
         .await
         .unwrap();
     let ask = tokio::spawn({
@@ -166,9 +165,9 @@ async fn replies_reach_a_handler_while_the_peer_floods() {
 
 #[tokio::test]
 async fn many_calls_in_flight_on_one_connection() {
-    let (_dir, path) = socket_path();
-    tokio::spawn(Server::bind(&path).unwrap().serve(test_router()));
-    let client = Client::connect(&path).await.unwrap();
+    let server = TestServer::start(test_router());
+    let path = server.path();
+    let client = Connection::connect(path).await.unwrap();
     let calls = (0..2_000i64).map(|i| {
         let client = client.clone();
         tokio::spawn(async move { client.call::<i64>("add", (i, i)).await.unwrap() == 2 * i })
@@ -181,14 +180,14 @@ async fn many_calls_in_flight_on_one_connection() {
 
 #[tokio::test]
 async fn caller_and_notifier_are_tower_services() {
-    let (_dir, path) = socket_path();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let router = test_router().route("note", move |s: String| {
         let tx = tx.clone();
         async move { tx.send(s).unwrap() }
     });
-    tokio::spawn(Server::bind(&path).unwrap().serve(router));
-    let client = Client::connect(&path).await.unwrap();
+    let server = TestServer::start(router);
+    let path = server.path();
+    let client = Connection::connect(path).await.unwrap();
 
     let mut caller = tower::ServiceBuilder::new()
         .timeout(Duration::from_secs(5))
@@ -227,7 +226,7 @@ async fn poll_ready_is_pending_while_the_outgoing_queue_is_full() {
     let (_dir, path) = socket_path();
     // A peer that accepts and never reads.
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let client = Client::builder()
+    let client = Connection::builder()
         .config(Config::new().outgoing_queue(2))
         .connect(&path);
     let (accepted, client) = tokio::join!(listener.accept(), client);
@@ -273,16 +272,15 @@ async fn poll_ready_is_pending_while_the_outgoing_queue_is_full() {
 
 #[tokio::test]
 async fn end_flushes_queued_frames_then_closes_both_sides() {
-    let (_dir, path) = socket_path();
-    let server = Server::bind(&path).unwrap();
     let seen = Arc::new(Mutex::new(0u32));
     let count = seen.clone();
     let router = Router::new().route("n", move || {
         let count = count.clone();
         async move { *count.lock().unwrap() += 1 }
     });
-    let (accepted, client) = tokio::join!(server.accept(router), Client::connect(&path));
-    let (accepted, client) = (accepted.unwrap(), client.unwrap());
+    let mut server = TestServer::start(router);
+    let client = Connection::connect(server.path()).await.unwrap();
+    let accepted = server.accept().await;
     for _ in 0..1000 {
         client.post_message("n", ()).await.unwrap();
     }
@@ -295,10 +293,9 @@ async fn end_flushes_queued_frames_then_closes_both_sides() {
 
 #[tokio::test]
 async fn pending_calls_fail_with_closed_when_the_peer_goes_away() {
-    let (_dir, path) = socket_path();
-    let server = Server::bind(&path).unwrap();
-    let (accepted, client) = tokio::join!(server.accept(test_router()), Client::connect(&path));
-    let (accepted, client) = (accepted.unwrap(), client.unwrap());
+    let mut server = TestServer::start(test_router());
+    let client = Connection::connect(server.path()).await.unwrap();
+    let accepted = server.accept().await;
     let call = tokio::spawn({
         let client = client.clone();
         async move { client.call::<u64>("sleep", (60_000,)).await }
@@ -319,9 +316,9 @@ async fn pending_calls_fail_with_closed_when_the_peer_goes_away() {
 
 #[tokio::test]
 async fn dropping_a_call_forgets_it() {
-    let (_dir, path) = socket_path();
-    tokio::spawn(Server::bind(&path).unwrap().serve(test_router()));
-    let client = Client::connect(&path).await.unwrap();
+    let server = TestServer::start(test_router());
+    let path = server.path();
+    let client = Connection::connect(path).await.unwrap();
     for _ in 0..100 {
         let call = client.call::<u64>("sleep", (10_000,));
         assert!(tokio::time::timeout(Duration::from_millis(1), call)
@@ -333,11 +330,11 @@ async fn dropping_a_call_forgets_it() {
 
 #[tokio::test]
 async fn oversized_outgoing_frames_fail_before_they_are_sent() {
-    let (_dir, path) = socket_path();
-    tokio::spawn(Server::bind(&path).unwrap().serve(test_router()));
-    let client = Client::builder()
+    let server = TestServer::start(test_router());
+    let path = server.path();
+    let client = Connection::builder()
         .config(Config::new().max_frame_size(1024))
-        .connect(&path)
+        .connect(path)
         .await
         .unwrap();
     let err = client
@@ -355,9 +352,9 @@ async fn oversized_outgoing_frames_fail_before_they_are_sent() {
 
 #[tokio::test]
 async fn args_must_be_an_array() {
-    let (_dir, path) = socket_path();
-    tokio::spawn(Server::bind(&path).unwrap().serve(test_router()));
-    let client: Connection = Client::connect(&path).await.unwrap();
+    let server = TestServer::start(test_router());
+    let path = server.path();
+    let client: Connection = Connection::connect(path).await.unwrap();
     let err = client.post_message("ping", 5).await.unwrap_err();
     assert!(err.is_serde(), "{err}");
 }

@@ -15,7 +15,7 @@ use common::*;
 use diarrhoea::codec::{Decoded, FrameCodec};
 use diarrhoea::layer::TraceLayer;
 use diarrhoea::{code, Args, Config, Connection, Frame, Json, Meta, Response, Router, RpcError};
-use diarrhoea::{Event, Events, Server, MAX_ID};
+use diarrhoea::{Event, Events, MAX_ID};
 use serde_json::{json, Value};
 use tokio_util::codec::Decoder;
 use tower::ServiceBuilder;
@@ -328,7 +328,7 @@ async fn a_pretty_printed_raw_reply_reaches_the_caller() {
     let router = Router::new().route("pretty", || async {
         serde_json::value::RawValue::from_string("{\n  \"a\": 1\n}".to_owned()).unwrap()
     });
-    let (_d, _conn, _events, mut peer) = setup(router).await;
+    let (_server, _conn, _events, mut peer) = setup(router).await;
     peer.send("[\"pretty\",[],1]\n").await;
     assert_eq!(peer.recv().await, json!([1, {"a": 1}]));
 }
@@ -359,34 +359,24 @@ fn hostile_router() -> Router {
 
 /// A server connection (serving `router` behind `TraceLayer::incoming().show_payloads(256)`
 /// when `traced`) and a raw peer, events subscribed before the peer writes.
-async fn setup_with(
-    router: Router,
-    traced: bool,
-) -> (tempfile::TempDir, Connection, Events, RawPeer) {
+async fn setup_with(router: Router, traced: bool) -> (TestServer, Connection, Events, RawPeer) {
     log_everything();
-    let (dir, path) = socket_path();
-    let server = Server::builder().config(Config::new()).bind(&path).unwrap();
-    let accept = async {
-        if traced {
-            let stack = ServiceBuilder::new()
-                .layer(TraceLayer::incoming().show_payloads(256))
-                .service(router);
-            server.accept(stack).await
-        } else {
-            server.accept(router).await
-        }
+    let options = TestServer::builder().config(Config::new());
+    let mut server = if traced {
+        let stack = ServiceBuilder::new()
+            .layer(TraceLayer::incoming().show_payloads(256))
+            .service(router);
+        options.start(stack)
+    } else {
+        options.start(router)
     };
-    let (accepted, peer) = tokio::join!(accept, RawPeer::connect(&path));
-    let accepted = accepted.unwrap();
+    let peer = RawPeer::connect(server.path()).await;
+    let accepted = server.accept().await;
     let events = accepted.events();
-    tokio::spawn(async move {
-        let _server = server;
-        std::future::pending::<()>().await
-    });
-    (dir, accepted, events, peer)
+    (server, accepted, events, peer)
 }
 
-async fn setup(router: Router) -> (tempfile::TempDir, Connection, Events, RawPeer) {
+async fn setup(router: Router) -> (TestServer, Connection, Events, RawPeer) {
     setup_with(router, false).await
 }
 
@@ -436,7 +426,7 @@ const DEEP: usize = 1_000_000;
 /// nesting, and serde_json's recursion limit (128) turns it into -32602. Worker threads (2 MiB
 /// stacks) run it, with the trace layer recording payloads.
 async fn deep_nesting(traced: bool) {
-    let (_d, conn, mut events, mut peer) = setup_with(hostile_router(), traced).await;
+    let (_server, conn, mut events, mut peer) = setup_with(hostile_router(), traced).await;
     let deep = nested(DEEP);
 
     // A handler deserializing into serde_json::Value: -32602 from the recursion limit.
@@ -520,7 +510,8 @@ async fn deep_nesting(traced: bool) {
     let err = within("the call", call).await.unwrap().unwrap_err();
     assert!(
         err.is_serde() && err.to_string().contains("decoded"),
-        "{err}"
+        "{}",
+        error_chain(&err)
     );
     still_answers(&mut peer, 5).await;
 }
@@ -537,7 +528,7 @@ async fn nesting_a_million_levels_deep_overflows_nothing_with_payload_tracing() 
 
 #[tokio::test]
 async fn numbers_that_overflow() {
-    let (_d, _conn, _events, mut peer) = setup(hostile_router()).await;
+    let (_server, _conn, _events, mut peer) = setup(hostile_router()).await;
     // Typed parameters refuse what they cannot hold.
     for (i, arg) in ["18446744073709551616", "1e400", "-1", "1.5"]
         .iter()
@@ -583,7 +574,7 @@ async fn numbers_that_overflow() {
 
 #[tokio::test]
 async fn ids_at_and_beyond_two_to_the_53() {
-    let (_d, _conn, mut events, mut peer) = setup(hostile_router()).await;
+    let (_server, _conn, mut events, mut peer) = setup(hostile_router()).await;
     // The largest id is answered.
     peer.send(format!("[\"echo\",[],{MAX_ID}]\n")).await;
     assert_eq!(peer.recv().await, json!([MAX_ID, []]));
@@ -624,7 +615,7 @@ async fn ids_at_and_beyond_two_to_the_53() {
 
 #[tokio::test]
 async fn method_names_that_are_huge_empty_or_full_of_control_characters() {
-    let (_d, _conn, mut events, mut peer) = setup(hostile_router()).await;
+    let (_server, _conn, mut events, mut peer) = setup(hostile_router()).await;
     // 1 MiB: unknown, answered -32601; as a notification, a warning.
     let huge = "m".repeat(1 << 20);
     let message = expect_error_reply(
@@ -705,7 +696,7 @@ async fn method_names_that_are_huge_empty_or_full_of_control_characters() {
 
 #[tokio::test]
 async fn reserved_methods_that_do_not_exist() {
-    let (_d, _conn, mut events, mut peer) = setup(hostile_router()).await;
+    let (_server, _conn, mut events, mut peer) = setup(hostile_router()).await;
     expect_error_reply(&mut peer, "[\"$/nope\",[],1]", 1, code::METHOD_NOT_FOUND).await;
     expect_error_reply(&mut peer, "[\"$/\",[],2]", 2, code::METHOD_NOT_FOUND).await;
     // `$/cancel` is a notification; as a request it is an unknown method.
@@ -739,7 +730,7 @@ async fn reserved_methods_that_do_not_exist() {
 
 #[tokio::test]
 async fn args_that_are_null_or_not_an_array() {
-    let (_d, _conn, mut events, mut peer) = setup(hostile_router()).await;
+    let (_server, _conn, mut events, mut peer) = setup(hostile_router()).await;
     for (i, args) in ["null", "{}", "\"x\"", "5", "true"].iter().enumerate() {
         let id = i as u64 + 1;
         let message = expect_error_reply(
@@ -764,7 +755,7 @@ async fn args_that_are_null_or_not_an_array() {
 
 #[tokio::test]
 async fn lines_that_are_not_arrays() {
-    let (_d, _conn, mut events, mut peer) = setup(hostile_router()).await;
+    let (_server, _conn, mut events, mut peer) = setup(hostile_router()).await;
     for line in [
         "{}",
         "{\"method\":\"echo\"}",
@@ -806,7 +797,7 @@ async fn lines_that_are_not_arrays() {
 /// Everything at once, fast, on one connection: nothing a peer writes stops it answering.
 #[tokio::test]
 async fn a_burst_of_hostile_lines_leaves_the_connection_answering() {
-    let (_d, _conn, _events, mut peer) = setup_with(hostile_router(), true).await;
+    let (_server, _conn, _events, mut peer) = setup_with(hostile_router(), true).await;
     let mut burst = String::new();
     for line in [
         "[\"value\",[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",

@@ -5,12 +5,11 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use diarrhoea::Server;
 
 #[tokio::test]
 async fn an_independent_python_peer_speaks_protocol_v1() {
-    let (_dir, path) = socket_path();
-    tokio::spawn(Server::bind(&path).unwrap().serve(test_router()));
+    let server = TestServer::start(test_router());
+    let path = server.path().to_owned();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/peer.py");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3").arg(script).arg(&path).output()

@@ -5,26 +5,23 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use diarrhoea::{code, Client, Config, Event, RpcError, Server};
+use diarrhoea::{code, Config, Connection, Event, RpcError};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 #[tokio::test]
 async fn connections_over_the_limit_get_a_connection_error_and_are_closed() {
-    let (_dir, path) = socket_path();
-    let server = Server::builder().max_connections(2).bind(&path).unwrap();
-    let first = Client::connect(&path);
-    let (a, first) = tokio::join!(server.accept(test_router()), first);
-    let second = Client::connect(&path);
-    let (b, second) = tokio::join!(server.accept(test_router()), second);
-    let (_a, _b, first, _second) = (a.unwrap(), b.unwrap(), first.unwrap(), second.unwrap());
+    let mut server = TestServer::builder()
+        .max_connections(2)
+        .start(test_router());
+    let path = server.path().to_owned();
+    let first = Connection::connect(&path).await.unwrap();
+    let _a = server.accept().await;
+    let _second = Connection::connect(&path).await.unwrap();
+    let _b = server.accept().await;
     assert_eq!(server.connections(), 2);
 
     // The third is refused by the accept loop itself.
-    let accepting = tokio::spawn(async move {
-        let conn = server.accept(test_router()).await;
-        (server, conn)
-    });
     let mut third = RawPeer::connect(&path).await;
     let refusal = third.recv().await;
     assert_eq!(refusal[0], serde_json::Value::Null);
@@ -40,27 +37,26 @@ async fn connections_over_the_limit_get_a_connection_error_and_are_closed() {
         .await
         .unwrap()
         .is_none());
+    assert_eq!(server.connections(), 2, "the refused one was never served");
 
     // A connection that leaves frees its place.
     first.close();
     within("first closed", first.closed()).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let fourth = Client::connect(&path).await.unwrap();
-    let (server, accepted) = within("accept after a place freed", accepting)
-        .await
-        .unwrap();
-    accepted.unwrap();
+    // The server's side closes too; on this single-threaded runtime its place in the limit is
+    // given back before the count drops.
+    server.wait_for_connections(1).await;
+    let fourth = Connection::connect(&path).await.unwrap();
+    let _d = server.accept().await;
     assert_eq!(fourth.call::<i64>("add", (1, 1)).await.unwrap(), 2);
-    drop(server);
+    assert_eq!(server.connections(), 2);
 }
 
 #[tokio::test]
 async fn a_peer_that_stalls_mid_line_is_closed() {
-    let (_dir, path) = socket_path();
     let config = Config::new().partial_frame_timeout(Duration::from_millis(200));
-    let server = Server::builder().config(config).bind(&path).unwrap();
-    let (conn, peer) = tokio::join!(server.accept(test_router()), RawPeer::connect(&path));
-    let (conn, mut peer) = (conn.unwrap(), peer);
+    let mut server = TestServer::builder().config(config).start(test_router());
+    let mut peer = RawPeer::connect(server.path()).await;
+    let conn = server.accept().await;
     let mut events = conn.events();
     // Idle between lines is fine.
     peer.send("[\"add\",[1,1],1]\n").await;
@@ -84,16 +80,16 @@ async fn a_peer_that_stalls_mid_line_is_closed() {
 
 #[tokio::test]
 async fn close_with_error_answers_calls_in_flight_first() {
-    let (_dir, path) = socket_path();
-    let server = Server::bind(&path).unwrap();
-    let (conn, client) = tokio::join!(server.accept(test_router()), Client::connect(&path));
-    let (conn, client) = (conn.unwrap(), client.unwrap());
+    let (router, started) = test_router_telling_when_started();
+    let mut server = TestServer::start(router);
+    let client = Connection::connect(server.path()).await.unwrap();
+    let conn = server.accept().await;
     let mut events = client.events();
     let slow = tokio::spawn({
         let client = client.clone();
-        async move { client.call::<u64>("sleep", (200,)).await }
+        async move { client.call::<u64>("started_sleep", (200,)).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    within("the call to start", started.notified()).await;
     conn.close_with_error(RpcError::new(7, "go away"));
     // New calls are refused with the reason; the one in flight is answered.
     let refused = client.call::<i64>("add", (1, 1)).await.unwrap_err();
@@ -114,7 +110,7 @@ async fn a_peer_that_does_not_read_holds_senders_back_by_bytes() {
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     // Plenty of frame slots: only the byte budget can stop the sender early.
     let config = Config::new().outgoing_queue(4096).outgoing_buffer(1 << 20);
-    let client = Client::builder().config(config).connect(&path);
+    let client = Connection::builder().config(config).connect(&path);
     let (accepted, client) = tokio::join!(listener.accept(), client);
     let (mut silent, client) = (accepted.unwrap().0, client.unwrap());
     let big = "x".repeat(64 * 1024);

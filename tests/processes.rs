@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use diarrhoea::{Client, Server};
+use diarrhoea::{serve, Connection, UnixListener};
 
 const ROLE: &str = "DIARRHOEA_CHILD";
 const PATH: &str = "DIARRHOEA_CHILD_PATH";
@@ -47,12 +47,12 @@ fn child_main() {
         .build()
         .unwrap();
     match role.as_str() {
-        "server" => runtime.block_on(serve(&path)),
+        "server" => runtime.block_on(serve_until_stdin_closes(&path)),
         "race" => runtime.block_on(race(&path)),
         "churn" => runtime.block_on(churn(&path)),
         "connect" => connect(&path),
         "sigpipe-client" => runtime.block_on(sigpipe_client(&path)),
-        "sigpipe-server" => runtime.block_on(serve(&path)),
+        "sigpipe-server" => runtime.block_on(serve_until_stdin_closes(&path)),
         "sigpipe-control" => sigpipe_control(&path),
         other => panic!("unknown child role {other}"),
     }
@@ -76,11 +76,11 @@ async fn stdin_closed() {
 }
 
 /// Serves the test router until stdin closes, then shuts down (removing the socket file).
-async fn serve(path: &Path) {
-    let server = Server::bind(path).unwrap();
+async fn serve_until_stdin_closes(path: &Path) {
+    let listener = UnixListener::bind(path).unwrap();
     say("ready");
-    server
-        .serve_with_shutdown(test_router(), stdin_closed())
+    serve(listener, test_router())
+        .with_graceful_shutdown(stdin_closed())
         .await
         .unwrap();
     say("stopped");
@@ -91,11 +91,11 @@ async fn race(path: &Path) {
     say("ready");
     let mut go = String::new();
     std::io::stdin().read_line(&mut go).unwrap();
-    match Server::bind(path) {
-        Ok(server) => {
+    match UnixListener::bind(path) {
+        Ok(listener) => {
             say("won");
-            server
-                .serve_with_shutdown(test_router(), stdin_closed())
+            serve(listener, test_router())
+                .with_graceful_shutdown(stdin_closed())
                 .await
                 .unwrap();
         }
@@ -110,7 +110,7 @@ async fn churn(path: &Path) {
     say(umask.split_whitespace().collect::<Vec<_>>().join(" "));
     let n: usize = std::env::var(COUNT).unwrap().parse().unwrap();
     for _ in 0..n {
-        drop(Server::bind(path).unwrap());
+        drop(UnixListener::bind(path).unwrap());
     }
     say(format!("done {n}"));
 }
@@ -148,7 +148,7 @@ fn sigpipe_ignored() -> bool {
 
 /// With SIGPIPE at SIG_DFL, posts to a peer that closed until the crate reports the failure.
 async fn sigpipe_client(path: &Path) {
-    let conn = Client::connect(path).await.unwrap();
+    let conn = Connection::connect(path).await.unwrap();
     // The crate's handler is installed now; the disposition is no longer SIG_DFL.
     let big = "x".repeat(64 * 1024);
     for i in 0..10_000 {
@@ -303,7 +303,7 @@ async fn a_server_killed_with_sigkill_fails_calls_at_once_and_restarts_on_the_sa
     let clients: Vec<diarrhoea::Connection> = {
         let mut v = Vec::new();
         for _ in 0..8 {
-            v.push(Client::connect(&path).await.unwrap());
+            v.push(Connection::connect(&path).await.unwrap());
         }
         v
     };
@@ -354,7 +354,7 @@ async fn a_server_killed_with_sigkill_fails_calls_at_once_and_restarts_on_the_sa
     let mut again = ChildProcess::spawn("server", &path, &[]);
     again.expect("ready");
     let restart_took = restarted.elapsed();
-    let client = Client::connect(&path).await.unwrap();
+    let client = Connection::connect(&path).await.unwrap();
     assert_eq!(client.call::<i64>("add", (2, 3)).await.unwrap(), 5);
     client.close();
     // A graceful stop removes the file.
@@ -413,7 +413,7 @@ async fn twenty_servers_at_once_one_serves_and_a_live_one_is_never_disturbed() {
             answers.iter().map(|a| &a.0).collect::<Vec<_>>()
         );
         assert_refused_cleanly(&answers);
-        let client = Client::connect(&path).await.unwrap();
+        let client = Connection::connect(&path).await.unwrap();
         assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
 
         // A latecomer is refused and the live server keeps answering, on old and new
@@ -423,7 +423,7 @@ async fn twenty_servers_at_once_one_serves_and_a_live_one_is_never_disturbed() {
         assert!(late[0].0.contains("live server"), "{}", late[0].0);
         assert_refused_cleanly(&late);
         assert_eq!(client.call::<i64>("add", (2, 2)).await.unwrap(), 4);
-        let other = Client::connect(&path).await.unwrap();
+        let other = Connection::connect(&path).await.unwrap();
         assert_eq!(other.call::<i64>("add", (3, 3)).await.unwrap(), 6);
         assert_eq!(entries(dir.path()), ["test.sock"], "no staging leftovers");
 
@@ -597,7 +597,7 @@ async fn another_uid_cannot_connect_with_the_default_mode() {
     // The directory is open to all: only the socket's own mode can refuse.
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     for (mode, expected) in [(0o600, "refused errno=13"), (0o666, "connected")] {
-        let server = Server::builder().socket_mode(mode).bind(&path).unwrap();
+        let server = UnixListener::bind_with_mode(&path, mode).unwrap();
         let mut command = Command::new(setpriv);
         command
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -698,7 +698,7 @@ async fn with_sigpipe_at_default_a_server_survives_peers_that_close_before_the_r
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let client = Client::connect(&path).await.unwrap();
+    let client = Connection::connect(&path).await.unwrap();
     assert_eq!(client.call::<i64>("add", (4, 5)).await.unwrap(), 9);
     client.close();
     let status = blocking(move || server.stop()).await;

@@ -2,22 +2,23 @@
 
 mod common;
 
+use std::future::IntoFuture;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
 use common::*;
-use diarrhoea::{code, Client, Server};
+use diarrhoea::{code, serve, Connection, UnixListener};
 
 #[tokio::test]
 async fn the_socket_file_is_0600_by_default_and_configurable() {
     let (_dir, path) = socket_path();
-    let server = Server::bind(&path).unwrap();
+    let server = UnixListener::bind(&path).unwrap();
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     drop(server);
 
-    let server = Server::builder().socket_mode(0o660).bind(&path).unwrap();
+    let server = UnixListener::bind_with_mode(&path, 0o660).unwrap();
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o660
@@ -28,13 +29,13 @@ async fn the_socket_file_is_0600_by_default_and_configurable() {
 #[tokio::test]
 async fn a_live_server_is_never_taken_over() {
     let (_dir, path) = socket_path();
-    let first = Server::bind(&path).unwrap();
-    let err = Server::bind(&path).unwrap_err();
+    let first = UnixListener::bind(&path).unwrap();
+    let err = UnixListener::bind(&path).unwrap_err();
     assert!(err.is_bind(), "{err}");
-    assert!(err.to_string().contains("live"), "{err}");
+    assert!(err.to_string().contains("live"), "{}", error_chain(&err));
     // The first server still serves.
-    tokio::spawn(first.serve(test_router()));
-    let client = Client::connect(&path).await.unwrap();
+    tokio::spawn(serve(first, test_router()).into_future());
+    let client = Connection::connect(&path).await.unwrap();
     assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
 }
 
@@ -44,9 +45,9 @@ async fn a_stale_socket_is_replaced() {
     // A socket file nobody listens on, as left by a killed process.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let server = Server::bind(&path).unwrap();
-    tokio::spawn(server.serve(test_router()));
-    let client = Client::connect(&path).await.unwrap();
+    let server = UnixListener::bind(&path).unwrap();
+    tokio::spawn(serve(server, test_router()).into_future());
+    let client = Connection::connect(&path).await.unwrap();
     assert_eq!(client.call::<i64>("add", (2, 2)).await.unwrap(), 4);
 }
 
@@ -54,19 +55,19 @@ async fn a_stale_socket_is_replaced() {
 async fn files_directories_and_symlinks_at_the_path_are_never_touched() {
     let (dir, path) = socket_path();
     std::fs::write(&path, b"precious").unwrap();
-    let err = Server::bind(&path).unwrap_err();
+    let err = UnixListener::bind(&path).unwrap_err();
     assert!(err.is_bind(), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
     std::fs::remove_file(&path).unwrap();
 
     std::fs::create_dir(&path).unwrap();
-    assert!(Server::bind(&path).unwrap_err().is_bind());
+    assert!(UnixListener::bind(&path).unwrap_err().is_bind());
     assert!(path.is_dir());
     std::fs::remove_dir(&path).unwrap();
 
     let target = dir.path().join("target");
     std::os::unix::fs::symlink(&target, &path).unwrap();
-    assert!(Server::bind(&path).unwrap_err().is_bind());
+    assert!(UnixListener::bind(&path).unwrap_err().is_bind());
     assert_eq!(std::fs::read_link(&path).unwrap(), target);
 }
 
@@ -74,9 +75,9 @@ async fn files_directories_and_symlinks_at_the_path_are_never_touched() {
 async fn a_path_too_long_for_sun_path_is_refused_before_binding() {
     let (dir, _) = socket_path();
     let long = dir.path().join("s".repeat(120));
-    let err = Server::bind(&long).unwrap_err();
+    let err = UnixListener::bind(&long).unwrap_err();
     assert!(err.is_bind(), "{err}");
-    assert!(err.to_string().contains("long"), "{err}");
+    assert!(err.to_string().contains("long"), "{}", error_chain(&err));
     assert!(!long.exists());
 }
 
@@ -84,22 +85,30 @@ async fn a_path_too_long_for_sun_path_is_refused_before_binding() {
 async fn shutdown_finishes_in_flight_calls_refuses_new_ones_and_removes_the_file() {
     let (_dir, path) = socket_path();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::bind(&path).unwrap();
-    let serving = tokio::spawn(server.serve_with_shutdown(test_router(), async {
-        let _ = stopped.await;
-    }));
-    let client = Client::connect(&path).await.unwrap();
+    let listener = UnixListener::bind(&path).unwrap();
+    let (router, started) = test_router_telling_when_started();
+    let serving = tokio::spawn(
+        serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    let client = Connection::connect(&path).await.unwrap();
     let slow = tokio::spawn({
         let client = client.clone();
-        async move { client.call::<u64>("sleep", (300,)).await }
+        async move { client.call::<u64>("started_sleep", (300,)).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    within("the call to start", started.notified()).await;
     stop.send(()).unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-
     // Not accepting any more, and the file is gone.
-    assert!(!path.exists());
-    assert!(Client::connect(&path).await.is_err());
+    within("the socket file to go", async {
+        while path.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(Connection::connect(&path).await.is_err());
     // A call made during the drain is refused with -32004.
     let refused = client.call::<i64>("add", (1, 1)).await.unwrap_err();
     assert_eq!(refused.code(), Some(code::SHUTTING_DOWN), "{refused}");
@@ -112,18 +121,18 @@ async fn shutdown_finishes_in_flight_calls_refuses_new_ones_and_removes_the_file
 #[tokio::test]
 async fn shutdown_closes_what_does_not_finish_by_the_deadline() {
     let (_dir, path) = socket_path();
-    let server = Server::builder()
+    let (router, started) = test_router_telling_when_started();
+    let mut server = TestServer::builder()
         .shutdown_timeout(Duration::from_millis(100))
-        .bind(&path)
-        .unwrap();
-    let (accepted, client) = tokio::join!(server.accept(test_router()), Client::connect(&path));
-    let (_accepted, client) = (accepted.unwrap(), client.unwrap());
+        .start_at(&path, router);
+    let client = Connection::connect(&path).await.unwrap();
+    let _accepted = server.accept().await;
     let stuck = tokio::spawn({
         let client = client.clone();
-        async move { client.call::<u64>("sleep", (60_000,)).await }
+        async move { client.call::<u64>("started_sleep", (60_000,)).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    within("shutdown", server.shutdown()).await;
+    within("the call to start", started.notified()).await;
+    within("shutdown", server.shutdown()).await.unwrap();
     assert!(within("stuck call", stuck)
         .await
         .unwrap()
@@ -137,7 +146,7 @@ async fn writing_to_a_peer_that_went_away_fails_and_closes() {
     // default is tests/processes.rs's job.
     let (_dir, path) = socket_path();
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let (accepted, client) = tokio::join!(listener.accept(), Client::connect(&path));
+    let (accepted, client) = tokio::join!(listener.accept(), Connection::connect(&path));
     drop(accepted.unwrap());
     let client = client.unwrap();
     let mut failed = false;

@@ -1,14 +1,28 @@
-//! Shared fixtures: unique socket paths, a test router, and a raw line-level peer.
+//! Shared fixtures: unique socket paths, a test router, a server whose accepted connections
+//! the test can take ([`TestServer`]), and a raw line-level peer.
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::PathBuf;
+pub mod clients;
+pub mod procfs;
+
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use diarrhoea::{Args, Connection, Event, Events, Router, RpcError};
+use diarrhoea::{
+    Args, BoxError, Config, Connection, Event, Events, Request, Response, Router, RpcError,
+    UnixListener,
+};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
 
 /// Nothing in these tests should take long; a hang fails instead of blocking CI.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -49,6 +63,22 @@ pub fn test_router() -> Router {
                 panic!("handler blew up on purpose");
             }
         })
+}
+
+/// `test_router()` plus `started_sleep(ms)`: `sleep`, after telling the test (through the
+/// returned `Notify`, one permit per call) that the handler runs, so a test can act while a
+/// call is in flight without guessing how long it takes to get there.
+pub fn test_router_telling_when_started() -> (Router, Arc<tokio::sync::Notify>) {
+    let started = Arc::new(tokio::sync::Notify::new());
+    let tell = started.clone();
+    let router = test_router().route("started_sleep", move |ms: u64| {
+        tell.notify_one();
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            ms
+        }
+    });
+    (router, started)
 }
 
 /// Waits for a future, failing the test instead of hanging.
@@ -109,5 +139,200 @@ impl RawPeer {
             .expect("read")
             .expect("server closed the connection");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+    }
+}
+
+/// An error with its whole `source()` chain, `: `-separated: `Error`'s own `Display` names
+/// only itself.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A server run with `diarrhoea::serve` in a task of its own, whose factory hands every
+/// connection it accepts to the test ([`TestServer::accept`]) and counts the open ones
+/// ([`TestServer::connections`]). Dropping it starts a graceful shutdown in the background;
+/// [`TestServer::shutdown`] does the same and waits for it.
+pub struct TestServer {
+    path: PathBuf,
+    /// The temporary directory of the socket, when the server made it.
+    dir: Option<TempDir>,
+    accepted: mpsc::UnboundedReceiver<Connection>,
+    open: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    serving: Option<JoinHandle<Result<(), diarrhoea::Error>>>,
+}
+
+/// Options for a [`TestServer`]; from [`TestServer::builder`].
+#[derive(Debug, Default)]
+pub struct TestServerBuilder {
+    config: Option<Config>,
+    max_connections: Option<usize>,
+    shutdown_timeout: Option<Duration>,
+    mode: Option<u32>,
+    forget_accepted: bool,
+}
+
+impl TestServerBuilder {
+    /// Limits and buffer sizes for every accepted connection.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = Some(timeout);
+        self
+    }
+
+    /// The socket file's permission bits (default 0600).
+    pub fn socket_mode(mut self, mode: u32) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Does not keep accepted connections for [`TestServer::accept`]: for tests that make
+    /// thousands of connections and must not hold on to them.
+    pub fn forget_accepted(mut self) -> Self {
+        self.forget_accepted = true;
+        self
+    }
+
+    /// Binds a socket in a fresh temporary directory (removed with the server) and serves
+    /// every connection with a clone of `service`.
+    pub fn start<S>(self, service: S) -> TestServer
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        let (dir, path) = socket_path();
+        let mut server = self.start_at(&path, service);
+        server.dir = Some(dir);
+        server
+    }
+
+    /// As [`TestServerBuilder::start`], binding `path`.
+    pub fn start_at<S>(self, path: &Path, service: S) -> TestServer
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        let listener = match self.mode {
+            Some(mode) => UnixListener::bind_with_mode(path, mode),
+            None => UnixListener::bind(path),
+        }
+        .expect("bind the test server");
+        let path = listener.path().to_owned();
+        let (tx, accepted) = mpsc::unbounded_channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let count = open.clone();
+        let forget = self.forget_accepted;
+        let make = move |conn: &Connection| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (closing, count) = (conn.clone(), count.clone());
+            tokio::spawn(async move {
+                closing.closed().await;
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+            if !forget {
+                // A test that no longer takes connections has dropped the receiver.
+                let _ = tx.send(conn.clone());
+            }
+            service.clone()
+        };
+        let mut serve = diarrhoea::serve(listener, make);
+        if let Some(config) = self.config {
+            serve = serve.config(config);
+        }
+        if let Some(n) = self.max_connections {
+            serve = serve.max_connections(n);
+        }
+        if let Some(timeout) = self.shutdown_timeout {
+            serve = serve.shutdown_timeout(timeout);
+        }
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(
+            serve
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        TestServer {
+            path,
+            dir: None,
+            accepted,
+            open,
+            stop,
+            serving: Some(serving),
+        }
+    }
+}
+
+impl TestServer {
+    pub fn builder() -> TestServerBuilder {
+        TestServerBuilder::default()
+    }
+
+    /// A server with default options in a fresh temporary directory, serving `service`.
+    pub fn start<S>(service: S) -> TestServer
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        Self::builder().start(service)
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The server's side of the next connection it accepted (in the order accepted).
+    pub async fn accept(&mut self) -> Connection {
+        within("the server to accept a connection", self.accepted.recv())
+            .await
+            .expect("the server stopped")
+    }
+
+    /// How many accepted connections have not closed yet.
+    pub fn connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `connections()` is `n`, failing the test instead of hanging.
+    pub async fn wait_for_connections(&self, n: usize) {
+        within(&format!("{n} open connections"), async {
+            while self.connections() != n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    }
+
+    /// Shuts down gracefully (stop accepting, remove the socket file, drain the connections)
+    /// and waits for `serve` to return; its result.
+    pub async fn shutdown(mut self) -> Result<(), diarrhoea::Error> {
+        self.stop.cancel();
+        let serving = self.serving.take().expect("serving until shut down");
+        serving.await.expect("the serve task panicked")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
