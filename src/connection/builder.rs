@@ -91,7 +91,9 @@ impl Builder {
 
     /// Connects over TCP. TCP carries no encryption and no authentication: see the README.
     pub async fn connect_tcp(self, addr: impl ToSocketAddrs) -> Result<Connection, Error> {
-        let stream = TcpStream::connect(addr).await.map_err(Error::io)?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| Error::io(e).with_context("connect over TCP"))?;
         Ok(self.serve_connection(stream))
     }
 
@@ -222,10 +224,9 @@ pub(crate) fn launch<T: Transport>(
     let writer = parent
         .tracker
         .spawn(writer::run(write, outgoing_rx, shared.clone()));
-    parent.tracker.spawn(async move {
-        drive::<T>(read, binding, shared, writer).await;
-        drop(slot);
-    });
+    parent
+        .tracker
+        .spawn(drive::<T>(read, binding, shared, writer, slot));
     conn
 }
 
@@ -235,6 +236,7 @@ async fn drive<T: Transport>(
     binding: watch::Receiver<BoundService>,
     shared: Arc<Shared>,
     writer: tokio::task::JoinHandle<()>,
+    slot: Option<OwnedSemaphorePermit>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
     let budget = Arc::new(Semaphore::new(shared.config.inbound_buffer));
@@ -266,6 +268,9 @@ async fn drive<T: Transport>(
     tokio::join!(reader, dispatcher);
     shared.lifecycle.end();
     let _ = writer.await;
+    // The connection's place in a server's limit is free before anyone hears it closed, so
+    // a peer that reconnects at once is not refused as over the limit.
+    drop(slot);
     shared.lifecycle.close();
     shared.emit(Event::Close);
 }
