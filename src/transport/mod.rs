@@ -8,7 +8,8 @@
 //! | --- | --- | --- |
 //! | `tokio::net::UnixStream` | [`Identity::Unix`] (uid, gid, pid) | yes |
 //! | `tokio::net::TcpStream` | [`Identity::Tcp`] (the peer's address) | yes |
-//! | [`ChildStdio`], [`Stdio`] (pipes to a child, or this process's own) | none | no |
+//! | [`ChildStdio`] (pipes to a child) | none | no |
+//! | [`Stdio`] (this process's own stdin and stdout) | none | yes (stdout's reader is gone) |
 //! | `tokio::io::DuplexStream`, or any stream in [`Io`] (TLS, ...) | none | no |
 
 mod io;

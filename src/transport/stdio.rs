@@ -1,5 +1,10 @@
 //! Pipes: a child process's stdin and stdout, or this process's own.
 
+use std::future::Future;
+use std::os::fd::AsFd;
+
+use tokio::io::Interest;
+use tokio::net::unix::pipe::Sender;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::Transport;
@@ -66,4 +71,27 @@ impl Transport for Stdio {
     fn split(self) -> (Self::Read, Self::Write) {
         (self.stdin, self.stdout)
     }
+
+    /// The parent is gone once nobody can read this process's stdout any more (a pipe whose
+    /// read end is closed reports an error to `poll`): then the calls still running are
+    /// dropped and the worker exits, instead of finishing work nobody can receive. A parent
+    /// that only ended its side (closed the worker's stdin) still reads its replies. Stdout
+    /// that cannot be polled (a regular file) is never seen as hung up.
+    fn hung_up(read: &Self::Read) -> impl Future<Output = ()> + Send + '_ {
+        let _ = read;
+        async move {
+            let Some(stdout) = stdout_readiness() else {
+                return std::future::pending().await;
+            };
+            super::until_write_closed(|| stdout.ready(Interest::WRITABLE)).await
+        }
+    }
+}
+
+/// A duplicate of this process's stdout, registered for readiness only: nothing is written
+/// through it, so its blocking mode (shared with stdout) is left alone. `None` where stdout
+/// cannot be polled.
+fn stdout_readiness() -> Option<Sender> {
+    let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+    Sender::from_owned_fd_unchecked(fd).ok()
 }

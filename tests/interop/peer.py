@@ -7,6 +7,7 @@ separate implementation of the wire format, so that a shared misreading of
 the spec cannot hide in both ends.
 
 Usage:  python3 tests/interop/peer.py SOCKET_PATH
+        python3 tests/interop/peer.py --tcp HOST:PORT
 
 It connects to a server whose router binds:
   ping(x, time)  -> notification ["pong",[x,time]]
@@ -53,10 +54,10 @@ class Peer:
     reading, answers the server's requests, and files replies and
     notifications by id / arrival order."""
 
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def __init__(self, family, address):
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(TIMEOUT_S)
-        self.sock.connect(path)
+        self.sock.connect(address)
         self.buf = b""
         self.replies = {}          # id -> reply frame
         self.notifications = []    # (frame, raw line bytes), in arrival order
@@ -219,13 +220,25 @@ CHECKS = [
 ]
 
 
+def target(args):
+    """(family, address) from the command line: a socket path, or --tcp HOST:PORT."""
+    if len(args) == 1:
+        return socket.AF_UNIX, args[0]
+    if len(args) == 2 and args[0] == "--tcp":
+        host, sep, port = args[1].rpartition(":")
+        if sep and host and port.isdigit():
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            return family, (host, int(port))
+    sys.exit("usage: python3 peer.py SOCKET_PATH | python3 peer.py --tcp HOST:PORT")
+
+
 def main():
-    if len(sys.argv) != 2:
-        sys.exit("usage: python3 peer.py SOCKET_PATH")
+    family, address = target(sys.argv[1:])
     started = time.monotonic()
     name = "connect"
     try:
-        peer = Peer(sys.argv[1])
+        peer = Peer(family, address)
         for name, check in CHECKS:
             check(peer)
             print(f"ok {name}", flush=True)

@@ -1,0 +1,304 @@
+//! Shared by the engine-v2 tests (transports, stdio_worker, chains, tls, interop_tcp): the
+//! server's router, bounded waits, temp dirs, process guards and a raw line peer.
+//!
+//! Kept apart from `tests/common` so these tests depend on nothing another change migrates.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diarrhoea::{Args, Connection, Deadline, Error, Router, RpcError};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+/// A bound on every wait that only guards against a hang: nothing here should take long.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The application error code `fail` answers with.
+pub const APP_CODE: i64 = 4242;
+
+/// Waits for `fut`, failing the test instead of hanging.
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(PATIENCE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {PATIENCE:?} waiting for {what}"))
+}
+
+/// Polls `check` every 10 ms until it holds, for at most `limit`; `false` if it never did.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `fut` once: its output if it finished at once, `None` if it is pending.
+pub async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut *fut).poll(cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// A fresh directory for sockets, removed with the guard. Short prefix: `sun_path` is small.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("dv2")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// What the server side of the end-to-end tests remembers, so that a test can ask it (over
+/// the connection, so this works as well in a child process).
+#[derive(Default)]
+struct Seen {
+    /// Tags of `slow` calls whose `CancellationToken` was cancelled.
+    cancelled: Mutex<HashSet<String>>,
+    /// Tags of `slow` calls whose handler future was dropped before it finished.
+    dropped: Mutex<HashSet<String>>,
+}
+
+/// Records a tag when dropped, unless disarmed: tells a handler dropped mid-way.
+struct DropFlag {
+    seen: Arc<Seen>,
+    tag: Option<String>,
+}
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        if let Some(tag) = self.tag.take() {
+            self.seen.dropped.lock().unwrap().insert(tag);
+        }
+    }
+}
+
+/// The server side of the end-to-end body (tests/transports.rs), the same in this process
+/// and in the stdio worker:
+///
+/// - `note(x)` (notification): posts `noted(x)` back.
+/// - `add(a, b)`.
+/// - `nested(n)`: calls the client's `double(n)` while answering, replies with it + 1.
+/// - `call_me_later(n)`: answers at once, then (outside any handler) calls the client's
+///   `double(n)` and posts `doubled(result)`.
+/// - `fail()`: error reply `{code: 4242, message: "refused on purpose", data}`.
+/// - `slow(tag)`: posts `started(tag)`, then sleeps 60 s; records whether its
+///   `CancellationToken` was cancelled and whether its future was dropped.
+/// - `was_cancelled(tag)` -> `[token cancelled, future dropped]`.
+/// - `sleep(ms)` -> ms; `deadline_left()` (takes `Deadline`) -> ms left;
+///   `has_deadline()` (takes `Option<Deadline>`) -> bool.
+/// - `pid()` -> this process's id.
+pub fn server_router() -> Router {
+    let seen = Arc::new(Seen::default());
+    let seen_slow = seen.clone();
+    Router::new()
+        .route("note", |conn: Connection, x: String| async move {
+            conn.post_message("noted", (x,)).await
+        })
+        .route("add", |a: i64, b: i64| async move { a + b })
+        .route("nested", |conn: Connection, n: i64| async move {
+            conn.call::<i64>("double", (n,)).await.map(|d| d + 1)
+        })
+        .route("call_me_later", |conn: Connection, n: i64| async move {
+            tokio::spawn(async move {
+                let doubled = conn.call::<i64>("double", (n,)).await.ok();
+                let _ = conn.post_message("doubled", (doubled,)).await;
+            });
+        })
+        .route("fail", || async {
+            Err::<(), _>(
+                RpcError::new(APP_CODE, "refused on purpose")
+                    .with_data(serde_json::json!({"why": "the test asked"})),
+            )
+        })
+        .route(
+            "slow",
+            move |conn: Connection, token: CancellationToken, tag: String| {
+                let seen = seen_slow.clone();
+                async move {
+                    // Watches the token from a task of its own: the handler's future may be
+                    // dropped before it could see the token itself.
+                    let watch = (seen.clone(), tag.clone());
+                    tokio::spawn(async move {
+                        if tokio::time::timeout(PATIENCE, token.cancelled())
+                            .await
+                            .is_ok()
+                        {
+                            watch.0.cancelled.lock().unwrap().insert(watch.1);
+                        }
+                    });
+                    let mut flag = DropFlag {
+                        seen,
+                        tag: Some(tag.clone()),
+                    };
+                    conn.post_message("started", (tag,)).await?;
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    flag.tag = None;
+                    Ok::<_, Error>("finished")
+                }
+            },
+        )
+        .route("was_cancelled", move |tag: String| {
+            let seen = seen.clone();
+            async move {
+                vec![
+                    seen.cancelled.lock().unwrap().contains(&tag),
+                    seen.dropped.lock().unwrap().contains(&tag),
+                ]
+            }
+        })
+        .route("sleep", |ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            ms
+        })
+        .route("deadline_left", |deadline: Deadline| async move {
+            deadline.remaining().as_millis() as u64
+        })
+        .route("has_deadline", |deadline: Option<Deadline>| async move {
+            deadline.is_some()
+        })
+        .route("echo", |args: Args| async move { args })
+        .route("pid", || async { std::process::id() as u64 })
+}
+
+/// Whether process `pid` has exited: no such process, or a zombie nobody has reaped yet
+/// (an orphan's new parent may be slow to reap, or never do it).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => match stat.rsplit_once(')') {
+            Some((_, rest)) => matches!(rest.trim_start().chars().next(), Some('Z' | 'X')),
+            None => false,
+        },
+        Err(_) => true,
+    }
+}
+
+/// Kills process `pid` with SIGKILL when dropped, so that a failing test leaves no process
+/// behind (for processes this test did not spawn itself, such as a grandchild).
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !process_gone(self.0) {
+            if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// The stdio worker program, `tests/stdio_worker.rs` (a `harness = false` test target).
+///
+/// Why a program of its own rather than this test binary run again: a libtest binary prints
+/// `running 1 test` on stdout before any test code runs, and on a worker's stdout that line
+/// would reach the parent as a garbage frame. A harness-less target prints nothing but
+/// frames. Cargo gives its path only to `[[bin]]` targets (`CARGO_BIN_EXE_*`), and the
+/// library gets no `[[bin]]`, so it is found next to this test binary in `target/*/deps` as
+/// `stdio_worker-<hash>`, the newest if there are several. Cargo builds it with every
+/// `cargo test`; a run limited with `--test` must name it too:
+/// `cargo test --test transports --test stdio_worker`. A worker older than the library's
+/// sources is refused rather than silently tested.
+pub fn worker_exe() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("the test binary lives in a directory");
+    let newest = std::fs::read_dir(deps)
+        .expect("read target/*/deps")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix("stdio_worker-")
+                .is_some_and(|hash| !hash.is_empty() && hash.chars().all(|c| c.is_ascii_hexdigit()))
+        })
+        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .max();
+    let Some((built, path)) = newest else {
+        panic!(
+            "the stdio worker is not built next to {}: run `cargo test --test transports --test \
+             stdio_worker` (or plain `cargo test`)",
+            exe.display()
+        )
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = vec![
+        root.join("tests/stdio_worker.rs"),
+        root.join("tests/support/mod.rs"),
+    ];
+    collect_rs(&root.join("src"), &mut sources);
+    for source in sources {
+        let changed = std::fs::metadata(&source).and_then(|m| m.modified());
+        if changed.is_ok_and(|changed| changed > built) {
+            panic!(
+                "{} is older than {}: rebuild it with `cargo test --test transports --test \
+                 stdio_worker` (or plain `cargo test`)",
+                path.display(),
+                source.display()
+            );
+        }
+    }
+    path
+}
+
+fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_rs(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// A peer that speaks lines by hand over any stream: sees exactly what is on the wire.
+pub struct RawPeer<R, W> {
+    lines: tokio::io::Lines<BufReader<R>>,
+    write: W,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> RawPeer<R, W> {
+    pub fn new(read: R, write: W) -> Self {
+        RawPeer {
+            lines: BufReader::new(read).lines(),
+            write,
+        }
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.write
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+
+    /// The next line as it came, without its `\n`.
+    pub async fn recv_line(&mut self) -> String {
+        within("a line from the peer", self.lines.next_line())
+            .await
+            .expect("read")
+            .expect("the peer closed the connection")
+    }
+
+    /// The next line, parsed.
+    pub async fn recv(&mut self) -> Value {
+        let line = self.recv_line().await;
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+    }
+}
