@@ -1,7 +1,8 @@
-//! End-to-end round trips over a real socket pair (`UnixStream::pair()`), for this crate and
-//! for a raw baseline measured in the same run: plain tokio + serde_json echoing the same NDJSON
-//! lines, without this crate. The last lines printed are each figure and its ratio to the
-//! baseline (baseline time / our time, so 0.45 means 45% of the baseline's throughput).
+//! End-to-end round trips over a real socket pair, for this crate (`Builder::pair`) and for a
+//! raw baseline measured in the same run (`UnixStream::pair()`): plain tokio + serde_json
+//! echoing the same NDJSON lines, without this crate. The last lines printed are each figure
+//! and its ratio to the baseline (baseline time / our time, so 0.45 means 45% of the
+//! baseline's throughput).
 //!
 //! ```text
 //! cargo bench --bench roundtrip
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
-use diarrhoea::{Args, Client, Connection, Router};
+use diarrhoea::{Args, Connection, Router};
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -71,31 +72,29 @@ struct Ours {
 impl Ours {
     fn start(rt: &Runtime) -> Self {
         rt.block_on(async {
-            let (a, b) = UnixStream::pair().expect("socket pair");
-            let server = Client::builder()
-                .bind(
-                    Router::new()
-                        .route(
-                            "ping",
-                            |peer: Connection, x: String, time: u64| async move {
-                                peer.post_message("pong", (x, time)).await
-                            },
-                        )
-                        .route("echo", |args: Args| async move { args }),
+            let server = Router::new()
+                .route(
+                    "ping",
+                    |peer: Connection, x: String, time: u64| async move {
+                        peer.post_message("pong", (x, time)).await
+                    },
                 )
-                .start(b);
+                .route("echo", |args: Args| async move { args });
             let pongs = Arc::new(Semaphore::new(0));
             let window = Arc::new(Semaphore::new(WINDOW));
-            let client = Client::builder()
-                .bind(Router::new().route("pong", {
-                    let (pongs, window) = (pongs.clone(), window.clone());
-                    move |_x: IgnoredAny, _time: u64| {
-                        pongs.add_permits(1);
-                        window.add_permits(1);
-                        std::future::ready(())
-                    }
-                }))
-                .start(a);
+            let client = Router::new().route("pong", {
+                let (pongs, window) = (pongs.clone(), window.clone());
+                move |_x: IgnoredAny, _time: u64| {
+                    pongs.add_permits(1);
+                    window.add_permits(1);
+                    std::future::ready(())
+                }
+            });
+            // Over a socket pair, as the raw baseline below.
+            let (client, server) = Connection::builder()
+                .service(client)
+                .pair(Connection::builder().service(server))
+                .expect("socket pair");
             Ours {
                 client,
                 _server: server,

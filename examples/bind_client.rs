@@ -1,5 +1,7 @@
 //! The Node `bind_client.js` example, ported: send `ping`s at random intervals and print the
-//! server's `pong`s; stop after a number of exchanges (default 5) or on Ctrl-C.
+//! server's `pong`s; stop after a number of exchanges (default 5) or on Ctrl-C. Node's
+//! `client.bind(handlers)` is `Connection::builder().service(handlers)` here, before
+//! connecting (or `Connection::set_service` on a live connection).
 //!
 //! ```text
 //! cargo run --example bind_client [-- PATH [EXCHANGES]]
@@ -8,7 +10,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, SystemTime};
 
-use diarrhoea::{Client, Router};
+use diarrhoea::{Connection, Router};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, Instant};
@@ -38,7 +40,10 @@ async fn main() -> Result<(), diarrhoea::Error> {
         .route("hello", |id: u64| async move {
             println!("server says hello: connection {id}")
         });
-    let conn = Client::builder().bind(handlers).connect(&path).await?;
+    let conn = Connection::builder()
+        .service(handlers)
+        .connect(&path)
+        .await?;
 
     conn.post_message("ping", ("Hello world!",)).await?;
     let mut next_ping = std::pin::pin!(sleep(Duration::from_millis(200 + random(1300))));

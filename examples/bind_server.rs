@@ -1,6 +1,8 @@
 //! The Node `bind_server.js` example, ported: answer each `ping` with a `pong` after a random
-//! delay. Connections are accepted one by one, as with Node's `connection` event, so the
-//! server can post to each connection it accepts.
+//! delay. Node's `bind(handlers)` is the service `diarrhoea::serve` gives each connection
+//! here (`Builder::service` on a client, `Connection::set_service` on a live connection: in
+//! this crate `bind` only means binding a socket); Node's `connection` event is the
+//! per-connection factory, which greets each peer before anything is read from it.
 //!
 //! ```text
 //! cargo run --example bind_server [-- PATH]   # then: cargo run --example bind_client
@@ -9,7 +11,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, SystemTime};
 
-use diarrhoea::{Connection, Router, Server};
+use diarrhoea::{Connection, Router, UnixListener};
 use serde_json::Value;
 
 /// A random number below `max`, without a `rand` dependency: every `RandomState` is seeded
@@ -36,26 +38,25 @@ async fn main() -> Result<(), diarrhoea::Error> {
         .unwrap_or_else(|| "./test.sock".into());
     let router = Router::new().route("ping", ping);
 
-    let server = Server::bind(&path)?;
+    let listener = UnixListener::bind(&path)?;
     println!("listening on {path}");
-    let mut shutdown = std::pin::pin!(diarrhoea::shutdown_signal());
-    loop {
-        let conn = tokio::select! {
-            _ = &mut shutdown => break,
-            conn = server.accept(router.clone()) => conn?,
-        };
+    // Called for each new connection, like Node's `server.on('connection', ...)`.
+    let on_connection = move |conn: &Connection| {
         println!("[{}] new connection", conn.id());
-        // A connection's handle lives on after `accept`: greet it, and report when it ends.
+        if let Err(e) = conn.try_post_message("hello", (conn.id(),)) {
+            eprintln!("[{}] could not greet: {e}", conn.id());
+        }
+        let conn = conn.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.post_message("hello", (conn.id(),)).await {
-                eprintln!("[{}] could not greet: {e}", conn.id());
-            }
             conn.closed().await;
             println!("[{}] connection dropped", conn.id());
         });
-    }
-    // Refuse new work, let handlers finish, close the connections and remove the socket file.
-    server.shutdown().await;
+        router.clone()
+    };
+    // On Ctrl-C: refuse new work, let handlers finish, close the connections, remove the file.
+    diarrhoea::serve(listener, on_connection)
+        .with_graceful_shutdown(diarrhoea::shutdown_signal())
+        .await?;
     println!("shut down");
     Ok(())
 }

@@ -6,9 +6,12 @@
 //!
 //! ```text
 //! cargo run --release --example flood_client [-- [PATH] [--mode notify|call] [--inflight K] [--seconds S] [FLAGS]]
+//! cargo run --release --example flood_client -- --tcp 7000 [...]     # 127.0.0.1:7000
 //! ```
 //!
-//! Runs until Ctrl-C, or for S seconds, then prints a summary.
+//! Connects to the Unix socket at PATH (default `./test.sock`), or with `--tcp [HOST:]PORT`
+//! over TCP (`HOST` defaults to 127.0.0.1). Runs until Ctrl-C, or for S seconds, then prints a
+//! summary; in call mode with the calls' latency percentiles.
 //!
 //! The limit flags are `flood_server`'s, with their calling-side meaning (see `--help`). In
 //! call mode they wrap `conn.caller()` in the order the crate docs' "Order" section gives for
@@ -33,36 +36,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use clap::{value_parser, CommandFactory, Parser, ValueEnum};
 use diarrhoea::layer::{NameOverloadLayer, TraceLayer};
-use diarrhoea::{BoxError, Client, Connection, Request, Response, Router, RpcError};
+use diarrhoea::{BoxError, Connection, Request, Response, Router, RpcError};
+use hdrhistogram::Histogram;
 use tower::limit::{ConcurrencyLimitLayer, RateLimitLayer};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-const USAGE: &str = "\
-usage: flood_client [PATH] [--mode notify|call] [--inflight K] [--seconds S]
-                    [--timeout-ms N] [--concurrency N] [--global-concurrency N]
-                    [--load-shed] [--rate N] [--trace]
-
-  PATH                    socket path (default ./test.sock)
-  --mode notify|call      ping/pong notifications, 40000 a second (default), or echo calls
-  --inflight K            call mode: workers, each with one call waiting (default 256)
-  --seconds S             stop after S seconds (default: run until Ctrl-C)
-
-The limit flags are flood_server's, applied to this client's outgoing calls (call mode):
-  --timeout-ms N          deadline per call (tower Timeout, waits for the limits included);
-                          the peer is told what is left of it as meta.timeout_ms; a call
-                          past it counts as timed out (here, or -32001 from the peer)
-  --concurrency N         at most N calls waiting for their replies at once (ConcurrencyLimit)
-  --global-concurrency N  the same as --concurrency: for one client, all of its calls are
-                          on one connection (if both are given, the smaller wins)
-  --load-shed             over a limit, fail the call at once (counted as shed here)
-                          instead of waiting for the limit
-  --rate N                at most N calls per second (Buffer + RateLimit)
-  --trace                 print a span per call (TraceLayer::outgoing) to stderr
-In notify mode only --rate (at most N pings a second: RateLimit around the Notifier, bursts
-of N) and --trace (a span per ping) apply; the others are refused.
-  --help                  print this message";
 /// Pings per burst, as in `flood_client.js`.
 const FLOODING: u64 = 40000;
 
@@ -95,101 +76,124 @@ async fn pong(_x: String, time: u64) {
     }
 }
 
-/// The command line; `None` for a limit means no layer for it.
-#[derive(Debug)]
-struct Options {
+/// The command line; `None` for a limit means no layer for it. Limits are positive: a limit
+/// of 0 would refuse everything, or hang.
+#[derive(Debug, Parser)]
+#[command(
+    name = "flood_client",
+    about = "Floods a flood_server with ping notifications or echo calls; prints replies a second",
+    after_help = "The limit flags are flood_server's, applied to this client's outgoing calls \
+                  (call mode). In notify mode only --rate (at most N pings a second: RateLimit \
+                  around the Notifier, bursts of N) and --trace (a span per ping) apply; the \
+                  others are refused."
+)]
+struct Opts {
+    /// Unix socket path
+    #[arg(default_value = "./test.sock", conflicts_with = "tcp")]
     path: String,
-    call_mode: bool,
+    /// Connect over TCP instead, to [HOST:]PORT (HOST defaults to 127.0.0.1)
+    #[arg(long, value_name = "[HOST:]PORT", value_parser = tcp_addr)]
+    tcp: Option<String>,
+    /// Ping/pong notifications, 40000 a second, or echo calls
+    #[arg(long, value_enum, default_value_t = Mode::Notify)]
+    mode: Mode,
+    /// Call mode: workers, each with one call waiting
+    #[arg(long, value_name = "K", default_value_t = 256)]
     inflight: usize,
+    /// Stop after S seconds (default: run until Ctrl-C)
+    #[arg(long, value_name = "S")]
     seconds: Option<u64>,
+    /// Deadline per call (tower Timeout, waits for the limits included); the peer is told
+    /// what is left of it as meta.timeout_ms; a call past it counts as timed out (here, or
+    /// -32001 from the peer)
+    #[arg(long, value_name = "N", value_parser = value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
-    /// `--concurrency` and `--global-concurrency`, the smaller of the two.
+    /// At most N calls waiting for their replies at once (ConcurrencyLimit)
+    #[arg(long, value_name = "N", value_parser = positive)]
     concurrency: Option<usize>,
+    /// The same as --concurrency: for one client, all of its calls are on one connection (if
+    /// both are given, the smaller wins)
+    #[arg(long, value_name = "N", value_parser = positive)]
+    global_concurrency: Option<usize>,
+    /// Over a limit, fail the call at once (counted as shed here) instead of waiting for the
+    /// limit
+    #[arg(long)]
     load_shed: bool,
+    /// At most N calls per second (Buffer + RateLimit)
+    #[arg(long, value_name = "N", value_parser = value_parser!(u64).range(1..))]
     rate: Option<u64>,
+    /// Print a span per call (TraceLayer::outgoing) to stderr
+    #[arg(long)]
     trace: bool,
 }
 
-/// `Ok(None)` for `--help`.
-fn options(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, String> {
-    let mut opts = Options {
-        path: "./test.sock".into(),
-        call_mode: false,
-        inflight: 256,
-        seconds: None,
-        timeout_ms: None,
-        concurrency: None,
-        load_shed: false,
-        rate: None,
-        trace: false,
-    };
-    // Call-mode-only flags given, to refuse them in notify mode.
-    let mut call_only = Vec::new();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        // A positive number: a limit of 0 would refuse everything, or hang.
-        let mut number = |name: &str| -> Result<u64, String> {
-            let value = value(name)?;
-            match value.parse() {
-                Ok(0) => Err(format!("{name}: must be at least 1")),
-                Ok(n) => Ok(n),
-                Err(e) => Err(format!("{name} {value}: {e}")),
-            }
-        };
-        match arg.as_str() {
-            "--mode" => {
-                opts.call_mode = match value("--mode")?.as_str() {
-                    "call" => true,
-                    "notify" => false,
-                    other => return Err(format!("unknown mode {other}: use notify or call")),
-                }
-            }
-            "--inflight" => {
-                opts.inflight = value("--inflight")?
-                    .parse()
-                    .map_err(|e| format!("--inflight: {e}"))?
-            }
-            "--seconds" => {
-                opts.seconds = Some(
-                    value("--seconds")?
-                        .parse()
-                        .map_err(|e| format!("--seconds: {e}"))?,
-                )
-            }
-            "--timeout-ms" => {
-                opts.timeout_ms = Some(number("--timeout-ms")?);
-                call_only.push("--timeout-ms");
-            }
-            flag @ ("--concurrency" | "--global-concurrency") => {
-                let n = number(flag)? as usize;
-                opts.concurrency = Some(opts.concurrency.map_or(n, |m| m.min(n)));
-                call_only.push(if flag == "--concurrency" {
-                    "--concurrency"
-                } else {
-                    "--global-concurrency"
-                });
-            }
-            "--load-shed" => {
-                opts.load_shed = true;
-                call_only.push("--load-shed");
-            }
-            "--rate" => opts.rate = Some(number("--rate")?),
-            "--trace" => opts.trace = true,
-            "--help" | "-h" => return Ok(None),
-            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
-            path => opts.path = path.into(),
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Notify,
+    Call,
+}
+
+impl Opts {
+    /// Parses the command line, then refuses the call-only flags in notify mode.
+    fn try_parse_checked<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut opts = Opts::try_parse_from(args)?;
+        let call_only: Vec<&str> = [
+            ("--timeout-ms", opts.timeout_ms.is_some()),
+            ("--concurrency", opts.concurrency.is_some()),
+            ("--global-concurrency", opts.global_concurrency.is_some()),
+            ("--load-shed", opts.load_shed),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect();
+        if opts.mode == Mode::Notify && !call_only.is_empty() {
+            return Err(Opts::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "{} only apply to calls (--mode call): notifications have no reply to wait \
+                     for, time out or shed; in notify mode use --rate to slow the pings",
+                    call_only.join(", ")
+                ),
+            ));
+        }
+        opts.inflight = opts.inflight.max(1);
+        Ok(opts)
+    }
+
+    fn call_mode(&self) -> bool {
+        self.mode == Mode::Call
+    }
+
+    /// `--concurrency` and `--global-concurrency`, the smaller of the two.
+    fn concurrency(&self) -> Option<usize> {
+        match (self.concurrency, self.global_concurrency) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
-    if !opts.call_mode && !call_only.is_empty() {
-        return Err(format!(
-            "{} only apply to calls (--mode call): notifications have no reply to wait for, \
-             time out or shed; in notify mode use --rate to slow the pings",
-            call_only.join(", ")
-        ));
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}")),
     }
-    opts.inflight = opts.inflight.max(1);
-    Ok(Some(opts))
+}
+
+/// `[HOST:]PORT` as `HOST:PORT`, the host 127.0.0.1 unless given.
+fn tcp_addr(s: &str) -> Result<String, String> {
+    let port = s.rsplit_once(':').map_or(s, |(_, port)| port);
+    port.parse::<u16>()
+        .map_err(|e| format!("port {port:?}: {e}"))?;
+    Ok(match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => format!("{host}:{port}"),
+        _ => format!("127.0.0.1:{port}"),
+    })
 }
 
 /// Runs `on_tick` once a second, and prints the replies counted since the last line, until
@@ -228,7 +232,7 @@ async fn meter(
 
 /// Notification mode: a burst a second, each ping answered by a pong. With `--rate N`, bursts
 /// of N through a `RateLimit` around the `Notifier`; with `--trace`, a span per ping.
-async fn flood_notify(conn: &Connection, opts: &Options) {
+async fn flood_notify(conn: &Connection, opts: &Opts) {
     let burst = opts.rate.map_or(FLOODING, |n| n.min(FLOODING));
     let mut notifier = ServiceBuilder::new()
         .option_layer(
@@ -271,14 +275,14 @@ fn tell_deadline(mut req: Request) -> Request {
 type Calls = BoxCloneService<Request, Response, BoxError>;
 
 /// `conn.caller()` in the layers the flags ask for (see the module docs for the order).
-fn call_stack(conn: &Connection, opts: &Options) -> Calls {
+fn call_stack(conn: &Connection, opts: &Opts) -> Calls {
     // Boxed errors throughout: the layers below (LoadShed, NameOverload) box theirs, and an
     // `option_layer`'s two branches must fail with the same type.
     let caller = ServiceBuilder::new()
         .map_err(BoxError::from)
         .map_request(tell_deadline)
         .service(conn.caller());
-    let limited: Calls = if opts.concurrency.is_some() || opts.rate.is_some() {
+    let limited: Calls = if opts.concurrency().is_some() || opts.rate.is_some() {
         let shed = |limit: String| {
             opts.load_shed.then(|| {
                 ServiceBuilder::new()
@@ -288,10 +292,10 @@ fn call_stack(conn: &Connection, opts: &Options) -> Calls {
         };
         let limits = ServiceBuilder::new()
             .option_layer(
-                opts.concurrency
+                opts.concurrency()
                     .and_then(|n| shed(format!("client concurrency limit ({n})"))),
             )
-            .option_layer(opts.concurrency.map(ConcurrencyLimitLayer::new))
+            .option_layer(opts.concurrency().map(ConcurrencyLimitLayer::new))
             .option_layer(
                 opts.rate
                     .and_then(|n| shed(format!("client rate limit ({n} calls/s)"))),
@@ -354,7 +358,8 @@ fn count_failure(error: BoxError) -> bool {
 }
 
 /// Call mode: `inflight` workers, each with one `echo` call waiting for its reply at a time.
-async fn flood_calls(conn: &Connection, opts: &Options) {
+/// Returns the latency of the completed calls, in nanoseconds.
+async fn flood_calls(conn: &Connection, opts: &Opts) -> Histogram<u64> {
     let calls = call_stack(conn, opts);
     let timeout = opts.timeout_ms.map(Duration::from_millis);
     let stop = Arc::new(AtomicBool::new(false));
@@ -362,6 +367,8 @@ async fn flood_calls(conn: &Connection, opts: &Options) {
     for worker in 0..opts.inflight {
         let (mut calls, stop) = (calls.clone(), stop.clone());
         workers.spawn(async move {
+            // One per worker, merged at the end: nothing shared on the hot path.
+            let mut latency = new_histogram();
             for seq in 0u64.. {
                 if stop.load(Relaxed) {
                     break;
@@ -372,12 +379,14 @@ async fn flood_calls(conn: &Connection, opts: &Options) {
                     req.extensions_mut().insert(CallDeadline(deadline));
                 }
                 SENT.fetch_add(1, Relaxed);
+                let sent_at = Instant::now();
                 let reply = match calls.ready().await {
                     Ok(calls) => calls.call(req).await,
                     Err(e) => Err(e),
                 };
                 match reply.map(|r| r.deserialize::<(usize, u64)>()) {
                     Ok(Ok(reply)) if reply == (worker, seq) => {
+                        latency.saturating_record(sent_at.elapsed().as_nanos() as u64);
                         count_reply();
                     }
                     Ok(reply) => {
@@ -391,17 +400,20 @@ async fn flood_calls(conn: &Connection, opts: &Options) {
                     }
                 }
             }
-            Ok::<_, diarrhoea::Error>(())
+            Ok::<_, diarrhoea::Error>(latency)
         });
     }
     meter(conn, "calls", opts.seconds, async || Ok(())).await;
     stop.store(true, Relaxed);
 
     // A peer that cannot reply (a diarrhoea 1.1.0 Node server) would keep workers waiting.
+    let mut latency = new_histogram();
     let drained = tokio::time::timeout(Duration::from_secs(3), async {
         while let Some(done) = workers.join_next().await {
-            if let Ok(Err(e)) = done {
-                eprintln!("worker failed: {e}");
+            match done {
+                Ok(Ok(mine)) => latency.add(mine).expect("histograms of the same bounds"),
+                Ok(Err(e)) => eprintln!("worker failed: {e}"),
+                Err(_) => {}
             }
         }
     })
@@ -411,9 +423,17 @@ async fn flood_calls(conn: &Connection, opts: &Options) {
         eprintln!("{waiting} calls never answered: does the peer support calls?");
         conn.close();
     }
+    latency
 }
 
-fn print_limits(opts: &Options) {
+/// Latencies in nanoseconds from 1 ns to an hour (longer ones count as an hour), to 3 significant
+/// digits. Fixed bounds, so recording never allocates and histograms merge as they are.
+fn new_histogram() -> Histogram<u64> {
+    const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+    Histogram::new_with_bounds(1, HOUR_NS, 3).expect("valid bounds")
+}
+
+fn print_limits(opts: &Opts) {
     let mut lines = Vec::new();
     if opts.trace {
         lines.push("trace: a span per outgoing message on stderr".to_owned());
@@ -428,17 +448,17 @@ fn print_limits(opts: &Options) {
     } else {
         "wait"
     };
-    if let Some(n) = opts.concurrency {
+    if let Some(n) = opts.concurrency() {
         lines.push(format!(
             "concurrency limit: {n} calls waiting for replies; calls over it {over}"
         ));
     }
     if let Some(n) = opts.rate {
-        let unit = if opts.call_mode { "calls" } else { "pings" };
-        let over = if opts.call_mode { over } else { "wait" };
+        let unit = if opts.call_mode() { "calls" } else { "pings" };
+        let over = if opts.call_mode() { over } else { "wait" };
         lines.push(format!("rate limit: {n} {unit}/s; {unit} over it {over}"));
     }
-    if opts.load_shed && opts.concurrency.is_none() && opts.rate.is_none() {
+    if opts.load_shed && opts.concurrency().is_none() && opts.rate.is_none() {
         lines.push("--load-shed: no limit to shed for".to_owned());
     }
     for line in lines {
@@ -448,17 +468,7 @@ fn print_limits(opts: &Options) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let opts = match options(std::env::args().skip(1)) {
-        Ok(Some(opts)) => opts,
-        Ok(None) => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        Err(e) => {
-            eprintln!("flood_client: {e}\n\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
+    let opts = Opts::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit());
     if opts.trace {
         // The TraceLayer's spans are at DEBUG; printed to stderr, leaving stdout to the meter.
         tracing_subscriber::fmt()
@@ -468,15 +478,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .init();
     }
     let handlers = Router::new().route("pong", pong);
-    let conn = Client::builder().bind(handlers).connect(&opts.path).await?;
+    let builder = Connection::builder().service(handlers);
+    let conn = match &opts.tcp {
+        Some(addr) => builder.connect_tcp(addr.as_str()).await?,
+        None => builder.connect(&opts.path).await?,
+    };
     print_limits(&opts);
 
     let started = Instant::now();
-    if opts.call_mode {
-        flood_calls(&conn, &opts).await;
+    let latency = if opts.call_mode() {
+        Some(flood_calls(&conn, &opts).await)
     } else {
         flood_notify(&conn, &opts).await;
-    }
+        None
+    };
 
     // Ending lets the server answer everything already sent before it closes its side.
     conn.end();
@@ -492,7 +507,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "summary: sent {sent}, received {received} in {elapsed:.1} s: {:.0} msg / second",
         received as f64 / elapsed
     );
-    if opts.call_mode {
+    if opts.call_mode() {
         let shed_here = SHED_HERE.load(Relaxed);
         let shed_by_peer = SHED_BY_PEER.load(Relaxed);
         let timed_out = TIMED_OUT.load(Relaxed);
@@ -505,5 +520,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             sent.saturating_sub(accounted)
         );
     }
+    if let Some(latency) = latency.filter(|h| !h.is_empty()) {
+        let us = |q: f64| latency.value_at_quantile(q) as f64 / 1e3;
+        println!(
+            "latency of completed calls: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+            us(0.5),
+            us(0.99),
+            us(0.999),
+            latency.max() as f64 / 1e3
+        );
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Opts, clap::Error> {
+        Opts::try_parse_checked(std::iter::once("flood_client").chain(line.split_whitespace()))
+    }
+
+    #[test]
+    fn options() {
+        let o = parse("").unwrap();
+        assert_eq!((o.path.as_str(), o.tcp.as_deref()), ("./test.sock", None));
+        assert_eq!((o.mode, o.inflight, o.seconds), (Mode::Notify, 256, None));
+        let tcp = |line: &str| parse(line).unwrap().tcp;
+        assert_eq!(tcp("--tcp 7000").as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(tcp("--tcp :7000").as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(tcp("--tcp [::1]:7000").as_deref(), Some("[::1]:7000"));
+        assert!(parse("--tcp 127.0.0.1:x").is_err());
+        assert!(parse("./a.sock --tcp 7000").is_err());
+        // Only --rate and --trace apply to notifications.
+        assert!(parse("--concurrency 4").is_err());
+        assert!(parse("--rate 10 --trace").is_ok());
+        let o = parse("--mode call --concurrency 8 --global-concurrency 4 --inflight 0").unwrap();
+        assert_eq!((o.concurrency(), o.inflight), (Some(4), 1));
+        assert!(parse("--mode call --rate 0").is_err());
+        assert!(parse("--mode call --timeout-ms 0").is_err());
+        assert!(parse("--mode cal").is_err());
+    }
 }

@@ -4,7 +4,12 @@
 //!
 //! ```text
 //! cargo run --release --example flood_server [-- [PATH] [FLAGS]]   # then: cargo run --release --example flood_client
+//! cargo run --release --example flood_server -- --tcp 7000          # then: ... flood_client -- --tcp 7000
 //! ```
+//!
+//! It listens on a Unix socket at PATH (default `./test.sock`), or with `--tcp [HOST:]PORT` on
+//! TCP (`HOST` defaults to 127.0.0.1; port 0 picks a free one, printed at startup). TCP has no
+//! encryption and no authentication: keep it on loopback.
 //!
 //! Flags put tower layers around the handlers, so the limits can be tried from the command
 //! line (see `--help`, and the crate docs' "Order" section for why the stack is in this order):
@@ -26,27 +31,12 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use clap::{value_parser, Parser};
 use diarrhoea::layer::{NameOverloadLayer, TraceLayer};
-use diarrhoea::{Args, Config, Connection, Request, Router, Server};
+use diarrhoea::{Args, Config, Connection, Listener, MakeService, Request, Router, UnixListener};
 use tower::buffer::BufferLayer;
 use tower::limit::{ConcurrencyLimitLayer, GlobalConcurrencyLimitLayer, RateLimitLayer};
 use tower::ServiceBuilder;
-
-const USAGE: &str = "\
-usage: flood_server [PATH] [--timeout-ms N] [--concurrency N] [--global-concurrency N]
-                    [--load-shed] [--rate N] [--trace]
-
-  PATH                    socket path (default ./test.sock)
-  --timeout-ms N          deadline per request, counted from when its frame is read, so
-                          waiting for a permit or the rate counts; a peer's meta.timeout_ms
-                          can shorten it; expired requests are answered -32001
-  --concurrency N         at most N requests per connection run at once
-  --global-concurrency N  at most N requests run at once across all connections
-  --load-shed             over a limit, answer -32002 naming the limit instead of waiting
-  --rate N                at most N requests per second per connection; over it, requests
-                          wait (with --load-shed and no --concurrency: shed once N wait)
-  --trace                 print a span per request (TraceLayer) to stderr
-  --help                  print this message";
 
 /// Messages received since the last meter line; a counter shared by all connections.
 static RECEIVED: AtomicU64 = AtomicU64::new(0);
@@ -70,50 +60,62 @@ async fn sleep(ms: u64) -> u64 {
     ms
 }
 
-/// The command line; `None` for a limit means no layer for it.
-#[derive(Debug, Default)]
-struct Options {
+/// The command line; `None` for a limit means no layer for it. Limits are positive: a limit
+/// of 0 would refuse everything, or hang.
+#[derive(Debug, Parser)]
+#[command(
+    name = "flood_server",
+    about = "Answers ping with pong, echo with its arguments, sleep(ms) after ms; \
+             prints messages received per second"
+)]
+struct Opts {
+    /// Unix socket path
+    #[arg(default_value = "./test.sock", conflicts_with = "tcp")]
     path: String,
+    /// Listen on TCP instead, at [HOST:]PORT (HOST defaults to 127.0.0.1; port 0 picks a free
+    /// one). No encryption, no authentication: keep it on loopback
+    #[arg(long, value_name = "[HOST:]PORT", value_parser = tcp_addr)]
+    tcp: Option<String>,
+    /// Deadline per request, counted from when its frame is read, so waiting for a permit or
+    /// the rate counts; a peer's meta.timeout_ms can shorten it; expired requests are answered
+    /// -32001
+    #[arg(long, value_name = "N", value_parser = value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
+    /// At most N requests per connection run at once
+    #[arg(long, value_name = "N", value_parser = positive)]
     concurrency: Option<usize>,
+    /// At most N requests run at once across all connections
+    #[arg(long, value_name = "N", value_parser = positive)]
     global_concurrency: Option<usize>,
+    /// Over a limit, answer -32002 naming the limit instead of waiting
+    #[arg(long)]
     load_shed: bool,
+    /// At most N requests per second per connection; over it, requests wait (with
+    /// --load-shed and no --concurrency: shed once N wait)
+    #[arg(long, value_name = "N", value_parser = value_parser!(u64).range(1..))]
     rate: Option<u64>,
+    /// Print a span per request (TraceLayer) to stderr
+    #[arg(long)]
     trace: bool,
 }
 
-/// `Ok(None)` for `--help`.
-fn options(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, String> {
-    let mut opts = Options {
-        path: "./test.sock".into(),
-        ..Options::default()
-    };
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        // A positive number: a limit of 0 would refuse everything, or hang.
-        let mut number = |name: &str| -> Result<u64, String> {
-            let value = args.next().ok_or(format!("{name} needs a value"))?;
-            match value.parse() {
-                Ok(0) => Err(format!("{name}: must be at least 1")),
-                Ok(n) => Ok(n),
-                Err(e) => Err(format!("{name} {value}: {e}")),
-            }
-        };
-        match arg.as_str() {
-            "--timeout-ms" => opts.timeout_ms = Some(number("--timeout-ms")?),
-            "--concurrency" => opts.concurrency = Some(number("--concurrency")? as usize),
-            "--global-concurrency" => {
-                opts.global_concurrency = Some(number("--global-concurrency")? as usize)
-            }
-            "--rate" => opts.rate = Some(number("--rate")?),
-            "--load-shed" => opts.load_shed = true,
-            "--trace" => opts.trace = true,
-            "--help" | "-h" => return Ok(None),
-            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
-            path => opts.path = path.into(),
-        }
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}")),
     }
-    Ok(Some(opts))
+}
+
+/// `[HOST:]PORT` as `HOST:PORT`, the host 127.0.0.1 unless given.
+fn tcp_addr(s: &str) -> Result<String, String> {
+    let port = s.rsplit_once(':').map_or(s, |(_, port)| port);
+    port.parse::<u16>()
+        .map_err(|e| format!("port {port:?}: {e}"))?;
+    Ok(match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => format!("{host}:{port}"),
+        _ => format!("127.0.0.1:{port}"),
+    })
 }
 
 /// What a limit does to requests over it.
@@ -126,18 +128,8 @@ fn over(shed: bool) -> &'static str {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), diarrhoea::Error> {
-    let opts = match options(std::env::args().skip(1)) {
-        Ok(Some(opts)) => opts,
-        Ok(None) => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        Err(e) => {
-            eprintln!("flood_server: {e}\n\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let opts = Opts::parse();
     if opts.trace {
         // The TraceLayer's spans are at DEBUG; printed to stderr, leaving stdout to the meter.
         tracing_subscriber::fmt()
@@ -191,7 +183,7 @@ async fn main() -> Result<(), diarrhoea::Error> {
 
     // A fresh stack per connection, so the concurrency limit, the rate and the Buffer's worker
     // are per connection. Each flag's layer is an `option_layer`: absent flags cost a match.
-    let stack = move |_peer: &diarrhoea::PeerInfo| {
+    let stack = move |_conn: &Connection| {
         ServiceBuilder::new()
             // Outermost: sees every outcome, the limits' -32002 included.
             .option_layer(trace)
@@ -233,15 +225,39 @@ async fn main() -> Result<(), diarrhoea::Error> {
     if let Some(ms) = opts.timeout_ms {
         config = config.request_timeout(Duration::from_millis(ms));
     }
-    let server = Server::builder().config(config).bind(&opts.path)?;
-    println!("listening on {}", opts.path);
-    print_limits(&opts, rate_buffer, rate_sheds);
-    server
-        .serve_each_with_shutdown(stack, diarrhoea::shutdown_signal())
+    match &opts.tcp {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("listen on {addr}: {e}"))?;
+            let addr = listener.local_addr()?;
+            println!("listening on tcp {addr}");
+            print_limits(&opts, rate_buffer, rate_sheds);
+            Ok(run(listener, stack, config).await?)
+        }
+        None => {
+            let listener = UnixListener::bind(&opts.path)?;
+            println!("listening on {}", opts.path);
+            print_limits(&opts, rate_buffer, rate_sheds);
+            Ok(run(listener, stack, config).await?)
+        }
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
+async fn run<L, M, Marker>(listener: L, stack: M, config: Config) -> Result<(), diarrhoea::Error>
+where
+    L: Listener,
+    M: MakeService<Marker>,
+    Marker: 'static,
+{
+    diarrhoea::serve(listener, stack)
+        .config(config)
+        .with_graceful_shutdown(diarrhoea::shutdown_signal())
         .await
 }
 
-fn print_limits(opts: &Options, rate_buffer: usize, shed_rate: bool) {
+fn print_limits(opts: &Opts, rate_buffer: usize, shed_rate: bool) {
     let mut lines = Vec::new();
     if opts.trace {
         lines.push("trace: a span per request on stderr".to_owned());
@@ -290,5 +306,39 @@ fn print_limits(opts: &Options, rate_buffer: usize, shed_rate: bool) {
     }
     for line in lines {
         println!("  {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let parse = |line: &str| {
+            Opts::try_parse_from(std::iter::once("flood_server").chain(line.split_whitespace()))
+        };
+        let o = parse("").unwrap();
+        assert_eq!(
+            (o.path.as_str(), o.tcp, o.load_shed),
+            ("./test.sock", None, false)
+        );
+        assert_eq!(
+            parse("--tcp 0").unwrap().tcp.as_deref(),
+            Some("127.0.0.1:0")
+        );
+        assert_eq!(
+            parse("--tcp localhost:7000").unwrap().tcp.as_deref(),
+            Some("localhost:7000")
+        );
+        assert!(parse("--tcp 70000").is_err());
+        let o = parse("./x.sock --concurrency 4 --rate 100 --load-shed").unwrap();
+        assert_eq!(
+            (o.concurrency, o.rate, o.path.as_str()),
+            (Some(4), Some(100), "./x.sock")
+        );
+        assert!(parse("--concurrency 0").is_err());
+        assert!(parse("--global-concurrency 0").is_err());
+        assert!(parse("--bogus").is_err());
     }
 }

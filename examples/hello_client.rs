@@ -5,7 +5,7 @@
 //! cargo run --example hello_client [-- PATH]
 //! ```
 
-use diarrhoea::{Client, Router};
+use diarrhoea::{Connection, Router};
 
 #[tokio::main]
 async fn main() -> Result<(), diarrhoea::Error> {
@@ -13,11 +13,14 @@ async fn main() -> Result<(), diarrhoea::Error> {
         .nth(1)
         .unwrap_or_else(|| "./test.sock".into());
 
-    // Bound before connecting, so a message the server posts right away is never missed.
+    // Set before connecting, so a message the server posts right away is never missed.
     let handlers = Router::new().route("pong", |msg: String| async move {
         println!("received pong: {msg}");
     });
-    let conn = Client::builder().bind(handlers).connect(&path).await?;
+    let conn = Connection::builder()
+        .service(handlers)
+        .connect(&path)
+        .await?;
 
     // A notification, as in diarrhoea 1.1.0: `["hello",["rust"]]`, no reply.
     conn.post_message("hello", ("rust",)).await?;

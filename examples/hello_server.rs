@@ -7,7 +7,7 @@
 //!
 //! Stop it with Ctrl-C or SIGTERM: in-flight calls finish and the socket file is removed.
 
-use diarrhoea::{Connection, Router, Server};
+use diarrhoea::{Connection, Router, UnixListener};
 
 /// A notification handler: no reply goes back, but taking the `Connection` lets it post to
 /// the peer, like `client.post_message(...)` in the Node example.
@@ -30,10 +30,10 @@ async fn main() -> Result<(), diarrhoea::Error> {
 
     let router = Router::new().route("hello", hello).route("add", add);
 
-    let server = Server::bind(&path)?;
+    let listener = UnixListener::bind(&path)?;
     println!("listening on {path}");
-    server
-        .serve_with_shutdown(router, diarrhoea::shutdown_signal())
+    diarrhoea::serve(listener, router)
+        .with_graceful_shutdown(diarrhoea::shutdown_signal())
         .await?;
     println!("shut down, {path} removed");
     Ok(())

@@ -11,10 +11,11 @@
 //!
 //! Runs against a socket in a fresh temporary directory, prints what happens, and exits.
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use diarrhoea::layer::{NameOverloadLayer, TraceLayer};
-use diarrhoea::{Client, Config, Error, Request, Router, Server};
+use diarrhoea::{Config, Connection, Error, Request, Router, UnixListener};
 use tokio::task::JoinSet;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 
@@ -56,37 +57,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = dir.join("app.sock");
 
     // The server: a stack built per connection, so the limits are per connection.
-    let server = Server::builder()
-        // The deadline is enforced by the connection around waiting for a permit, readiness
-        // and the call: tower's Timeout would not count the wait (tower-rs/tower#648).
-        .config(Config::new().request_timeout(Duration::from_secs(5)))
-        .bind(&path)?;
+    let listener = UnixListener::bind(&path)?;
+    let stack = |_conn: &Connection| {
+        ServiceBuilder::new()
+            // Outermost: sees every outcome, including the limits' rejections.
+            .layer(TraceLayer::incoming())
+            // Sheds when all permits are taken, instead of queueing: LoadShed right
+            // outside the limit, and a name for the peer.
+            .layer(NameOverloadLayer::new(format!(
+                "per-connection concurrency limit ({CONCURRENCY})"
+            )))
+            .load_shed()
+            .concurrency_limit(CONCURRENCY)
+            // Over the rate, requests wait (backpressure), at most CONCURRENCY of them:
+            // the limit above bounds the queue. RateLimit is not Clone; the Buffer makes
+            // the stack Clone.
+            .buffer(CONCURRENCY)
+            .rate_limit(RATE, Duration::from_secs(1))
+            .service(router())
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve_each_with_shutdown(
-        |_peer| {
-            ServiceBuilder::new()
-                // Outermost: sees every outcome, including the limits' rejections.
-                .layer(TraceLayer::incoming())
-                // Sheds when all permits are taken, instead of queueing: LoadShed right
-                // outside the limit, and a name for the peer.
-                .layer(NameOverloadLayer::new(format!(
-                    "per-connection concurrency limit ({CONCURRENCY})"
-                )))
-                .load_shed()
-                .concurrency_limit(CONCURRENCY)
-                // Over the rate, requests wait (backpressure), at most CONCURRENCY of them:
-                // the limit above bounds the queue. RateLimit is not Clone; the Buffer makes
-                // the stack Clone.
-                .buffer(CONCURRENCY)
-                .rate_limit(RATE, Duration::from_secs(1))
-                .service(router())
-        },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let serving = tokio::spawn(
+        diarrhoea::serve(listener, stack)
+            // The deadline is enforced by the connection around waiting for a permit,
+            // readiness and the call: tower's Timeout would not count the wait
+            // (tower-rs/tower#648).
+            .config(Config::new().request_timeout(Duration::from_secs(5)))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
 
-    let conn = Client::connect(&path).await?;
+    let conn = Connection::connect(&path).await?;
     println!("connected to {}", path.display());
 
     // 1. A plain call.

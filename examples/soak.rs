@@ -34,11 +34,13 @@ mod procfs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use diarrhoea::{Args, Client, Connection, Router, Server};
+use clap::{Parser, ValueEnum};
+use diarrhoea::{Args, Connection, Router, UnixListener};
+use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use clients::persistent_clients;
@@ -46,122 +48,103 @@ use procfs::{cpu_ticks, fd_count, memory, Memory};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "\
-usage: cargo run --release --example soak -- <scenario> [options]
-
-scenarios: slow-reader | many | kill | fd-limit | churn
-options:
-  --seconds N       how long the load runs (slow-reader, many: 60; fd-limit: 10)
-  --connections N   callers (slow-reader: 100, many: 1000, fd-limit: 200)
-  --interval-ms N   each caller calls `add` this often (slow-reader: 10, many: 100)
-  --peers N         kill: peer processes (1000)
-  --batch N         kill: peers started and killed together (100)
-  --sleep-ms N      kill: how long each peer's call sleeps on the server (60000; 0 = none)
-  --cycles N        churn: connect-and-close cycles (10000)
-  --churn           fd-limit: served clients leave after 200 ms and come back
-  --method M        slow-reader: what the peer floods, echo (default; answered inline) or
-                    slow_echo (answered from a task after 1 ms)
-  --payload N       slow-reader, many: callers call `echo` with an N-byte string instead of `add`";
-
 /// How long anything that should be quick may take before the run fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone)]
-struct Options {
-    scenario: String,
-    role: Option<String>,
-    socket: PathBuf,
+/// The command line. The hidden flags are how the parent starts its children.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "soak",
+    about = "Load and soak scenarios against a server in its own process, with figures"
+)]
+struct Opts {
+    /// The scenario to run
+    #[arg(value_enum, required_unless_present = "role")]
+    scenario: Option<Scenario>,
+    /// How long the load runs (slow-reader, many: 60; fd-limit: 10)
+    #[arg(long, value_name = "N")]
     seconds: Option<u64>,
+    /// Callers (slow-reader: 100, many: 1000, fd-limit: 200)
+    #[arg(long, value_name = "N")]
     connections: Option<usize>,
+    /// Each caller calls `add` this often (slow-reader: 10, many: 100)
+    #[arg(long, value_name = "N")]
     interval_ms: Option<u64>,
+    /// kill: peer processes
+    #[arg(long, value_name = "N", default_value_t = 1000)]
     peers: usize,
+    /// kill: peers started and killed together
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = positive)]
     batch: usize,
+    /// kill: how long each peer's call sleeps on the server (0 = none)
+    #[arg(long, value_name = "N", default_value_t = 60_000)]
     sleep_ms: u64,
+    /// churn: connect-and-close cycles
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     cycles: usize,
+    /// fd-limit: served clients leave after 200 ms and come back
+    #[arg(long)]
     churn: bool,
+    /// slow-reader: what the peer floods, echo (answered inline) or slow_echo (answered from a
+    /// task after 1 ms)
+    #[arg(long, value_name = "M", default_value = "echo", value_parser = ["echo", "slow_echo"])]
     method: String,
+    /// slow-reader, many: callers call `echo` with an N-byte string instead of `add`
+    #[arg(long, value_name = "N", default_value_t = 0)]
     payload: usize,
+    #[arg(long, value_enum, hide = true)]
+    role: Option<Role>,
+    #[arg(long, hide = true, required_if_eq_any = [("role", "server"), ("role", "victim")])]
+    socket: Option<PathBuf>,
 }
 
-impl Options {
-    fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
-        let mut opts = Options {
-            scenario: String::new(),
-            role: None,
-            socket: PathBuf::new(),
-            seconds: None,
-            connections: None,
-            interval_ms: None,
-            peers: 1000,
-            batch: 100,
-            sleep_ms: 60_000,
-            cycles: 10_000,
-            churn: false,
-            method: "echo".into(),
-            payload: 0,
-        };
-        fn num<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String>
-        where
-            T::Err: std::fmt::Display,
-        {
-            let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
-            value.parse().map_err(|e| format!("{flag} {value}: {e}"))
-        }
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--seconds" => opts.seconds = Some(num(&arg, args.next())?),
-                "--connections" => opts.connections = Some(num(&arg, args.next())?),
-                "--interval-ms" => opts.interval_ms = Some(num(&arg, args.next())?),
-                "--peers" => opts.peers = num(&arg, args.next())?,
-                "--batch" => opts.batch = num::<usize>(&arg, args.next())?.max(1),
-                "--sleep-ms" => opts.sleep_ms = num(&arg, args.next())?,
-                "--cycles" => opts.cycles = num(&arg, args.next())?,
-                "--churn" => opts.churn = true,
-                "--method" => opts.method = args.next().ok_or("--method needs a value")?,
-                "--payload" => opts.payload = num(&arg, args.next())?,
-                // Hidden: how the parent starts its children.
-                "--role" => opts.role = Some(args.next().ok_or("--role needs a value")?),
-                "--socket" => opts.socket = args.next().ok_or("--socket needs a value")?.into(),
-                "-h" | "--help" => return Err(String::new()),
-                flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
-                scenario if opts.scenario.is_empty() => opts.scenario = scenario.to_owned(),
-                extra => return Err(format!("unexpected argument {extra}")),
-            }
-        }
-        if opts.role.is_none() && opts.scenario.is_empty() {
-            return Err(String::new());
-        }
-        Ok(opts)
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// A peer floods `echo` with 64 KiB arguments and never reads, while other connections
+    /// call `add`
+    SlowReader,
+    /// Many connections call `add` on a schedule
+    Many,
+    /// Peer processes with a call running and half a frame sent, killed with SIGKILL
+    Kill,
+    /// The server under `ulimit -n 64` with more clients than that
+    FdLimit,
+    /// Connect-and-close cycles
+    Churn,
+}
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Role {
+    Server,
+    Victim,
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}")),
+    }
+}
+
+impl Opts {
     fn seconds(&self, default: u64) -> Duration {
         Duration::from_secs(self.seconds.unwrap_or(default).max(1))
     }
 }
 
 fn main() {
-    let opts = match Options::parse(std::env::args().skip(1)) {
-        Ok(opts) => opts,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return;
-        }
-        Err(e) => {
-            eprintln!("soak: {e}\n\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    let result = match (opts.role.as_deref(), opts.scenario.as_str()) {
-        (Some("server"), _) => server(&opts.socket),
-        (Some("victim"), _) => victim(&opts.socket, opts.sleep_ms),
-        (Some(role), _) => Err(format!("unknown role {role}").into()),
-        (None, "slow-reader") => slow_reader(&opts),
-        (None, "many") => many(&opts),
-        (None, "kill") => kill(&opts),
-        (None, "fd-limit") => fd_limit(&opts),
-        (None, "churn") => churn(&opts),
-        (None, other) => Err(format!("unknown scenario {other}\n\n{USAGE}").into()),
+    let opts = Opts::parse();
+    let socket = opts.socket.clone().unwrap_or_default();
+    let result = match (opts.role, opts.scenario) {
+        (Some(Role::Server), _) => server(&socket),
+        (Some(Role::Victim), _) => victim(&socket, opts.sleep_ms),
+        (None, Some(Scenario::SlowReader)) => slow_reader(&opts),
+        (None, Some(Scenario::Many)) => many(&opts),
+        (None, Some(Scenario::Kill)) => kill(&opts),
+        (None, Some(Scenario::FdLimit)) => fd_limit(&opts),
+        (None, Some(Scenario::Churn)) => churn(&opts),
+        (None, None) => unreachable!("clap requires a scenario without --role"),
     };
     if let Err(e) = result {
         eprintln!("soak: {e}");
@@ -184,8 +167,9 @@ fn server(path: &Path) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let server = Arc::new(Server::bind(path)?);
-        let weak = Arc::downgrade(&server);
+        let listener = UnixListener::bind(path)?;
+        // Open connections, for `stats`: the factory below sees each one come and go.
+        let open = Arc::new(AtomicUsize::new(0));
         let router = Router::new()
             .route("add", |a: i64, b: i64| async move { a + b })
             .route("echo", |args: Args| async move { args })
@@ -198,23 +182,33 @@ fn server(path: &Path) -> Result<(), BoxError> {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 ms
             })
-            .route("stats", move || {
-                let open = weak.upgrade().map_or(0, |s| s.connections());
-                async move { open }
+            .route("stats", {
+                let open = open.clone();
+                move || std::future::ready(open.load(Relaxed))
             });
+        let each_connection = move |conn: &Connection| {
+            open.fetch_add(1, Relaxed);
+            let (conn, open) = (conn.clone(), open.clone());
+            tokio::spawn(async move {
+                conn.closed().await;
+                open.fetch_sub(1, Relaxed);
+            });
+            router.clone()
+        };
         println!("ready");
         std::io::stdout().flush()?;
-        let stdin_closed = tokio::task::spawn_blocking(|| {
-            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        });
-        tokio::select! {
-            _ = stdin_closed => Ok(()),
-            accepted = async {
-                loop {
-                    server.accept(router.clone()).await?;
-                }
-            } => accepted,
-        }
+        let stdin_closed = async {
+            let _ = tokio::task::spawn_blocking(|| {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            })
+            .await;
+        };
+        diarrhoea::serve(listener, each_connection)
+            // The parent waits 2 s for the server to stop before it kills it.
+            .shutdown_timeout(Duration::from_secs(1))
+            .with_graceful_shutdown(stdin_closed)
+            .await?;
+        Ok(())
     })
 }
 
@@ -370,12 +364,20 @@ fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Durati
     check().then(|| started.elapsed())
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
+/// Durations in nanoseconds from 1 ns to an hour (longer ones count as an hour), to 3 significant
+/// digits. Fixed bounds, so recording never allocates and histograms merge as they are.
+fn new_histogram() -> Histogram<u64> {
+    const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+    Histogram::new_with_bounds(1, HOUR_NS, 3).expect("valid bounds")
+}
+
+fn record(histogram: &mut Histogram<u64>, d: Duration) {
+    histogram.saturating_record(d.as_nanos() as u64);
+}
+
+/// A value of a histogram of nanoseconds (`value_at_quantile`, `max`), in milliseconds.
+fn ns_ms(ns: u64) -> f64 {
+    ms(Duration::from_nanos(ns))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -405,7 +407,8 @@ fn report(scenario: &str, mut figures: Value, missed: Vec<String>) -> Result<(),
 // Callers: connections calling `add` on a schedule.
 
 struct Calls {
-    latencies: Vec<Duration>,
+    /// The calls answered, by latency.
+    latency: Histogram<u64>,
     failures: Vec<String>,
     sent: u64,
 }
@@ -421,20 +424,20 @@ async fn callers(
     stop: Arc<AtomicBool>,
 ) -> Calls {
     let payload: Arc<str> = "x".repeat(payload).into();
-    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let latency = Arc::new(Mutex::new(new_histogram()));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let sent = Arc::new(AtomicU64::new(0));
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        match tokio::time::timeout(PATIENCE, Client::connect(&path)).await {
+        match tokio::time::timeout(PATIENCE, Connection::connect(&path)).await {
             Ok(Ok(conn)) => conns.push(conn),
             other => failures.lock().unwrap().push(format!("connect: {other:?}")),
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (i, conn) in conns.iter().cloned().enumerate() {
-        let (latencies, failures, sent, stop) = (
-            latencies.clone(),
+        let (latency, failures, sent, stop) = (
+            latency.clone(),
             failures.clone(),
             sent.clone(),
             stop.clone(),
@@ -445,7 +448,7 @@ async fn callers(
             let offset = every.mul_f64(i as f64 / n as f64);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut mine = Vec::new();
+            let mut mine = new_histogram();
             let mut seq = 0i64;
             while !stop.load(Relaxed) {
                 let scheduled = tick.tick().await;
@@ -457,22 +460,25 @@ async fn callers(
                     call_echo(&conn, &payload, seq).await
                 };
                 match call {
-                    Ok(()) => mine.push(scheduled.elapsed()),
+                    Ok(()) => record(&mut mine, scheduled.elapsed()),
                     Err(e) => failures.lock().unwrap().push(e),
                 }
             }
-            latencies.lock().unwrap().extend(mine);
+            latency
+                .lock()
+                .unwrap()
+                .add(mine)
+                .expect("histograms of the same bounds");
         });
     }
     while tasks.join_next().await.is_some() {}
     for conn in conns {
         conn.close();
     }
-    let mut latencies = std::mem::take(&mut *latencies.lock().unwrap());
-    latencies.sort_unstable();
+    let latency = std::mem::replace(&mut *latency.lock().unwrap(), new_histogram());
     let failures = std::mem::take(&mut *failures.lock().unwrap());
     Calls {
-        latencies,
+        latency,
         failures,
         sent: sent.load(Relaxed),
     }
@@ -498,16 +504,16 @@ async fn call_echo(conn: &Connection, payload: &str, seq: i64) -> Result<(), Str
 }
 
 fn latency_figures(calls: &Calls) -> Value {
-    let l = &calls.latencies;
+    let l = &calls.latency;
     json!({
         "calls": l.len(),
         "sent": calls.sent,
         "failed": calls.failures.len(),
-        "lost": calls.sent - l.len() as u64,
-        "p50_ms": ms(quantile(l, 0.50)),
-        "p99_ms": ms(quantile(l, 0.99)),
-        "p999_ms": ms(quantile(l, 0.999)),
-        "max_ms": ms(l.last().copied().unwrap_or_default()),
+        "lost": calls.sent - l.len(),
+        "p50_ms": ns_ms(l.value_at_quantile(0.50)),
+        "p99_ms": ns_ms(l.value_at_quantile(0.99)),
+        "p999_ms": ns_ms(l.value_at_quantile(0.999)),
+        "max_ms": ns_ms(l.max()),
     })
 }
 
@@ -533,7 +539,7 @@ fn sampler<T: Send + 'static>(
 // ---------------------------------------------------------------------------------------------
 // 4. slow-reader
 
-fn slow_reader(opts: &Options) -> Result<(), BoxError> {
+fn slow_reader(opts: &Opts) -> Result<(), BoxError> {
     let seconds = opts.seconds(60);
     let n = opts.connections.unwrap_or(100);
     let every = Duration::from_millis(opts.interval_ms.unwrap_or(10));
@@ -654,7 +660,7 @@ fn slow_reader(opts: &Options) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------------
 // 5. many
 
-fn many(opts: &Options) -> Result<(), BoxError> {
+fn many(opts: &Opts) -> Result<(), BoxError> {
     let seconds = opts.seconds(60);
     let n = opts.connections.unwrap_or(1000);
     let every = Duration::from_millis(opts.interval_ms.unwrap_or(100));
@@ -741,7 +747,7 @@ fn many(opts: &Options) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------------
 // 6. kill
 
-fn kill(opts: &Options) -> Result<(), BoxError> {
+fn kill(opts: &Opts) -> Result<(), BoxError> {
     let server = ServerChild::start(None)?;
     let baseline = server.fds();
     let args = [
@@ -781,7 +787,7 @@ fn kill(opts: &Options) -> Result<(), BoxError> {
         killed += batch;
         // It keeps serving.
         rt.block_on(async {
-            let conn = tokio::time::timeout(PATIENCE, Client::connect(&server.path)).await??;
+            let conn = tokio::time::timeout(PATIENCE, Connection::connect(&server.path)).await??;
             let answer = call_add(&conn, killed as i64, 1).await;
             conn.close();
             answer.map_err(BoxError::from)
@@ -795,8 +801,10 @@ fn kill(opts: &Options) -> Result<(), BoxError> {
             break;
         }
     }
-    let mut times: Vec<Duration> = released.iter().flatten().copied().collect();
-    times.sort_unstable();
+    let mut times = new_histogram();
+    for &t in released.iter().flatten() {
+        record(&mut times, t);
+    }
     let held = released.iter().filter(|r| r.is_none()).count();
     println!(
         "kill: {killed} peers (calls sleeping {} ms, half a frame) in batches of {}: descriptors \
@@ -804,12 +812,12 @@ fn kill(opts: &Options) -> Result<(), BoxError> {
          within 3 s; {:.0} s in all",
         opts.sleep_ms,
         opts.batch,
-        ms(quantile(&times, 0.5)),
-        ms(times.last().copied().unwrap_or_default()),
+        ns_ms(times.value_at_quantile(0.5)),
+        ns_ms(times.max()),
         started.elapsed().as_secs_f64()
     );
     let mut missed = Vec::new();
-    if held > 0 || times.last().is_some_and(|t| *t >= Duration::from_secs(1)) {
+    if held > 0 || times.max() >= Duration::from_secs(1).as_nanos() as u64 {
         missed.push("descriptors not back to baseline within 1 s".into());
     }
     let fds_end = server.fds();
@@ -819,8 +827,8 @@ fn kill(opts: &Options) -> Result<(), BoxError> {
         json!({
             "peers": killed, "batch": opts.batch, "sleep_ms": opts.sleep_ms,
             "fd_baseline": baseline, "fd_end": fds_end,
-            "release_ms_median": ms(quantile(&times, 0.5)),
-            "release_ms_max": ms(times.last().copied().unwrap_or_default()),
+            "release_ms_median": ns_ms(times.value_at_quantile(0.5)),
+            "release_ms_max": ns_ms(times.max()),
             "batches_held": held,
         }),
         missed,
@@ -830,7 +838,7 @@ fn kill(opts: &Options) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------------
 // 11. fd-limit
 
-fn fd_limit(opts: &Options) -> Result<(), BoxError> {
+fn fd_limit(opts: &Opts) -> Result<(), BoxError> {
     const WARNING: &str = "out of file descriptors";
     let seconds = opts.seconds(10);
     let n = opts.connections.unwrap_or(200);
@@ -878,9 +886,11 @@ fn fd_limit(opts: &Options) -> Result<(), BoxError> {
     let left = Instant::now();
     let recovered = rt.block_on(async {
         while left.elapsed() < PATIENCE {
-            if let Ok(Ok(conn)) =
-                tokio::time::timeout(Duration::from_millis(500), Client::connect(&server.path))
-                    .await
+            if let Ok(Ok(conn)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                Connection::connect(&server.path),
+            )
+            .await
             {
                 let call = conn.call::<i64>("add", (1, 1));
                 let ok = matches!(
@@ -933,7 +943,7 @@ fn fd_limit(opts: &Options) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------------
 // 12. churn
 
-fn churn(opts: &Options) -> Result<(), BoxError> {
+fn churn(opts: &Opts) -> Result<(), BoxError> {
     let server = ServerChild::start(None)?;
     let rt = runtime()?;
     let path = server.path.clone();
@@ -944,7 +954,7 @@ fn churn(opts: &Options) -> Result<(), BoxError> {
                 if i % 2 == 0 {
                     drop(tokio::net::UnixStream::connect(&path).await?);
                 } else {
-                    let conn = Client::connect(&path).await?;
+                    let conn = Connection::connect(&path).await?;
                     call_add(&conn, i as i64, 1).await?;
                     conn.close();
                 }
@@ -953,7 +963,7 @@ fn churn(opts: &Options) -> Result<(), BoxError> {
         }
     };
     let stats = |path: PathBuf| async move {
-        let conn = Client::connect(&path).await?;
+        let conn = Connection::connect(&path).await?;
         let open: usize = conn.call("stats", ()).await?;
         conn.close();
         Ok::<_, BoxError>(open)

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use diarrhoea::{Client, Connection};
+use diarrhoea::Connection;
 
 /// Clients that keep trying to connect and call `add` until `stop`; `served` counts the calls
 /// answered. With `churn`, a served client leaves after 200 ms and comes back.
@@ -32,7 +32,7 @@ pub(crate) async fn persistent_clients(
                     continue;
                 }
                 let Ok(Ok(conn)) =
-                    tokio::time::timeout(Duration::from_secs(1), Client::connect(&path)).await
+                    tokio::time::timeout(Duration::from_secs(1), Connection::connect(&path)).await
                 else {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
