@@ -13,7 +13,8 @@ const HANG_GUARD: Duration = Duration::from_secs(10);
 
 /// `outgoing_queue`: with the writer stuck on a peer that never reads, exactly that many
 /// frames wait in the queue; the next post is refused (`try_post_message`) or waits.
-#[tokio::test(flavor = "current_thread")]
+/// In memory, with paused time: the wait below ends only once nothing else can move.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn outgoing_queue_bounds_the_frames_waiting() {
     // A 64-byte pipe whose far end never reads: the writer blocks on the first large frame.
     let (near, _far) = tokio::io::duplex(64);
@@ -39,7 +40,10 @@ async fn outgoing_queue_bounds_the_frames_waiting() {
 
 /// `inbound_buffer`: requests keep their share of the buffer while they run, so with
 /// handlers that never finish the reader admits only as many as fit, then stops reading.
-#[tokio::test]
+/// In memory, with paused time: the clock moves only when every task waits, so the wait
+/// below gives a reader that ignored the budget every chance to admit more, whatever the
+/// machine's load.
+#[tokio::test(start_paused = true)]
 async fn inbound_buffer_bounds_the_requests_admitted() {
     let started = Arc::new(AtomicUsize::new(0));
     let counter = started.clone();
@@ -47,10 +51,12 @@ async fn inbound_buffer_bounds_the_requests_admitted() {
         counter.fetch_add(1, Ordering::SeqCst);
         std::future::pending::<()>()
     });
-    let server = Connection::builder()
+    let (near, far) = tokio::io::duplex(1 << 20);
+    let _server = Connection::builder()
         .config(Config::new().inbound_buffer(2048))
-        .service(router);
-    let (client, _server) = Connection::builder().pair(server).unwrap();
+        .service(router)
+        .serve_connection(far);
+    let client = Connection::builder().serve_connection(near);
     // Each request costs its payload (~200 bytes) plus 128 bytes of overhead: 6 fit in 2048.
     let pad = "p".repeat(200);
     let mut calls = Vec::new();
@@ -68,9 +74,9 @@ async fn inbound_buffer_bounds_the_requests_admitted() {
     })
     .await
     .expect("the first requests start");
-    // Give a reader that ignored the budget time to admit more; with the default 4 MiB all
-    // 100 start within milliseconds.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Give a reader that ignored the budget every chance to admit more (with the default
+    // 4 MiB all 100 start): paused time passes only once nothing else can move.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(started.load(Ordering::SeqCst), 6);
     client.close();
     for call in calls {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use diarrhoea::{Config, Connection, Request, Router};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tower::{Service, ServiceExt};
 
 #[tokio::test]
@@ -133,11 +133,19 @@ async fn replies_reach_a_handler_while_the_peer_floods() {
     });
     let server = TestServer::start(router);
     let path = server.path();
-    // The client answers `double` only after the flood is on the wire ahead of its reply.
+    // The client answers `double` only once the flood is on the wire ahead of its reply.
+    let (asked, flooded) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let client = Connection::builder()
-        .service(Router::new().route("double", |n: i64| async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            n * 2
+        .service(Router::new().route("double", {
+            let (asked, flooded) = (asked.clone(), flooded.clone());
+            move |n: i64| {
+                let (asked, flooded) = (asked.clone(), flooded.clone());
+                async move {
+                    asked.notify_one();
+                    flooded.notified().await;
+                    n * 2
+                }
+            }
         }))
         .connect(path)
         .await
@@ -146,10 +154,11 @@ async fn replies_reach_a_handler_while_the_peer_floods() {
         let client = client.clone();
         async move { client.call::<i64>("ask", (21,)).await }
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    within("the server to call `double`", asked.notified()).await;
     for _ in 0..5_000 {
         client.post_message("slow", ()).await.unwrap();
     }
+    flooded.notify_one();
     assert_eq!(
         within("ask during the flood", ask).await.unwrap().unwrap(),
         42
@@ -208,7 +217,7 @@ async fn caller_and_notifier_are_tower_services() {
         .ready()
         .await
         .unwrap()
-        .call(Request::new("sleep", (500,)).unwrap())
+        .call(Request::new("sleep", (60_000,)).unwrap())
         .await
         .unwrap_err();
     assert!(err.is::<tower::timeout::error::Elapsed>());
@@ -236,19 +245,17 @@ async fn poll_ready_is_pending_while_the_outgoing_queue_is_full() {
     let big = "x".repeat(64 * 1024);
     let mut blocked_after = None;
     for sent in 0..2_000 {
-        match tokio::time::timeout(Duration::from_millis(200), notifier.ready()).await {
-            Ok(ready) => {
-                ready
-                    .unwrap()
-                    .call(Request::new("big", (&big,)).unwrap())
-                    .await
-                    .unwrap();
-            }
-            Err(_) => {
-                blocked_after = Some(sent);
-                break;
-            }
-        }
+        // Blocked: still pending after the writer (on this runtime) has had every chance
+        // to move frames to the socket, which only the peer reading could make room in.
+        let Some(ready) = unless_stuck(std::pin::pin!(notifier.ready())).await else {
+            blocked_after = Some(sent);
+            break;
+        };
+        ready
+            .unwrap()
+            .call(Request::new("big", (&big,)).unwrap())
+            .await
+            .unwrap();
     }
     let sent = blocked_after.expect("poll_ready never became pending");
     // Socket buffers hold some frames; the queue holds two more; nothing beyond that.
@@ -293,14 +300,15 @@ async fn end_flushes_queued_frames_then_closes_both_sides() {
 
 #[tokio::test]
 async fn pending_calls_fail_with_closed_when_the_peer_goes_away() {
-    let mut server = TestServer::start(test_router());
+    let (router, started) = test_router_telling_when_started();
+    let mut server = TestServer::start(router);
     let client = Connection::connect(server.path()).await.unwrap();
     let accepted = server.accept().await;
     let call = tokio::spawn({
         let client = client.clone();
-        async move { client.call::<u64>("sleep", (60_000,)).await }
+        async move { client.call::<u64>("started_sleep", (60_000,)).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    within("the call to start", started.notified()).await;
     assert_eq!(client.pending_calls(), 1);
     accepted.close();
     let err = within("the pending call", call).await.unwrap().unwrap_err();

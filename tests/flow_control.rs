@@ -188,26 +188,33 @@ async fn a_1s_deadline_counts_the_wait_for_the_only_permit_and_the_service_keeps
     tokio::spawn(serve(UnixListener::bind(&path).unwrap(), stack).into_future());
     let mut peer = RawPeer::connect(&path).await;
 
-    // Request 1 holds the only permit for 1.5 s; request 2 has a 1 s deadline and waits for
-    // the permit in `poll_ready`, where tower's `Timeout` would not count the time.
-    peer.send("[\"sleep\",[1500],1]\n").await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Request 1 holds the only permit until it is cancelled; request 2 has a 1 s deadline
+    // and waits for the permit in `poll_ready`, where tower's `Timeout` would not count the
+    // time. Wire order puts request 1 on the permit first.
+    peer.send("[\"sleep\",[60000],1]\n").await;
     let sent = Instant::now();
     peer.send("[\"add\",[1,2],2,{\"timeout_ms\":1000}]\n").await;
     let reply = peer.recv().await;
     let waited = sent.elapsed();
-    // Not early: at the deadline or after.
+    // Not early: at the deadline or after (counted from when the server read the frame,
+    // which is after `sent`).
     assert!(
         waited >= Duration::from_millis(1000),
         "the deadline fired after {waited:?}"
     );
-    // Not late either, without a wall-clock bound that a busy machine would break: this reply
-    // comes before the permit holder's, which is sent 1.5 s after request 1 started, so the
-    // deadline fired while request 2 was still waiting for the permit.
+    // Not late either, without a wall-clock bound that a busy machine would break: the
+    // permit is still held (request 1 runs until cancelled), so only the deadline can have
+    // answered request 2.
     assert_eq!(reply[0], 2, "{reply}");
     assert_eq!(reply[2]["code"], code::TIMEOUT, "{reply}");
-    // The permit holder finishes, and the service keeps working.
-    assert_eq!(peer.recv().await, json!([1, 1500]));
+    // The permit holder is cancelled, and the service keeps working.
+    peer.send("[\"$/cancel\",[1]]\n").await;
+    let cancelled = peer.recv().await;
+    assert_eq!(
+        (cancelled[0].as_u64(), cancelled[2]["code"].as_i64()),
+        (Some(1), Some(code::CANCELLED)),
+        "{cancelled}"
+    );
     peer.send("[\"add\",[2,2],3,{\"timeout_ms\":1000}]\n").await;
     assert_eq!(peer.recv().await, json!([3, 4]));
 }
@@ -215,10 +222,22 @@ async fn a_1s_deadline_counts_the_wait_for_the_only_permit_and_the_service_keeps
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_calls_against_a_shed_limit_of_64_each_get_a_reply() {
     const CALLS: usize = 10_000;
+    const LIMIT: usize = 64;
     let (_dir, path) = socket_path();
-    let router = Router::new().route("work", || async {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    });
+    // Handlers hold their permit until the test has seen a request shed: the limit is full
+    // for as long as it takes, whatever the machine's speed, so shedding must happen.
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let gauge = Arc::new(Gauge::default());
+    let router = {
+        let gauge = gauge.clone();
+        Router::new().route("work", move || {
+            let (guard, mut gate) = (gauge.enter(), gate.clone());
+            async move {
+                let _guard = guard;
+                gate.wait_for(|open| *open).await.unwrap();
+            }
+        })
+    };
     let listener = UnixListener::bind(&path).unwrap();
     tokio::spawn(
         serve(listener, move |_: &Connection| {
@@ -228,7 +247,7 @@ async fn ten_thousand_concurrent_calls_against_a_shed_limit_of_64_each_get_a_rep
                     "per-connection concurrency limit (64)",
                 ))
                 .load_shed()
-                .concurrency_limit(64)
+                .concurrency_limit(LIMIT)
                 .service(router.clone())
         })
         .into_future(),
@@ -241,7 +260,7 @@ async fn ten_thousand_concurrent_calls_against_a_shed_limit_of_64_each_get_a_rep
         calls.spawn(async move { conn.call::<()>("work", ()).await });
     }
     let (mut ok, mut shed) = (0, 0);
-    within("10,000 replies", async {
+    within("10,000 replies (and a first one shed)", async {
         while let Some(outcome) = calls.join_next().await {
             match outcome.unwrap() {
                 Ok(()) => ok += 1,
@@ -253,14 +272,18 @@ async fn ten_thousand_concurrent_calls_against_a_shed_limit_of_64_each_get_a_rep
                         "overloaded: per-connection concurrency limit (64) reached"
                     );
                     shed += 1;
+                    open.send_replace(true);
                 }
             }
         }
     })
     .await;
-    eprintln!("{ok} served, {shed} shed");
+    eprintln!("{ok} served, {shed} shed, at most {} at once", gauge.max());
     assert_eq!(ok + shed, CALLS, "every call got a reply");
-    assert!(ok >= 64, "{ok} served");
+    assert!(shed > 0, "nothing was shed");
+    assert!(ok >= LIMIT, "{ok} served");
+    // The limit held: never more handlers at once than it allows, and it was reached.
+    assert_eq!(gauge.max(), LIMIT, "handlers running at once");
     assert_eq!(conn.pending_calls(), 0);
 }
 
@@ -360,10 +383,15 @@ impl Policy<Request, Response, Error> for RetryIdempotent {
     }
 }
 
-/// A server whose `flaky` and `charge` methods are shed twice, then succeed.
-async fn client_side_fixture() -> (tempfile::TempDir, Connection, Arc<Gauge>) {
+/// What the fixture's `note(task, i)` notifications delivered, per task, in arrival order.
+type Notes = Arc<Mutex<Vec<Vec<u32>>>>;
+
+/// A server whose `flaky` and `charge` methods are shed twice, then succeed, and whose
+/// `note(task, i)` notifications are recorded.
+async fn client_side_fixture() -> (tempfile::TempDir, Connection, Arc<Gauge>, Notes) {
     let (dir, path) = socket_path();
     let gauge = Arc::new(Gauge::default());
+    let notes: Notes = Arc::new(Mutex::new(vec![Vec::new(); 8]));
     let failures = Arc::new(Mutex::new(std::collections::HashMap::<String, u32>::new()));
     let shed_twice = move |method: &'static str| {
         let failures = failures.clone();
@@ -380,8 +408,12 @@ async fn client_side_fixture() -> (tempfile::TempDir, Connection, Arc<Gauge>) {
         }
     };
     let router = {
-        let gauge = gauge.clone();
+        let (gauge, notes) = (gauge.clone(), notes.clone());
         test_router()
+            .route("note", move |t: usize, i: u32| {
+                notes.lock().unwrap()[t].push(i);
+                async {}
+            })
             .route("flaky", shed_twice("flaky"))
             .route("charge", shed_twice("charge"))
             .route("slow", move |ms: u64| {
@@ -395,12 +427,12 @@ async fn client_side_fixture() -> (tempfile::TempDir, Connection, Arc<Gauge>) {
     };
     tokio::spawn(serve(UnixListener::bind(&path).unwrap(), router).into_future());
     let conn = Connection::connect(&path).await.unwrap();
-    (dir, conn, gauge)
+    (dir, conn, gauge, notes)
 }
 
 #[tokio::test]
 async fn client_side_timeout_and_retry_for_idempotent_methods() {
-    let (_dir, conn, _) = client_side_fixture().await;
+    let (_dir, conn, _, _) = client_side_fixture().await;
 
     // Timeout: the call fails locally with tower's `Elapsed`.
     let err = ServiceBuilder::new()
@@ -432,7 +464,7 @@ async fn client_side_timeout_and_retry_for_idempotent_methods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_side_concurrency_limit_rate_limit_and_buffer() {
-    let (_dir, conn, gauge) = client_side_fixture().await;
+    let (_dir, conn, gauge, notes) = client_side_fixture().await;
 
     // ConcurrencyLimit behind a Buffer, shared by 40 tasks: at most 4 calls in flight.
     let calls = ServiceBuilder::new()
@@ -471,13 +503,13 @@ async fn client_side_concurrency_limit_rate_limit_and_buffer() {
     // Buffer around the notifier: many tasks, one ordered stream of notifications per task.
     let notifier = ServiceBuilder::new().buffer(16).service(conn.notifier());
     let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..8 {
+    for t in 0..8usize {
         let notifier = notifier.clone();
         tasks.spawn(async move {
-            for i in 0..100 {
+            for i in 0..100u32 {
                 notifier
                     .clone()
-                    .oneshot(Request::new("echo", (t, i)).unwrap())
+                    .oneshot(Request::new("note", (t, i)).unwrap())
                     .await
                     .unwrap();
             }
@@ -486,6 +518,15 @@ async fn client_side_concurrency_limit_rate_limit_and_buffer() {
     while let Some(done) = within("buffered notifications", tasks.join_next()).await {
         done.unwrap();
     }
+    // Notifications are handled in wire order before a later call: after this reply, the
+    // server has seen all 800.
     let sum: i64 = conn.call("add", (20, 22)).await.unwrap();
     assert_eq!(sum, 42);
+    let notes = notes.lock().unwrap();
+    for (t, seen) in notes.iter().enumerate() {
+        assert!(
+            seen.iter().copied().eq(0..100),
+            "task {t}'s notifications arrived as {seen:?}"
+        );
+    }
 }

@@ -51,22 +51,25 @@ async fn connections_over_the_limit_get_a_connection_error_and_are_closed() {
     assert_eq!(server.connections(), 2);
 }
 
-#[tokio::test]
+/// In memory with paused time: the idle wait and the stall are virtual time, exact and
+/// instant, whatever the machine's load.
+#[tokio::test(start_paused = true)]
 async fn a_peer_that_stalls_mid_line_is_closed() {
     let config = Config::new().partial_frame_timeout(Duration::from_millis(200));
-    let mut server = TestServer::builder().config(config).start(test_router());
-    let mut peer = RawPeer::connect(server.path()).await;
-    let conn = server.accept().await;
+    let (conn, mut peer) = in_memory(config, test_router());
     let mut events = conn.events();
-    // Idle between lines is fine.
+    // Idle between lines is fine, for any time.
     peer.send("[\"add\",[1,1],1]\n").await;
     assert_eq!(peer.recv().await, json!([1, 2]));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
     peer.send("[\"add\",[2,2],2]\n").await;
     assert_eq!(peer.recv().await, json!([2, 4]));
-    // Half a line, then silence.
+    // Half a line, then silence: closed after the timeout, not before.
+    let stalled = tokio::time::Instant::now();
     peer.send("[\"add\",[3,").await;
     let bye = peer.recv().await;
+    let waited = stalled.elapsed();
+    assert_eq!(bye[0], serde_json::Value::Null, "{bye}");
     assert_eq!(bye[2]["code"], code::INVALID_FRAME);
     assert!(
         bye[2]["message"]
@@ -75,7 +78,21 @@ async fn a_peer_that_stalls_mid_line_is_closed() {
             .contains("partial frame timeout"),
         "{bye}"
     );
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_millis(250),
+        "closed {waited:?} after the stall"
+    );
+    next_event(
+        &mut events,
+        "the partial frame timeout",
+        |e| matches!(e, Event::Error(e) if e.code() == Some(code::INVALID_FRAME)),
+    )
+    .await;
     next_event(&mut events, "close", |e| matches!(e, Event::Close)).await;
+    assert!(within("EOF", peer.lines.next_line())
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -116,12 +133,12 @@ async fn a_peer_that_does_not_read_holds_senders_back_by_bytes() {
     let big = "x".repeat(64 * 1024);
     let mut sent = 0;
     while sent < 1000 {
-        let post = client.post_message("big", (&big,));
-        if tokio::time::timeout(Duration::from_millis(200), post)
-            .await
-            .is_err()
-        {
-            break;
+        // Held back: the post is still waiting after the writer (on this runtime) has had
+        // every chance to move frames to the socket, which only the peer reading frees.
+        let post = std::pin::pin!(client.post_message("big", (&big,)));
+        match unless_stuck(post).await {
+            Some(posted) => posted.unwrap(),
+            None => break,
         }
         sent += 1;
     }

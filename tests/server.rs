@@ -4,7 +4,7 @@ mod common;
 
 use std::future::IntoFuture;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use diarrhoea::{code, serve, Connection, UnixListener};
@@ -132,7 +132,19 @@ async fn shutdown_closes_what_does_not_finish_by_the_deadline() {
         async move { client.call::<u64>("started_sleep", (60_000,)).await }
     });
     within("the call to start", started.notified()).await;
-    within("shutdown", server.shutdown()).await.unwrap();
+    // The call would run for a minute: the shutdown waits 100 ms for it, not the default
+    // 10 s, then closes the connection.
+    let shutting_down = Instant::now();
+    // A wide margin for a loaded machine, far below the 10 s default.
+    tokio::time::timeout(Duration::from_secs(2), server.shutdown())
+        .await
+        .expect("shutdown took over 2 s with a 100 ms shutdown timeout")
+        .unwrap();
+    let took = shutting_down.elapsed();
+    assert!(
+        took >= Duration::from_millis(100),
+        "shutdown did not wait for the call in flight: {took:?}"
+    );
     assert!(within("stuck call", stuck)
         .await
         .unwrap()

@@ -68,13 +68,30 @@ fn child_server(path: &Path) {
         let listener = UnixListener::bind(path).unwrap();
         // Open connections: the factory sees each one open, a task sees it close.
         let open = Arc::new(AtomicUsize::new(0));
-        let router = test_router().route("stats", {
-            let open = open.clone();
-            move || {
-                let open = open.load(Relaxed);
-                async move { open }
-            }
-        });
+        // `held(ms)`: `sleep(ms)`, counted in `held_now` while it runs.
+        let held = Arc::new(AtomicUsize::new(0));
+        let router = test_router()
+            .route("stats", {
+                let open = open.clone();
+                move || {
+                    let open = open.load(Relaxed);
+                    async move { open }
+                }
+            })
+            .route("held", {
+                let held = held.clone();
+                move |ms: u64| {
+                    let held = HeldGuard::new(held.clone());
+                    async move {
+                        let _held = held;
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                }
+            })
+            .route("held_now", move || {
+                let now = held.load(Relaxed);
+                async move { now }
+            });
         let make = move |conn: &Connection| {
             open.fetch_add(1, Relaxed);
             let (conn, open) = (conn.clone(), open.clone());
@@ -96,13 +113,29 @@ fn child_server(path: &Path) {
     });
 }
 
+/// Counts a running `held` handler until dropped (when it finishes or its peer is gone).
+struct HeldGuard(Arc<AtomicUsize>);
+
+impl HeldGuard {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Relaxed);
+        HeldGuard(count)
+    }
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 /// A peer that starts a call whose handler sleeps (unless `SLEEP_ENV` is 0), sends half a
 /// frame, says `ready` and waits to be killed (bounded: it leaves by itself after two minutes).
 fn child_victim(path: &Path) {
     let sleep_ms: u64 = std::env::var(SLEEP_ENV).map_or(60_000, |v| v.parse().unwrap());
     let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
     if sleep_ms > 0 {
-        let call = format!("[\"sleep\",[{sleep_ms}],1]\n");
+        let call = format!("[\"held\",[{sleep_ms}],1]\n");
         stream.write_all(call.as_bytes()).unwrap();
     }
     stream.write_all(b"[\"echo\",[\"half a fr").unwrap();
@@ -392,9 +425,17 @@ fn a_peer_that_never_reads_is_held_back_and_others_keep_their_latency() {
         written / 1024
     );
     assert!(hwm_kb < 64 * 1024, "server peak RSS {hwm_kb} KiB");
-    // Debug build on a shared machine; the release figure (20 ms) is the long version's.
-    assert!(p99 < Duration::from_millis(200), "p99 {p99:?}");
-    assert!(latencies.len() > 20 * 50, "only {} calls", latencies.len());
+    // Others keep being served while the peer floods. The bounds are for a debug build on a
+    // loaded 2-core machine: a server held up by the flooding peer (reading it without
+    // yielding, or blocked on its unread replies) stalls the others for the rest of the
+    // 3 s, which these catch; the figures themselves (p99 < 20 ms, release) are the long
+    // version's, measured by `cargo run --release --example soak -- slow-reader`.
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    assert!(
+        latencies.len() > 20 * 10,
+        "only {} calls in 3 s",
+        latencies.len()
+    );
 
     // Once it reads, its requests are answered.
     stream.set_nonblocking(false).unwrap();
@@ -461,7 +502,10 @@ fn many_connections_making_calls_lose_nothing_and_hold_descriptors_flat() {
         baseline + n
     );
     assert!(hwm_kb < 100 * 1024, "server peak RSS {hwm_kb} KiB");
-    assert!(p99 < Duration::from_millis(200), "p99 {p99:?}");
+    // A wide bound for a debug build on a loaded machine (a stalled server shows seconds);
+    // the figure (p99 < 10 ms, release) is measured by `cargo run --release --example soak --
+    // many`.
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
     // And they all go away.
     wait_until(PATIENCE, || fd_count(pid) == baseline).expect("descriptors back to baseline");
 }
@@ -485,8 +529,20 @@ fn kill_peers(n: usize, sleep_ms: u64) -> Option<Duration> {
         victim.wait_ready();
     }
     wait_until(PATIENCE, || fd_count(pid) >= baseline + n).expect("all victims accepted");
-    // Let the calls start.
-    std::thread::sleep(Duration::from_millis(100));
+    // Every victim's call is running on the server (a half frame alone needs no wait: the
+    // server reads it before the end of the stream whenever the kill comes).
+    if sleep_ms > 0 {
+        let rt = runtime();
+        let conn = rt
+            .block_on(within("connect", Connection::connect(&path)))
+            .unwrap();
+        let held_now = || {
+            rt.block_on(within("held_now", conn.call::<usize>("held_now", ())))
+                .unwrap()
+        };
+        wait_until(PATIENCE, || held_now() == n).expect("every victim's call running");
+        conn.close();
+    }
     for victim in &mut victims {
         victim.child.kill().unwrap();
     }

@@ -5,10 +5,11 @@
 pub mod clients;
 pub mod procfs;
 
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use diarrhoea::{
@@ -16,8 +17,7 @@ use diarrhoea::{
     UnixListener,
 };
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -88,18 +88,62 @@ pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-/// The next event that is not `End`/`Close`-unrelated noise matching `pred`.
+/// The next event, which must match `pred`: an event of another kind fails the test rather
+/// than being skipped, so one cause's missing event cannot hide behind another's.
 pub async fn next_event(events: &mut Events, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
-    within(what, async {
-        loop {
-            match events.recv().await {
-                Some(event) if pred(&event) => return event,
-                Some(_) => continue,
-                None => panic!("events ended while waiting for {what}"),
-            }
+    let event = within(what, events.recv())
+        .await
+        .unwrap_or_else(|| panic!("events ended while waiting for {what}"));
+    assert!(
+        pred(&event),
+        "waiting for {what}, got {}",
+        describe_event(&event)
+    );
+    event
+}
+
+/// The event waiting now, which must match `pred`; fails at once if there is none. Call it
+/// after a round trip that the server answered after handling whatever caused the event
+/// (a connection reports what a line caused before it reads the next line).
+pub async fn event_now(events: &mut Events, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    match poll_events(events).await {
+        Poll::Ready(Some(event)) => {
+            assert!(
+                pred(&event),
+                "expected {what}, got {}",
+                describe_event(&event)
+            );
+            event
         }
-    })
-    .await
+        Poll::Ready(None) => panic!("events ended; expected {what}"),
+        Poll::Pending => panic!("no event; expected {what}"),
+    }
+}
+
+/// Fails if an event is waiting now (after a round trip, as for [`event_now`]).
+pub async fn assert_no_event(events: &mut Events, after: &str) {
+    if let Poll::Ready(Some(event)) = poll_events(events).await {
+        panic!(
+            "{after}: an event nobody expected: {}",
+            describe_event(&event)
+        );
+    }
+}
+
+/// Polls for an event once, without waiting.
+async fn poll_events(events: &mut Events) -> Poll<Option<Event>> {
+    // `unconstrained`: a spent cooperative budget must not hide an event that is there.
+    let mut recv = std::pin::pin!(tokio::task::unconstrained(events.recv()));
+    std::future::poll_fn(|cx| Poll::Ready(recv.as_mut().poll(cx))).await
+}
+
+/// An event with its error's whole `source()` chain.
+pub fn describe_event(event: &Event) -> String {
+    match event {
+        Event::Error(e) => format!("Error({})", error_chain(&**e)),
+        Event::Warning(e) => format!("Warning({})", error_chain(&**e)),
+        other => format!("{other:?}"),
+    }
 }
 
 pub fn is_error_with_code(code: i64) -> impl Fn(&Event) -> bool {
@@ -110,18 +154,34 @@ pub fn is_warning_with_code(code: i64) -> impl Fn(&Event) -> bool {
     move |event| matches!(event, Event::Warning(e) if e.code() == Some(code))
 }
 
+/// The read half of a [`RawPeer`]'s stream: a Unix socket or an in-memory pipe.
+pub type RawRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a [`RawPeer`]'s stream.
+pub type RawWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// A peer that speaks lines by hand, to send what a well-behaved client never would.
 pub struct RawPeer {
-    pub lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
-    pub write: OwnedWriteHalf,
+    pub lines: tokio::io::Lines<BufReader<RawRead>>,
+    pub write: RawWrite,
 }
 
 impl RawPeer {
+    /// Connected to a socket; dropping `write` ends this side's stream (a half-close).
     pub async fn connect(path: &std::path::Path) -> Self {
         let (read, write) = UnixStream::connect(path)
             .await
             .expect("connect")
             .into_split();
+        Self::from_halves(Box::new(read), Box::new(write))
+    }
+
+    /// A raw peer on any stream (a Unix socket, one end of `tokio::io::duplex`).
+    pub fn over<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Self {
+        let (read, write) = tokio::io::split(stream);
+        Self::from_halves(Box::new(read), Box::new(write))
+    }
+
+    pub fn from_halves(read: RawRead, write: RawWrite) -> Self {
         RawPeer {
             lines: BufReader::new(read).lines(),
             write,
@@ -132,14 +192,53 @@ impl RawPeer {
         self.write.write_all(bytes.as_ref()).await.expect("write");
     }
 
-    /// The next line, parsed.
-    pub async fn recv(&mut self) -> serde_json::Value {
-        let line = within("a line from the server", self.lines.next_line())
+    /// The next line, unparsed.
+    pub async fn recv_line(&mut self) -> String {
+        within("a line from the server", self.lines.next_line())
             .await
             .expect("read")
-            .expect("server closed the connection");
+            .expect("server closed the connection")
+    }
+
+    /// The next line, parsed.
+    pub async fn recv(&mut self) -> serde_json::Value {
+        let line = self.recv_line().await;
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
     }
+}
+
+/// A connection serving `service` over an in-memory pipe, and a raw peer on the pipe's other
+/// end. Nothing but wakers moves data between them (no socket, no I/O driver), so under
+/// paused time (`start_paused`) the clock moves only when both sides wait for a timer: a
+/// deadline test measures exact virtual time, whatever the machine's load.
+pub fn in_memory<S>(config: Config, service: S) -> (Connection, RawPeer)
+where
+    S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let (near, far) = tokio::io::duplex(1 << 20);
+    let conn = Connection::builder()
+        .config(config)
+        .service(service)
+        .serve_connection(near);
+    (conn, RawPeer::over(far))
+}
+
+/// `fut`'s output if it completes while every other task has many turns to make progress
+/// (each `yield_now` lets the scheduler run everything ready and poll for I/O); `None` if it
+/// is still pending after them. A count of scheduler turns, not a wall-clock wait: on a
+/// current-thread runtime whatever can move in this process moves in between, so a loaded
+/// machine gives the same answer, only slower.
+pub async fn unless_stuck<F: Future>(mut fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    for _ in 0..200 {
+        let polled = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+        if let Poll::Ready(output) = polled {
+            return Some(output);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
 }
 
 /// An error with its whole `source()` chain, `: `-separated: `Error`'s own `Display` names

@@ -158,3 +158,35 @@ async fn readiness_and_requests_pass_through() {
     send.send_response(Response::null());
     assert_eq!(fut.await.unwrap(), Response::null());
 }
+
+/// `show_payloads(256)`, the hostile table's setting, on arguments and a result nested
+/// 100,000 levels deep: each recorded as its first 256 characters and its size, nothing more.
+#[tokio::test]
+async fn show_payloads_256_records_the_first_256_characters_of_a_deep_payload() {
+    let recorder = Recorder::default();
+    let _guard = tracing::subscriber::set_default(recorder.clone());
+    let (mut service, mut handle) =
+        mock::spawn_layer::<Request, Response, _>(TraceLayer::incoming().show_payloads(256));
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+
+    assert!(service.poll_ready().is_ready());
+    let fut = service.call(request("echo", &format!("[{deep}]")));
+    let (_, send) = handle.next_request().await.unwrap();
+    let raw = serde_json::value::RawValue::from_string(deep.clone()).unwrap();
+    send.send_response(Response::from_raw(raw));
+    fut.await.unwrap();
+
+    let cut = |len: usize| format!("{}…({len} bytes)", "[".repeat(256));
+    assert_eq!(
+        recorder.spans()[0].field("args").map(str::to_owned),
+        Some(cut(deep.len() + 2))
+    );
+    assert_eq!(
+        recorder.events()[0].field("result").map(str::to_owned),
+        Some(cut(deep.len()))
+    );
+    assert!(
+        recorder.everything().len() < 4096,
+        "more than the cut was recorded"
+    );
+}
