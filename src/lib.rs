@@ -7,6 +7,8 @@
 //! on one connection.
 //!
 //! ```no_run
+//! use std::future::IntoFuture;
+//!
 //! use diarrhoea::{Connection, Router, UnixListener};
 //!
 //! # async fn f() -> Result<(), diarrhoea::Error> {
@@ -17,7 +19,8 @@
 //!     })
 //!     .route("add", |a: i64, b: i64| async move { a + b });
 //! let listener = UnixListener::bind("./test.sock")?;
-//! tokio::spawn(diarrhoea::serve(listener, router).with_graceful_shutdown(diarrhoea::shutdown_signal()));
+//! let server = diarrhoea::serve(listener, router).with_graceful_shutdown(diarrhoea::shutdown_signal());
+//! tokio::spawn(server.into_future());
 //!
 //! // Client: notifications and calls; the server can call the client back the same way.
 //! let conn = Connection::connect("./test.sock").await?;
