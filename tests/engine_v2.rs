@@ -174,6 +174,29 @@ async fn a_request_chain_100_deep_across_both_sides_completes() {
     assert_eq!(a.pending_calls(), 0);
 }
 
+/// A notification that waits holds what it took from the stack (here the one permit of a
+/// concurrency limit) while a request waits for that permit: the waiting notification must
+/// still be driven, or the request waits forever.
+#[tokio::test]
+async fn a_request_waiting_for_a_permit_held_by_a_waiting_notification_completes() {
+    let router = Router::new()
+        .route("nap", |ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        })
+        .route("add", |a: i64, b: i64| async move { a + b });
+    let server =
+        Connection::builder().service(ServiceBuilder::new().concurrency_limit(1).service(router));
+    let (client, _server) = Connection::builder().pair(server).unwrap();
+    client.post_message("nap", (50,)).await.unwrap();
+    let sum: i64 = within(
+        "a call behind a napping notification",
+        client.call("add", (2, 3)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sum, 5);
+}
+
 // --- 5. Deadlines propagate along a chain ----------------------------------------------
 
 /// The window within which every hop of a chain started with a 200 ms timeout must fail.

@@ -1,9 +1,10 @@
 //! The dispatcher: runs incoming calls through the bound service.
 //!
 //! - **Notifications** run one at a time, in wire order among themselves: each completes
-//!   before the next notification starts. Most complete at once and run inline; one that
-//!   waits (say, for a call to the peer) moves to the notification lane, a task of its own,
-//!   and the notifications after it queue there behind it.
+//!   before the next notification starts. Most complete at once; one that waits (say, for a
+//!   call to the peer, or for room in the outgoing queue) stays in the notification lane,
+//!   polled by this loop alongside everything else, and the notifications after it queue
+//!   there behind it.
 //! - **Requests** are dispatched in wire order and run concurrently, up to
 //!   `max_concurrent_requests`: each is polled once here, answered at once if it is ready
 //!   (most are), and otherwise finishes in a task of its own. A request is never held behind
@@ -14,12 +15,12 @@
 //! here, in one place. A request's future runs with its deadline in scope, so calls it makes
 //! inherit the deadline.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -42,15 +43,18 @@ pub(super) async fn run(
 ) {
     let mut service = binding.borrow_and_update().clone();
     let limit = Arc::new(Semaphore::new(shared.config.max_concurrent_requests));
-    // Requests still running after their first poll, and the notification lane; dropping the
-    // set aborts them.
+    // Requests still running after their first poll; dropping the set aborts them.
     let mut tasks = JoinSet::new();
     let mut lane = Lane::default();
     // One registration for the life of the loop, rather than one per frame.
     let abort = shared.lifecycle.aborted_owned();
     tokio::pin!(abort);
-    loop {
+    'dispatch: loop {
         while tasks.try_join_next().is_some() {}
+        if lane.is_busy() {
+            // Progress without waiting, so a stream of requests cannot starve the lane.
+            let _ = poll_once(|cx| lane.poll_drive(cx, &mut service, &shared)).await;
+        }
         // Under load the next call is already queued: take it without building a wait.
         let (req, budget) = match inbound.try_recv() {
             Ok(next) => next,
@@ -58,6 +62,8 @@ pub(super) async fn run(
             Err(TryRecvError::Empty) => tokio::select! {
                 biased;
                 _ = &mut abort => return,
+                _ = std::future::poll_fn(|cx| lane.poll_drive(cx, &mut service, &shared)),
+                    if lane.is_busy() => continue,
                 next = inbound.recv() => match next {
                     Some(next) => next,
                     None => break,
@@ -68,35 +74,45 @@ pub(super) async fn run(
             service = binding.borrow_and_update().clone();
         }
         let Some(id) = req.id() else {
-            lane.notify(req, budget, &mut service, &shared, &mut tasks)
-                .await;
+            lane.push(req, budget);
+            let _ = poll_once(|cx| lane.poll_drive(cx, &mut service, &shared)).await;
             continue;
         };
         let deadline = req.deadline().map(|d| d.0);
-        // Waiting for a permit and for readiness counts against the deadline.
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
+        // Waiting for a permit and for readiness counts against the deadline. A notification
+        // running meanwhile is still polled: it may hold what the request waits for (a
+        // permit of a concurrency limit in the stack, say).
+        let permit = loop {
+            if let Ok(permit) = limit.clone().try_acquire_owned() {
+                break permit;
+            }
+            tokio::select! {
                 biased;
                 _ = &mut abort => return,
                 _ = expiry(deadline) => {
                     answer_unstarted(&shared, id, timed_out()).await;
-                    continue;
+                    continue 'dispatch;
                 }
-                permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-            },
+                _ = std::future::poll_fn(|cx| lane.poll_running(cx, &shared)),
+                    if lane.is_running() => {}
+                permit = limit.clone().acquire_owned() => break permit.expect("never closed"),
+            }
         };
-        let ready = match poll_once(|cx| service.poll_ready(cx)).await {
-            Poll::Ready(ready) => ready,
-            Poll::Pending => tokio::select! {
+        let ready = loop {
+            if let Poll::Ready(ready) = poll_once(|cx| service.poll_ready(cx)).await {
+                break ready;
+            }
+            tokio::select! {
                 biased;
                 _ = &mut abort => return,
                 _ = expiry(deadline) => {
                     answer_unstarted(&shared, id, timed_out()).await;
-                    continue;
+                    continue 'dispatch;
                 }
-                ready = std::future::poll_fn(|cx| service.poll_ready(cx)) => ready,
-            },
+                _ = std::future::poll_fn(|cx| lane.poll_running(cx, &shared)),
+                    if lane.is_running() => {}
+                ready = std::future::poll_fn(|cx| service.poll_ready(cx)) => break ready,
+            }
         };
         // The request keeps its share of the inbound buffer until it is answered, so slow
         // handlers hold the reader back instead of piling up requests and their replies.
@@ -132,38 +148,25 @@ pub(super) async fn run(
         });
         shared.in_flight.set_task(id, task);
     }
-    // The inbound side is done: the lane finishes what it holds, then ends; requests in
-    // flight finish too, unless torn down.
-    drop(lane);
-    loop {
+    // The inbound side is done: the lane and the requests in flight finish, unless torn down.
+    while lane.is_busy() || !tasks.is_empty() {
         tokio::select! {
             biased;
             _ = &mut abort => return,
-            next = tasks.join_next() => if next.is_none() { return },
+            _ = std::future::poll_fn(|cx| lane.poll_drive(cx, &mut service, &shared)),
+                if lane.is_busy() => {}
+            _ = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
 }
 
-/// Notifications in wire order. Idle, a notification runs inline; one that does not finish
-/// at once moves to the lane task, and every notification after it follows it there until
-/// the lane has caught up.
+/// Notifications in wire order: the one running, and the ones waiting behind it. Driven by
+/// the dispatcher's own loop, so the common case (a handler that finishes at once) costs no
+/// task and no channel.
 #[derive(Default)]
 struct Lane {
-    /// The lane task's queue, once a notification has needed it.
-    queue: Option<mpsc::UnboundedSender<Queued>>,
-    /// Notifications sent to the lane task and not finished yet.
-    behind: Arc<AtomicUsize>,
-}
-
-enum Queued {
-    /// Started inline, still running.
-    Running(Notification),
-    /// Not started: the lane readies `service` and calls it.
-    Waiting {
-        req: Request,
-        budget: OwnedSemaphorePermit,
-        service: BoundService,
-    },
+    running: Option<Notification>,
+    waiting: VecDeque<(Request, OwnedSemaphorePermit)>,
 }
 
 /// A running notification, its method name for error reports, and its share of the
@@ -175,105 +178,58 @@ struct Notification {
 }
 
 impl Lane {
-    async fn notify(
+    fn is_busy(&self) -> bool {
+        self.running.is_some() || !self.waiting.is_empty()
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    fn push(&mut self, req: Request, budget: OwnedSemaphorePermit) {
+        self.waiting.push_back((req, budget));
+    }
+
+    /// Runs notifications in order until one has to wait (`Pending`) or none is left.
+    fn poll_drive(
         &mut self,
-        req: Request,
-        budget: OwnedSemaphorePermit,
+        cx: &mut Context<'_>,
         service: &mut BoundService,
-        shared: &Arc<Shared>,
-        tasks: &mut JoinSet<()>,
-    ) {
-        if self.behind.load(Ordering::Acquire) > 0 {
-            let service = service.clone();
-            return self.send(
-                Queued::Waiting {
-                    req,
-                    budget,
-                    service,
-                },
-                shared,
-                tasks,
-            );
-        }
-        let method = req.method_arc().clone();
-        let started = match poll_once(|cx| service.poll_ready(cx)).await {
-            Poll::Ready(Ok(())) => catch_unwind_call(service, req),
-            Poll::Ready(Err(e)) => Started::Failed(Some(e)),
-            // Not ready: wait for it in the lane, not here, so requests keep flowing.
-            Poll::Pending => {
-                let service = service.clone();
-                return self.send(
-                    Queued::Waiting {
-                        req,
-                        budget,
-                        service,
-                    },
-                    shared,
-                    tasks,
-                );
-            }
-        };
-        let mut running = Notification {
-            method,
-            started,
-            budget,
-        };
-        match poll_once(|cx| Pin::new(&mut running.started).poll(cx)).await {
-            Poll::Ready(outcome) => running.finish(outcome, shared),
-            Poll::Pending => self.send(Queued::Running(running), shared, tasks),
-        }
-    }
-
-    fn send(&mut self, queued: Queued, shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
-        let queue = self.queue.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tasks.spawn(lane(rx, self.behind.clone(), shared.clone()));
-            tx
-        });
-        self.behind.fetch_add(1, Ordering::AcqRel);
-        // The lane task ends only when this sender is dropped, or on abort.
-        let _ = queue.send(queued);
-    }
-}
-
-/// The lane task: runs queued notifications one after the other.
-async fn lane(
-    mut queue: mpsc::UnboundedReceiver<Queued>,
-    behind: Arc<AtomicUsize>,
-    shared: Arc<Shared>,
-) {
-    while let Some(queued) = queue.recv().await {
-        let (outcome, running) = match queued {
-            Queued::Running(mut running) => ((&mut running.started).await, running),
-            Queued::Waiting {
-                req,
+        shared: &Shared,
+    ) -> Poll<()> {
+        loop {
+            ready!(self.poll_running(cx, shared));
+            let Some((req, budget)) = self.waiting.pop_front() else {
+                return Poll::Ready(());
+            };
+            let method = req.method_arc().clone();
+            let started = match service.poll_ready(cx) {
+                Poll::Ready(Ok(())) => catch_unwind_call(service, req),
+                Poll::Ready(Err(e)) => Started::Failed(Some(e)),
+                Poll::Pending => {
+                    self.waiting.push_front((req, budget));
+                    return Poll::Pending;
+                }
+            };
+            self.running = Some(Notification {
+                method,
+                started,
                 budget,
-                mut service,
-            } => {
-                let method = req.method_arc().clone();
-                let started = match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
-                    Ok(()) => catch_unwind_call(&mut service, req),
-                    Err(e) => Started::Failed(Some(e)),
-                };
-                let mut running = Notification {
-                    method,
-                    started,
-                    budget,
-                };
-                ((&mut running.started).await, running)
-            }
-        };
-        running.finish(outcome, &shared);
-        behind.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Notification {
-    fn finish(self, outcome: Result<Response, BoxError>, shared: &Shared) {
-        drop(self.budget);
-        if let Err(error) = outcome {
-            report_notification_error(shared, &self.method, error);
+            });
         }
+    }
+
+    /// Polls the running notification, if any; `Ready` once none is running.
+    fn poll_running(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<()> {
+        if let Some(running) = &mut self.running {
+            let outcome = ready!(Pin::new(&mut running.started).poll(cx));
+            let done = self.running.take().expect("just polled");
+            drop(done.budget);
+            if let Err(error) = outcome {
+                report_notification_error(shared, &done.method, error);
+            }
+        }
+        Poll::Ready(())
     }
 }
 
