@@ -74,8 +74,17 @@ pub(super) async fn run(
             service = binding.borrow_and_update().clone();
         }
         let Some(id) = req.id() else {
-            lane.push(req, budget);
-            let _ = poll_once(|cx| lane.poll_drive(cx, &mut service, &shared)).await;
+            if lane.is_busy() {
+                lane.push(req, budget);
+            } else {
+                let mut next = Some((req, budget));
+                std::future::poll_fn(|cx| {
+                    let (req, budget) = next.take().expect("polled once");
+                    lane.start(cx, req, budget, &mut service, &shared);
+                    Poll::Ready(())
+                })
+                .await;
+            }
             continue;
         };
         let deadline = req.deadline().map(|d| d.0);
@@ -188,6 +197,31 @@ impl Lane {
 
     fn push(&mut self, req: Request, budget: OwnedSemaphorePermit) {
         self.waiting.push_back((req, budget));
+    }
+
+    /// Runs a notification on an idle lane: inline, the common case, when it finishes at
+    /// once; otherwise it stays running (or waiting, if the service is not ready).
+    fn start(
+        &mut self,
+        cx: &mut Context<'_>,
+        req: Request,
+        budget: OwnedSemaphorePermit,
+        service: &mut BoundService,
+        shared: &Shared,
+    ) {
+        debug_assert!(!self.is_busy());
+        let method = req.method_arc().clone();
+        let started = match service.poll_ready(cx) {
+            Poll::Ready(Ok(())) => catch_unwind_call(service, req),
+            Poll::Ready(Err(e)) => Started::Failed(Some(e)),
+            Poll::Pending => return self.push(req, budget),
+        };
+        self.running = Some(Notification {
+            method,
+            started,
+            budget,
+        });
+        let _ = self.poll_running(cx, shared);
     }
 
     /// Runs notifications in order until one has to wait (`Pending`) or none is left.
