@@ -12,10 +12,15 @@ use crate::error::Error;
 use crate::frame::{Frame, Meta};
 use crate::peer::PeerInfo;
 
-/// Where an incoming request came from, as the connection sees it. Opaque here, so that
-/// requests sit below connections; the connection module reads it back
-/// (`Request::connection`).
-pub(crate) type Origin = Arc<dyn Any + Send + Sync>;
+/// Where an incoming request came from: the connection, seen from below it, so that requests
+/// sit below connections. The connection module reads it back (`Request::connection`).
+pub(crate) trait Origin: Send + Sync + 'static {
+    /// Who is on the other end.
+    fn peer(&self) -> &PeerInfo;
+
+    /// The origin as `Any`, to downcast to the connection's own type.
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
 
 /// When an incoming request must be answered by ([`Request::deadline`]); calls made while
 /// serving it inherit what is left of it.
@@ -43,9 +48,10 @@ pub struct Request {
     id: Option<u64>,
     meta: Meta,
     /// The connection a request arrived on, so handlers can answer or call back.
-    origin: Option<Origin>,
-    /// Who sent an incoming request.
-    peer: Option<PeerInfo>,
+    origin: Option<Arc<dyn Origin>>,
+    /// Who sent the request, when set explicitly ([`Request::set_peer`]); otherwise the
+    /// origin knows. Boxed: most requests never set it, and a request is moved often.
+    peer: Option<Box<PeerInfo>>,
     /// When an incoming request must be answered by.
     deadline: Option<Deadline>,
     extensions: Extensions,
@@ -78,7 +84,7 @@ impl Request {
         }
     }
 
-    pub(crate) fn incoming(frame: Frame, origin: Origin, peer: PeerInfo) -> Option<Self> {
+    pub(crate) fn incoming(frame: Frame, origin: Arc<dyn Origin>) -> Option<Self> {
         let (method, args, id, meta) = match frame {
             Frame::Notification { method, args } => (method, args, None, Meta::default()),
             Frame::Request {
@@ -94,7 +100,7 @@ impl Request {
             args,
             id,
             meta,
-            peer: Some(peer),
+            peer: None,
             origin: Some(origin),
             deadline: None,
             extensions: Extensions::default(),
@@ -142,14 +148,17 @@ impl Request {
         &mut self.meta
     }
 
-    pub(crate) fn origin(&self) -> Option<&Origin> {
+    pub(crate) fn origin(&self) -> Option<&Arc<dyn Origin>> {
         self.origin.as_ref()
     }
 
     /// Who sent an incoming request: the connection id and what the transport knows of the
     /// peer.
     pub fn peer(&self) -> Option<&PeerInfo> {
-        self.peer.as_ref()
+        match &self.peer {
+            Some(peer) => Some(peer),
+            None => self.origin.as_deref().map(Origin::peer),
+        }
     }
 
     /// When an incoming request must be answered by: the earlier of
@@ -162,7 +171,7 @@ impl Request {
 
     /// Sets who sent the request: for proxies, and for testing layers without a socket.
     pub fn set_peer(&mut self, peer: PeerInfo) {
-        self.peer = Some(peer);
+        self.peer = Some(Box::new(peer));
     }
 
     pub(crate) fn set_deadline(&mut self, deadline: Deadline) {

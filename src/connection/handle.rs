@@ -199,7 +199,12 @@ impl fmt::Debug for Connection {
 impl Request {
     /// The connection an incoming request arrived on: a handle to answer or call the peer.
     pub fn connection(&self) -> Option<Connection> {
-        let shared = self.origin()?.clone().downcast::<Shared>().ok()?;
+        let shared = self
+            .origin()?
+            .clone()
+            .into_any()
+            .downcast::<Shared>()
+            .ok()?;
         Some(Connection { shared })
     }
 }

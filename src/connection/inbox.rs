@@ -65,8 +65,7 @@ impl Inbox {
         let shared = &self.shared;
         let arrived = Instant::now();
         let cost = (call.payload_len() + FRAME_OVERHEAD).min(shared.config.inbound_buffer);
-        let origin: crate::request::Origin = shared.clone();
-        let Some(mut req) = Request::incoming(call, origin, shared.peer.clone()) else {
+        let Some(mut req) = Request::incoming(call, shared.clone()) else {
             return true;
         };
         if req.method() == CANCEL_METHOD && !req.is_call() {

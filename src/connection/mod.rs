@@ -178,6 +178,16 @@ impl Shared {
     }
 }
 
+impl crate::request::Origin for Shared {
+    fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
 /// An error with its `source()` chain, for logs: `Error`'s own `Display` names only itself.
 struct ErrorChain<'a>(&'a Error);
 
