@@ -59,7 +59,9 @@
 //! client stop at once; a stdio server is its client's child, killed when the client drops it
 //! (`kill_on_drop`), and it ends by itself at the end of its stdin when its client dies.
 
-#[path = "support/procfs.rs"]
+// One copy, kept with the tests (which include nothing from `examples/`).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/common/procfs.rs"]
 mod procfs;
 
 use std::io::{BufRead, BufReader, Write};

@@ -26,9 +26,12 @@
 //! The client side opens as many descriptors as connections: `many` needs `ulimit -n` above
 //! 1,000 (check it; `sh -c 'ulimit -n 4096; exec cargo run ...'` raises the soft limit).
 
-#[path = "support/clients.rs"]
+// One copy each, kept with the tests (which include nothing from `examples/`).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/common/clients.rs"]
 mod clients;
-#[path = "support/procfs.rs"]
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/common/procfs.rs"]
 mod procfs;
 
 use std::io::{BufRead, BufReader, Write};

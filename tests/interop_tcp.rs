@@ -2,29 +2,14 @@
 //! drives a Rust server over TCP loopback, and, as the control, over a Unix socket: the
 //! protocol is the same on every transport.
 
+mod common;
 mod support;
 
 use std::future::IntoFuture;
 use std::time::Duration;
 
-use diarrhoea::{serve, Args, Connection, Router, UnixListener};
+use diarrhoea::{serve, UnixListener};
 use tokio::net::TcpListener;
-
-/// The methods peer.py calls: `ping`, `echo`, `add`, and `ask`, which calls its `double`.
-fn interop_router() -> Router {
-    Router::new()
-        .route(
-            "ping",
-            |peer: Connection, x: String, time: u64| async move {
-                peer.post_message("pong", (x, time)).await
-            },
-        )
-        .route("echo", |args: Args| async move { args })
-        .route("add", |a: i64, b: i64| async move { a + b })
-        .route("ask", |peer: Connection, n: i64| async move {
-            peer.call::<i64>("double", (n,)).await
-        })
-}
 
 /// Runs peer.py with `args` (bounded: it gives up after 10 s per frame itself, and is killed
 /// after a minute); asserts it passed all its checks.
@@ -62,7 +47,7 @@ async fn python_peer(args: Vec<String>) {
 async fn the_python_peer_passes_over_tcp() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(serve(listener, interop_router()).into_future());
+    let server = tokio::spawn(serve(listener, common::test_router()).into_future());
     python_peer(vec!["--tcp".to_owned(), addr.to_string()]).await;
     server.abort();
 }
@@ -71,8 +56,9 @@ async fn the_python_peer_passes_over_tcp() {
 async fn the_python_peer_passes_over_a_unix_socket() {
     let dir = support::temp_dir();
     let path = dir.path().join("interop.sock");
-    let server =
-        tokio::spawn(serve(UnixListener::bind(&path).unwrap(), interop_router()).into_future());
+    let server = tokio::spawn(
+        serve(UnixListener::bind(&path).unwrap(), common::test_router()).into_future(),
+    );
     python_peer(vec![path.to_str().unwrap().to_owned()]).await;
     server.abort();
 }

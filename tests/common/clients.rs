@@ -1,5 +1,5 @@
-//! Load clients for `tests/soak.rs` (a copy of what `examples/soak.rs` uses: tests include
-//! nothing from `examples/`).
+//! Load clients shared by `tests/soak.rs` and `examples/soak.rs` (which includes this file
+//! with `#[path]`; tests include nothing from `examples/`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

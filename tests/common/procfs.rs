@@ -1,7 +1,7 @@
 //! What `/proc` says about a process: the figures the flood and soak runs report.
 //!
-//! A copy of `examples/support/procfs.rs` for the tests (tests include nothing from
-//! `examples/`); `tests/soak.rs` uses it.
+//! Shared by `tests/soak.rs`, `examples/flood.rs` and `examples/soak.rs` (the examples include
+//! this file with `#[path]`; tests include nothing from `examples/`).
 
 /// Resident memory of a process, in KiB.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
