@@ -234,6 +234,8 @@ pub(crate) enum Kind {
     Bind(&'static str),
     /// An I/O error on the byte stream.
     Io,
+    /// Options that cannot work together (e.g. a pool without workers).
+    Config(Box<str>),
 }
 
 impl Error {
@@ -262,6 +264,10 @@ impl Error {
 
     pub(crate) fn io(e: std::io::Error) -> Self {
         Self::new(Kind::Io).with_source(e)
+    }
+
+    pub(crate) fn config(what: impl Into<String>) -> Self {
+        Self::new(Kind::Config(what.into().into_boxed_str()))
     }
 
     pub(crate) fn protocol(rpc: RpcError) -> Self {
@@ -315,6 +321,11 @@ impl Error {
         matches!(self.kind, Kind::Io)
     }
 
+    /// Options given to a builder cannot work (e.g. a pool without workers).
+    pub fn is_config(&self) -> bool {
+        matches!(self.kind, Kind::Config(_))
+    }
+
     /// The peer's error reply, or for a protocol error the error this side found.
     pub fn remote(&self) -> Option<&RpcError> {
         match &self.kind {
@@ -362,6 +373,7 @@ impl fmt::Display for Error {
             Kind::Protocol(rpc) => write!(f, "protocol error: {rpc}")?,
             Kind::Bind(what) => write!(f, "cannot bind socket path: {what}")?,
             Kind::Io => f.write_str("I/O error")?,
+            Kind::Config(what) => write!(f, "invalid options: {what}")?,
         }
         // The cause is `source()`, not repeated here: error reporters print the whole chain.
         Ok(())

@@ -54,6 +54,7 @@
 //! | [`connection`] | builder, reader, inbox, dispatcher, pending and in-flight tables, outbox, writer: both sides share it |
 //! | [`layer`] | the crate's own middleware: tracing, naming overloads, an allow list of peers |
 //! | `server` | [`serve`]: listeners, the accept loop, per-connection factories, graceful shutdown |
+//! | [`pool`] | [`Pool`](pool::Pool): many worker connections behind one service, balanced, supervised, retried |
 //! | [`future`] | the named futures |
 //!
 //! # Transports
@@ -238,6 +239,7 @@ pub mod future;
 mod handler;
 pub mod layer;
 mod peer;
+pub mod pool;
 mod request;
 mod response;
 mod router;

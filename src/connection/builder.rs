@@ -32,7 +32,7 @@ use crate::transport::{ChildStdio, Stdio, Transport};
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Builder {
     config: Config,
     service: Option<BoundService>,

@@ -1,0 +1,535 @@
+//! A pool of workers behind one [`tower::Service`]: calls spread over several processes (or
+//! servers) by load, workers supervised and restarted, failed idempotent calls retried.
+//!
+//! The pool is built from tower's own parts: each handle balances with
+//! [`tower::balance::p2c::Balance`] (power of two choices, by calls in flight per worker) over
+//! a [`Discover`](tower::discover::Discover) stream of the live workers, and a
+//! [`PoolCaller`] retries with [`tower::retry::Retry`] and [`RetryIdempotent`]. So every
+//! tower layer works around it, and every worker is an ordinary connection: its handlers are a
+//! [`Router`](crate::Router), and it may call back into the parent, whose handlers are the
+//! pool's [`service`](PoolBuilder::service).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use diarrhoea::pool::Pool;
+//! use diarrhoea::Router;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), diarrhoea::Error> {
+//!     if std::env::args().any(|a| a == "--worker") {
+//!         // The worker: an ordinary router over stdin and stdout.
+//!         let router = Router::new().route("square", |x: u64| async move { x * x });
+//!         diarrhoea::serve_stdio(router).await;
+//!         return Ok(());
+//!     }
+//!     // The parent: four copies of this binary, restarted when they die.
+//!     let pool = Pool::builder()
+//!         .spawn_self(4, ["--worker"])
+//!         .idempotent(["square"])
+//!         .build()?;
+//!     let nine: u64 = pool.call("square", (3,)).await?;
+//!     assert_eq!(nine, 9);
+//!     pool.shutdown(Duration::from_secs(5)).await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## What happens when a worker goes away
+//! A worker that exits, closes its connection or stops answering the liveness probe leaves
+//! the balance at once. Its calls in flight fail with [`Error::is_closed`]; those of methods
+//! marked [`idempotent`](PoolBuilder::idempotent) are sent again to another worker, within a
+//! retry budget. The pool starts it again (or reconnects) after an exponential back-off with
+//! jitter, so a worker that crashes in a loop costs a few starts per second at most; it
+//! rejoins once it answers a first probe. Workers the pool starts read their requests from
+//! stdin: when the pool's process dies, even by `SIGKILL`, they see the end of it and exit.
+
+mod balance;
+mod metrics;
+mod retry;
+mod roster;
+mod supervise;
+mod worker;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::process::Command;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tower::retry::backoff::ExponentialBackoffMaker;
+use tower::retry::budget::TpsBudget;
+use tower::retry::Retry;
+use tower::util::rng::HasherRng;
+use tower::{Service, ServiceExt};
+
+use self::balance::{Balanced, Balancing};
+use self::metrics::SlotStats;
+use self::roster::Roster;
+use self::worker::{Health, Source};
+use crate::connection::{Builder, Caller, Config, Connection, Notifier};
+use crate::error::{BoxError, Error};
+use crate::request::Request;
+use crate::response::Response;
+
+pub use self::metrics::{PoolMetrics, WorkerMetrics};
+pub use self::retry::RetryIdempotent;
+
+/// How long a worker has to answer its first probe after it was started (or connected to).
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker the pool no longer needs has to exit on its own before it is killed.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Options for a [`Pool`]: where its workers come from, and how they are treated.
+pub struct PoolBuilder {
+    sources: Vec<Source>,
+    connection: Builder,
+    idempotent: Vec<Box<str>>,
+    budget: Option<TpsBudget>,
+    health: Option<Health>,
+    backoff: (Duration, Duration),
+    start_timeout: Duration,
+    error: Option<Error>,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("sources", &self.sources)
+            .field("idempotent", &self.idempotent)
+            .field("health", &self.health)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            sources: Vec::new(),
+            connection: Builder::new(),
+            idempotent: Vec::new(),
+            budget: None,
+            health: Some(Health {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(10),
+            }),
+            backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            start_timeout: START_TIMEOUT,
+            error: None,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Starts `count` worker processes, each made by `command(index)`, and talks to them over
+    /// their stdin and stdout (the worker serves with [`serve_stdio`](crate::serve_stdio);
+    /// stdin and stdout are set to piped, stderr is left as it is).
+    pub fn spawn<F>(mut self, count: usize, command: F) -> Self
+    where
+        F: Fn(usize) -> Command + Send + Sync + 'static,
+    {
+        let command: worker::MakeCommand = Arc::new(command);
+        self.sources
+            .extend((0..count).map(|_| Source::Spawn(command.clone())));
+        self
+    }
+
+    /// Starts `count` copies of this very program, with `args`: the usual way to scale a
+    /// binary out, with a flag that makes it a worker.
+    pub fn spawn_self<I, A>(self, count: usize, args: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<std::ffi::OsString>,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        match std::env::current_exe() {
+            Ok(exe) => self.spawn(count, move |_| {
+                let mut command = Command::new(&exe);
+                command.args(&args);
+                command
+            }),
+            Err(e) => Self {
+                error: Some(Error::io(e).with_context("find this program to start workers")),
+                ..self
+            },
+        }
+    }
+
+    /// Adds a worker served on the Unix socket at `path`: the pool connects, and reconnects
+    /// whenever the connection is lost.
+    pub fn connect(mut self, path: impl Into<PathBuf>) -> Self {
+        self.sources.push(Source::Unix(path.into()));
+        self
+    }
+
+    /// Adds a worker served over TCP at `addr`, reconnected as [`connect`](Self::connect).
+    pub fn connect_tcp(mut self, addr: SocketAddr) -> Self {
+        self.sources.push(Source::Tcp(addr));
+        self
+    }
+
+    /// Limits and buffer sizes of every worker connection.
+    pub fn config(mut self, config: Config) -> Self {
+        self.connection = self.connection.config(config);
+        self
+    }
+
+    /// Serves the workers' calls back to the parent with `service` (usually a
+    /// [`Router`](crate::Router)); without one they get -32601.
+    pub fn service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.connection = self.connection.service(service);
+        self
+    }
+
+    /// Marks `methods` as safe to run twice: their calls are retried on another worker when
+    /// theirs goes away before replying. Calls of other methods are never retried.
+    pub fn idempotent<I, M>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = M>,
+        M: Into<Box<str>>,
+    {
+        self.idempotent.extend(methods.into_iter().map(Into::into));
+        self
+    }
+
+    /// The budget retries are paid from (default: 20% of the calls of the last 10 s, and at
+    /// least 10 per second).
+    pub fn retry_budget(mut self, budget: TpsBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Probes each worker every `interval` with a `$/ping` call, which its connection answers
+    /// without running a handler; a worker that does not answer within `timeout` is taken out
+    /// of the balance and restarted. Default: every second, within 10 s.
+    pub fn health_check(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.health = Some(Health { interval, timeout });
+        self
+    }
+
+    /// No liveness probe: a worker leaves only when it exits or its connection closes.
+    pub fn no_health_check(mut self) -> Self {
+        self.health = None;
+        self
+    }
+
+    /// The back-off between restarts of one worker: from `min`, doubling with jitter, up to
+    /// `max` (default: 100 ms to 5 s). It starts again from `min` once a worker stayed up for
+    /// 10 s.
+    pub fn restart_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max);
+        self
+    }
+
+    /// How long a new worker has to answer its first probe before it counts as failed to
+    /// start (default: 10 s).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Starts the pool: one supervisor task per worker. Returns at once; workers join the
+    /// balance as they come up ([`Pool::until_live`] waits for them).
+    ///
+    /// Fails when no worker was configured, the back-off is invalid, or this program could
+    /// not be found for [`spawn_self`](Self::spawn_self).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn build(self) -> Result<Pool, Error> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        if self.sources.is_empty() {
+            return Err(Error::config("a pool needs at least one worker"));
+        }
+        let (min, max) = self.backoff;
+        let backoff = ExponentialBackoffMaker::new(min, max, 1.0, HasherRng::default())
+            .map_err(|e| Error::config(format!("restart back-off: {e}")))?;
+        let mut retry = RetryIdempotent::new(self.idempotent);
+        if let Some(budget) = self.budget {
+            retry = retry.with_budget(budget);
+        }
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            slots: self.sources.iter().map(|_| Arc::default()).collect(),
+            sources: self.sources,
+            roster: Roster::new(),
+            connection: self.connection,
+            retry,
+            health: self.health,
+            backoff,
+            start_timeout: self.start_timeout,
+            grace: GRACE,
+            closing: stop.child_token(),
+            stop: stop.clone(),
+            keys: AtomicU64::new(0),
+            tracker: TaskTracker::new(),
+        });
+        for slot in 0..shared.slots.len() {
+            shared
+                .tracker
+                .spawn(supervise::supervise(slot, shared.clone()));
+        }
+        shared.tracker.close();
+        Ok(Pool {
+            inner: Arc::new(PoolRef {
+                shared,
+                _stop_on_drop: stop.drop_guard(),
+            }),
+        })
+    }
+}
+
+/// What the supervisors and the handles share.
+struct Shared {
+    sources: Vec<Source>,
+    slots: Vec<Arc<SlotStats>>,
+    roster: Roster,
+    connection: Builder,
+    retry: RetryIdempotent,
+    health: Option<Health>,
+    backoff: ExponentialBackoffMaker,
+    start_timeout: Duration,
+    grace: Duration,
+    /// No new calls, no restarts: set by shutdown (and by `stop`).
+    closing: CancellationToken,
+    /// Ends the workers and the supervisors.
+    stop: CancellationToken,
+    keys: AtomicU64,
+    tracker: TaskTracker,
+}
+
+impl Shared {
+    fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
+    fn next_key(&self) -> u64 {
+        self.keys.fetch_add(1, Relaxed)
+    }
+}
+
+/// What the handles hold: when the last one is dropped, the workers are ended.
+struct PoolRef {
+    shared: Arc<Shared>,
+    _stop_on_drop: DropGuard,
+}
+
+/// A pool of workers: see the [module docs](self). Cheap to clone; when the last clone (and
+/// the last [`PoolCaller`] and [`PoolNotifier`]) is dropped, the workers are ended.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolRef>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.inner.shared.slots.len())
+            .field("live", &self.inner.shared.roster.len())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Options for a new pool.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Calls as a [`tower::Service`], balanced over the live workers and retried for
+    /// idempotent methods. Each caller balances on its own (a clone starts a new balancer on
+    /// first use), so keep one per task rather than one per call.
+    pub fn caller(&self) -> PoolCaller {
+        PoolCaller {
+            inner: Retry::new(
+                self.inner.shared.retry.clone(),
+                Balanced::new(self.inner.clone()),
+            ),
+        }
+    }
+
+    /// Notifications as a [`tower::Service`], each sent to one live worker, balanced as calls.
+    pub fn notifier(&self) -> PoolNotifier {
+        PoolNotifier {
+            inner: Balanced::new(self.inner.clone()),
+        }
+    }
+
+    /// Calls `method` on one worker and waits for its reply; see [`Connection::call`].
+    /// Waits while no worker is live. For many calls, keep a [`caller`](Self::caller).
+    pub async fn call<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+    ) -> Result<R, Error> {
+        let request = Request::new(method, args)?;
+        self.caller().oneshot(request).await?.deserialize()
+    }
+
+    /// Sends a notification to one worker.
+    pub async fn post_message(&self, method: &str, args: impl Serialize) -> Result<(), Error> {
+        let request = Request::new(method, args)?;
+        self.notifier().oneshot(request).await
+    }
+
+    /// Sends a notification to every live worker; returns how many it was sent to.
+    pub async fn broadcast(&self, method: &str, args: impl Serialize) -> Result<usize, Error> {
+        if self.inner.shared.is_closing() {
+            return Err(Error::closed());
+        }
+        let mut sent = 0;
+        for worker in self.inner.shared.roster.live() {
+            if worker.conn.post_message(method, &args).await.is_ok() {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// The connections of the live workers, to reach one of them directly.
+    pub fn connections(&self) -> Vec<Connection> {
+        let live = self.inner.shared.roster.live();
+        live.iter().map(|w| w.conn.clone()).collect()
+    }
+
+    /// How many workers are live now.
+    pub fn live(&self) -> usize {
+        self.inner.shared.roster.len()
+    }
+
+    /// Waits until at least `n` workers are live.
+    pub async fn until_live(&self, n: usize) {
+        self.inner.shared.roster.until(|live| live >= n).await;
+    }
+
+    /// The pool's counters now.
+    pub fn metrics(&self) -> PoolMetrics {
+        let shared = &self.inner.shared;
+        PoolMetrics {
+            live: shared.roster.len(),
+            retried: shared.retry.retried(),
+            workers: (shared.slots.iter().enumerate())
+                .map(|(index, stats)| stats.snapshot(index))
+                .collect(),
+        }
+    }
+
+    /// Shuts down gracefully: new calls fail with [`Error::is_closed`] at once, calls in flight
+    /// get up to `timeout` to finish, then every worker is ended (a process gets a second to
+    /// exit on its own before it is killed) and reaped.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let shared = &self.inner.shared;
+        shared.closing.cancel();
+        shared.roster.clear();
+        let deadline = tokio::time::Instant::now() + timeout;
+        'wait: for stats in &shared.slots {
+            loop {
+                let ended = stats.call_ended_notify().notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if stats.in_flight() == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                    break 'wait;
+                }
+            }
+        }
+        shared.stop.cancel();
+        shared.tracker.wait().await;
+    }
+}
+
+/// Calls balanced over a [`Pool`]'s workers, as a [`tower::Service`]: from
+/// [`Pool::caller`]. `poll_ready` is ready when some live worker has room for the call, and
+/// waits while none is live.
+#[derive(Clone, Debug)]
+pub struct PoolCaller {
+    inner: Retry<RetryIdempotent, Balanced<Caller>>,
+}
+
+impl Service<Request> for PoolCaller {
+    type Response = Response;
+    type Error = Error;
+    type Future = PoolResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> PoolResponseFuture {
+        PoolResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The reply to a call made through a [`PoolCaller`].
+    pub struct PoolResponseFuture {
+        #[pin]
+        inner: tower::retry::future::ResponseFuture<RetryIdempotent, Balanced<Caller>, Request>,
+    }
+}
+
+impl Future for PoolResponseFuture {
+    type Output = Result<Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+/// Notifications balanced over a [`Pool`]'s workers, as a [`tower::Service`]: from
+/// [`Pool::notifier`].
+#[derive(Clone, Debug)]
+pub struct PoolNotifier {
+    inner: Balanced<Notifier>,
+}
+
+impl Service<Request> for PoolNotifier {
+    type Response = ();
+    type Error = Error;
+    type Future = PoolNotifyFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> PoolNotifyFuture {
+        PoolNotifyFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Completes once a notification sent through a [`PoolNotifier`] is queued.
+    pub struct PoolNotifyFuture {
+        #[pin]
+        inner: Balancing<balance::BalanceFuture<Notifier>>,
+    }
+}
+
+impl Future for PoolNotifyFuture {
+    type Output = Result<(), Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
