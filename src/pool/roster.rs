@@ -74,10 +74,12 @@ impl Roster {
         let mut rx = self.live.subscribe();
         rx.mark_changed();
         Discovery {
+            peek: rx.clone(),
             changed: ReusableBoxFuture::new(changed(rx)),
             known: HashSet::new(),
             queue: VecDeque::new(),
             make,
+            waiting: None,
         }
     }
 }
@@ -94,6 +96,11 @@ pub(super) struct Discovery<S> {
     known: HashSet<u64>,
     queue: VecDeque<Change<u64, S>>,
     make: fn(&Worker) -> S,
+    /// The waker registered with the roster's change notice. A balancer polls its discovery
+    /// on every call: while nothing changed (`peek` tells without a lock), polling the notice
+    /// again for the same task would only take its lock.
+    waiting: Option<std::task::Waker>,
+    peek: watch::Receiver<Live>,
 }
 
 impl<S> Discovery<S> {
@@ -118,11 +125,25 @@ impl<S> futures_core::Stream for Discovery<S> {
             if let Some(change) = self.queue.pop_front() {
                 return Poll::Ready(Some(Ok(change)));
             }
-            let (open, mut rx) = std::task::ready!(self.changed.poll(cx));
+            let unchanged = !self.peek.has_changed().unwrap_or(true);
+            if unchanged
+                && self
+                    .waiting
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                return Poll::Pending;
+            }
+            let Poll::Ready((open, mut rx)) = self.changed.poll(cx) else {
+                self.waiting = Some(cx.waker().clone());
+                return Poll::Pending;
+            };
+            self.waiting = None;
             if !open {
                 return Poll::Ready(None);
             }
             let live = rx.borrow_and_update().clone();
+            self.peek.mark_unchanged();
             self.changed.set(changed(rx));
             self.sync(&live);
         }
