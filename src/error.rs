@@ -387,3 +387,61 @@ impl std::error::Error for Error {
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_codes_are_the_wire_contract() {
+        // Peers (the Python interop peer, Node users) match on these numbers.
+        let codes = [
+            (code::PARSE_ERROR, -32700),
+            (code::INVALID_FRAME, -32600),
+            (code::METHOD_NOT_FOUND, -32601),
+            (code::INVALID_PARAMS, -32602),
+            (code::INTERNAL_ERROR, -32603),
+            (code::TIMEOUT, -32001),
+            (code::OVERLOADED, -32002),
+            (code::FRAME_TOO_LARGE, -32003),
+            (code::SHUTTING_DOWN, -32004),
+            (code::CANCELLED, -32800),
+        ];
+        for (constant, wire) in codes {
+            assert_eq!(constant, wire);
+        }
+    }
+
+    #[test]
+    fn each_kind_answers_only_its_own_question() {
+        let rpc = || RpcError::internal("x");
+        let errors = [
+            Error::closed(),
+            Error::new(Kind::Remote(rpc())),
+            Error::new(Kind::Timeout),
+            Error::new(Kind::Full),
+            Error::new(Kind::Encode),
+            Error::new(Kind::Decode),
+            Error::protocol(rpc()),
+            Error::bind("in use", "x"),
+            Error::io(std::io::Error::other("x")),
+            Error::config("x"),
+        ];
+        for (i, error) in errors.iter().enumerate() {
+            let answers = [
+                error.is_closed(),
+                error.is_remote(),
+                error.is_timeout(),
+                error.is_overloaded(),
+                error.is_serde() && i == 4,
+                error.is_serde() && i == 5,
+                error.is_protocol(),
+                error.is_bind(),
+                error.is_io(),
+                error.is_config(),
+            ];
+            let yes: Vec<usize> = (0..answers.len()).filter(|&j| answers[j]).collect();
+            assert_eq!(yes, [i], "{error:?}");
+        }
+    }
+}

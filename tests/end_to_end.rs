@@ -359,6 +359,26 @@ async fn oversized_outgoing_frames_fail_before_they_are_sent() {
 }
 
 #[tokio::test]
+async fn a_frame_of_exactly_the_maximum_size_is_sent() {
+    let server = TestServer::start(test_router());
+    let client = Connection::builder()
+        .config(Config::new().max_frame_size(1024))
+        .connect(server.path())
+        .await
+        .unwrap();
+    // `["echo",["` + x + `"]]`: 13 bytes around the string.
+    client
+        .post_message("echo", ("x".repeat(1024 - 13),))
+        .await
+        .expect("exactly the maximum is allowed");
+    let err = client
+        .post_message("echo", ("x".repeat(1024 - 12),))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(diarrhoea::code::FRAME_TOO_LARGE), "{err}");
+}
+
+#[tokio::test]
 async fn args_must_be_an_array() {
     let server = TestServer::start(test_router());
     let path = server.path();
