@@ -542,3 +542,36 @@ async fn allow_peers_admits_this_user_over_a_unix_socket() {
     let conn = Connection::connect(&path).await.unwrap();
     assert_eq!(conn.call::<i64>("add", (1, 2)).await.unwrap(), 3);
 }
+
+#[tokio::test]
+async fn every_connection_has_its_own_id() {
+    let (a, b) = Connection::pair().unwrap();
+    let (c, d) = Connection::pair().unwrap();
+    let ids: std::collections::HashSet<u64> = [a.id(), b.id(), c.id(), d.id()].into();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert_eq!(a.peer().connection_id, a.id());
+}
+
+#[tokio::test]
+async fn a_peer_that_resets_the_connection_closes_it_without_an_error_event() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (ours, _) = listener.accept().await.unwrap();
+    let conn = diarrhoea::serve_connection(ours, Router::new());
+    let mut events = conn.events();
+    // SO_LINGER 0: closing sends RST, so the read fails with ECONNRESET instead of ending.
+    #[allow(deprecated)]
+    peer.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(peer);
+    let mut seen = Vec::new();
+    loop {
+        match within("the connection closes", events.recv()).await {
+            Some(Event::Close) | None => break,
+            Some(event) => seen.push(format!("{event:?}")),
+        }
+    }
+    // A peer going away is not this side's error; other I/O errors are reported.
+    assert!(seen.iter().all(|e| !e.starts_with("Error")), "{seen:?}");
+}

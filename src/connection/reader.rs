@@ -15,7 +15,15 @@ use crate::error::{code, Error, Kind, RpcError};
 use crate::frame::Frame;
 
 /// Bytes read per `read` call at most; also the buffer size kept between frames.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 16_384;
+
+/// A big frame may have grown the buffer: once it is empty, do not keep that memory per
+/// connection.
+fn shrink_if_grown(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+        *buf = BytesMut::with_capacity(READ_CHUNK);
+    }
+}
 
 /// Reads until the stream ends or the connection goes away. Returns the read half after the
 /// peer's end of stream, for the hang-up check; `None` when the connection is going away.
@@ -35,10 +43,7 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
                 break 'reading false;
             }
         }
-        // A big frame may have grown the buffer; do not keep that memory per connection.
-        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
-            buf = BytesMut::with_capacity(READ_CHUNK);
-        }
+        shrink_if_grown(&mut buf);
         buf.reserve(READ_CHUNK);
         let read_result = tokio::select! {
             biased;
@@ -147,5 +152,29 @@ async fn handle(item: Decoded, inbox: &mut Inbox, shared: &Shared) -> bool {
             true
         }
         Ok(call) => inbox.submit(call).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grown_buffer_is_given_back_once_empty() {
+        let mut buf = BytesMut::with_capacity(4 * READ_CHUNK + 1);
+        buf.extend_from_slice(b"partial");
+        shrink_if_grown(&mut buf);
+        assert_eq!(&buf[..], b"partial", "a buffer holding bytes is kept");
+        buf.clear();
+        shrink_if_grown(&mut buf);
+        assert!(buf.capacity() < 4 * READ_CHUNK, "{}", buf.capacity());
+
+        let mut kept = BytesMut::with_capacity(4 * READ_CHUNK);
+        let before = kept.capacity();
+        shrink_if_grown(&mut kept);
+        assert_eq!(kept.capacity(), before, "up to four reads' worth is kept");
+        let mut small = BytesMut::with_capacity(READ_CHUNK);
+        shrink_if_grown(&mut small);
+        assert_eq!(small.capacity(), READ_CHUNK);
     }
 }

@@ -13,10 +13,17 @@ use crate::error::Error;
 /// Frames taken from the queue per batch.
 const BATCH: usize = 256;
 /// Bytes gathered before a write; larger batches are written as they fill.
-const WRITE_CHUNK: usize = 64 * 1024;
+const WRITE_CHUNK: usize = 65_536;
 /// A buffer that grew beyond this is given back after its write, so a connection that was
 /// busy once does not keep the memory (1,000 connections x a large buffer adds up).
-const KEEP: usize = 16 * 1024;
+const KEEP: usize = 16_384;
+
+/// Drops a buffer that grew beyond [`KEEP`].
+fn give_back_if_grown(buf: &mut BytesMut) {
+    if buf.capacity() > KEEP {
+        *buf = BytesMut::new();
+    }
+}
 
 pub(super) async fn run<W: AsyncWrite + Unpin>(
     mut write: W,
@@ -45,9 +52,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
         if !flush(&mut write, &mut buf, &shared).await {
             return;
         }
-        if buf.capacity() > KEEP {
-            buf = BytesMut::new();
-        }
+        give_back_if_grown(&mut buf);
     }
     // Ending: write what is queued, refuse the rest, then shut down the write side.
     queue.close();
@@ -94,4 +99,19 @@ async fn write_and_flush<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     write.write_all_buf(buf).await?;
     write.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_that_grew_beyond_keep_is_given_back() {
+        let mut kept = BytesMut::with_capacity(KEEP);
+        give_back_if_grown(&mut kept);
+        assert_eq!(kept.capacity(), KEEP);
+        let mut grown = BytesMut::with_capacity(KEEP + 1);
+        give_back_if_grown(&mut grown);
+        assert_eq!(grown.capacity(), 0);
+    }
 }
