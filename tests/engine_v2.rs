@@ -575,3 +575,63 @@ async fn a_peer_that_resets_the_connection_closes_it_without_an_error_event() {
     // A peer going away is not this side's error; other I/O errors are reported.
     assert!(seen.iter().all(|e| !e.starts_with("Error")), "{seen:?}");
 }
+
+/// A balancer over several connections drops one whose peer is gone when its caller says so;
+/// before, a dead peer looked ready (and idle) until every task of its connection had ended.
+#[tokio::test]
+async fn a_caller_is_not_ready_once_its_peer_can_no_longer_reply() {
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let router = {
+        let (started, release) = (started.clone(), release.clone());
+        Router::new().route("hold", move || {
+            let (started, release) = (started.clone(), release.clone());
+            async move {
+                started.notify_one();
+                release.notified().await;
+            }
+        })
+    };
+    let (a, b) = Connection::builder()
+        .service(router)
+        .pair(Connection::builder())
+        .unwrap();
+    let mut events = a.events();
+    let held = tokio::spawn({
+        let b = b.clone();
+        async move { b.call::<()>("hold", ()).await }
+    });
+    within("the handler starts", started.notified()).await;
+    let mut caller = a.caller();
+    within(
+        "ready while the peer is there",
+        std::future::poll_fn(|cx| tower::Service::poll_ready(&mut caller, cx)),
+    )
+    .await
+    .expect("ready");
+    drop(caller);
+
+    // The peer finishes sending: `a` still answers its call, but can expect no reply.
+    b.end();
+    loop {
+        match within("the peer's end", events.recv()).await {
+            Some(Event::End) => break,
+            Some(_) => continue,
+            None => panic!("closed before the end was seen"),
+        }
+    }
+    let mut caller = a.caller();
+    let ready = within(
+        "poll_ready",
+        std::future::poll_fn(|cx| tower::Service::poll_ready(&mut caller, cx)),
+    )
+    .await;
+    assert!(ready.is_err_and(|e| e.is_closed()));
+    assert!(!a.is_closed(), "the connection is still answering");
+
+    release.notify_one();
+    within("the held call", held)
+        .await
+        .unwrap()
+        .expect("answered after the peer's end");
+}

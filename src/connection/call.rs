@@ -144,7 +144,13 @@ impl Service<Request> for Caller {
     type Error = Error;
     type Future = ResponseFuture;
 
+    /// Fails with [`Error::is_closed`] as soon as no reply can come (the peer's side ended or
+    /// this side is ending), so a balancer drops a dead peer before it sends to it.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.shared.pending.is_closed() || self.shared.lifecycle.is_ending() {
+            self.outgoing.abort();
+            return Poll::Ready(Err(Error::closed()));
+        }
         self.outgoing.poll_ready(cx)
     }
 

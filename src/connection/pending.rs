@@ -4,6 +4,7 @@
 //! ends fails every waiter with a closed error, so nothing waits forever.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
@@ -16,6 +17,8 @@ pub(crate) type ReplySender = oneshot::Sender<Result<Response, Error>>;
 #[derive(Default)]
 pub(crate) struct Pending {
     inner: Mutex<Inner>,
+    /// `Inner::closed`, readable without the lock: callers check it before every call.
+    closed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -89,11 +92,17 @@ impl Pending {
         let calls = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.closed = true;
+            self.closed.store(true, Ordering::Release);
             std::mem::take(&mut inner.calls)
         };
         for (_, tx) in calls {
             let _ = tx.send(Err(Error::closed()));
         }
+    }
+
+    /// Whether no reply can arrive any more (the reader has stopped).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// How many calls are waiting.

@@ -1,0 +1,143 @@
+//! Not a test of its own: the worker program that tests/pool.rs starts (a `harness = false`
+//! target, so its stdout carries frames and nothing else; see `pool_worker_exe` in
+//! tests/pool.rs for how it is found).
+//!
+//! What it does:
+//! - with the argument `--serve`, or `DIARRHOEA_POOL_WORKER=serve`: serves [`router`] over its
+//!   stdin and stdout on a current-thread runtime (so `freeze` stops everything, the
+//!   connection's own answers to the pool's probes too), then exits 0. With
+//!   `DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS=n` it exits with status 3 `n` ms after it started.
+//! - `DIARRHOEA_POOL_WORKER=parent`: builds a pool of two copies of itself
+//!   (`spawn_self(2, ["--serve"])`), waits until both are live, prints their pids on one line
+//!   of its own stdout (not a protocol stream here), then waits to be killed.
+//! - neither (`cargo test` runs every test target): does nothing and exits 0.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diarrhoea::pool::Pool;
+use diarrhoea::{Connection, Router};
+use tokio::sync::watch;
+
+const MODE: &str = "DIARRHOEA_POOL_WORKER";
+const CRASH_AFTER_MS: &str = "DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS";
+
+fn main() {
+    let mode = if std::env::args().skip(1).any(|a| a == "--serve") {
+        "serve".to_owned()
+    } else {
+        match std::env::var(MODE) {
+            Ok(mode) => mode,
+            Err(_) => return,
+        }
+    };
+    match mode.as_str() {
+        "serve" => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(serve());
+        }
+        "parent" => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(parent());
+        }
+        other => {
+            eprintln!("pool_worker: unknown {MODE}={other:?}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn serve() {
+    if let Some(ms) = std::env::var(CRASH_AFTER_MS)
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            std::process::exit(3);
+        });
+    }
+    diarrhoea::serve_stdio(router()).await;
+}
+
+/// The worker's methods:
+///
+/// - `pid()` -> this process's id.
+/// - `sleep(ms)` -> pid, after sleeping `ms` (without blocking the runtime).
+/// - `hold()` and `hold_once()` -> pid, once a `release` notification has come (at once if one
+///   came before): the same body under two names, one of which the tests mark idempotent.
+/// - `release` (notification): lets every `hold` return, now and later.
+/// - `note(x)` (notification): counted; `count()` -> how many came so far. The count goes up
+///   when the frame is dispatched, so a call on the same connection answered after it sees it.
+/// - `ask_parent(n)` -> the parent's `double(n)`, called back over the same connection.
+/// - `freeze(ms)`: blocks this (single) runtime thread for `ms`: the worker stops answering
+///   everything, probes included.
+fn router() -> Router {
+    let (release_tx, release_rx) = watch::channel(false);
+    let release_tx = Arc::new(release_tx);
+    let notes = Arc::new(AtomicU64::new(0));
+    let counted = notes.clone();
+    let hold = move || {
+        let mut released = release_rx.clone();
+        async move {
+            // The sender lives in the router as long as this worker serves.
+            let _ = released.wait_for(|released| *released).await;
+            std::process::id()
+        }
+    };
+    Router::new()
+        .route("pid", || async { std::process::id() })
+        .route("sleep", |ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            std::process::id()
+        })
+        .route("hold", hold.clone())
+        .route("hold_once", hold)
+        .route("release", move || {
+            release_tx.send_replace(true);
+            async {}
+        })
+        .route("note", move |_x: u64| {
+            notes.fetch_add(1, Ordering::SeqCst);
+            async {}
+        })
+        .route("count", move || {
+            let n = counted.load(Ordering::SeqCst);
+            async move { n }
+        })
+        .route("ask_parent", |conn: Connection, n: i64| async move {
+            conn.call::<i64>("double", (n,)).await
+        })
+        .route("freeze", |ms: u64| async move {
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::id()
+        })
+}
+
+async fn parent() {
+    let pool = Pool::builder()
+        .spawn_self(2, ["--serve"])
+        .build()
+        .expect("build the pool");
+    tokio::time::timeout(Duration::from_secs(10), pool.until_live(2))
+        .await
+        .expect("two live workers");
+    let pids: Vec<String> = pool
+        .metrics()
+        .workers
+        .iter()
+        .map(|w| w.pid.expect("a started worker has a pid").to_string())
+        .collect();
+    println!("{}", pids.join(" "));
+    // Killed by the test; never outlive it for long if it failed to.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    drop(pool);
+}
