@@ -130,3 +130,27 @@ impl Default for Args {
         Args::empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_value_on_one_line_is_kept_as_it_is() {
+        let value = raw(r#"[1,"a b",{"k":null}]"#);
+        let at = value.get().as_ptr();
+        let kept = one_line(value);
+        assert_eq!(kept.get(), r#"[1,"a b",{"k":null}]"#);
+        assert_eq!(kept.get().as_ptr(), at, "not copied");
+    }
+
+    #[test]
+    fn line_breaks_between_tokens_become_spaces() {
+        let flat = one_line(raw("[1,\r\n  \"a\\nb\"\n]"));
+        assert_eq!(flat.get(), "[1,    \"a\\nb\" ]");
+    }
+}

@@ -170,6 +170,12 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt};
     use tower_test::mock;
 
+    #[test]
+    fn the_limit_keeps_its_name() {
+        let named = NameOverload::new((), "global concurrency limit (8)");
+        assert_eq!(named.limit(), "global concurrency limit (8)");
+    }
+
     #[tokio::test]
     async fn load_shed_rejections_name_the_limit() {
         let (mock, mut handle) = mock::pair::<&'static str, &'static str>();
