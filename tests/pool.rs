@@ -41,57 +41,10 @@ const CRASH_AFTER_MS: &str = "DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS";
 /// for a loaded machine; a passing run takes a fraction of it.
 const BOUND: Duration = Duration::from_secs(5);
 
-/// The worker program, `tests/pool_worker.rs`, found next to this test binary as
-/// `support::worker_exe` finds the stdio worker (and for the same reason: a libtest binary
-/// writes `running N tests` on its stdout, where a worker's frames go). A worker older than
-/// the library's sources is refused rather than silently tested.
+/// The worker program, `tests/pool_worker.rs`, found next to this test binary as the stdio
+/// worker is (see `support::harnessless_exe`).
 fn pool_worker_exe() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("the test binary lives in a directory");
-    let newest = std::fs::read_dir(deps)
-        .expect("read target/*/deps")
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            name.strip_prefix("pool_worker-")
-                .is_some_and(|hash| !hash.is_empty() && hash.chars().all(|c| c.is_ascii_hexdigit()))
-        })
-        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
-        .max();
-    let Some((built, path)) = newest else {
-        panic!(
-            "the pool worker is not built next to {}: run `cargo test --test pool --test \
-             pool_worker` (or plain `cargo test`)",
-            exe.display()
-        )
-    };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut sources = vec![root.join("tests/pool_worker.rs")];
-    collect_rs(&root.join("src"), &mut sources);
-    for source in sources {
-        let changed = std::fs::metadata(&source).and_then(|m| m.modified());
-        if changed.is_ok_and(|changed| changed > built) {
-            panic!(
-                "{} is older than {}: rebuild it with `cargo test --test pool --test \
-                 pool_worker` (or plain `cargo test`)",
-                path.display(),
-                source.display()
-            );
-        }
-    }
-    path
-}
-
-fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect_rs(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
+    support::harnessless_exe("pool_worker", "pool")
 }
 
 /// A pool of `n` worker processes. The pool starts them with `kill_on_drop`, so a test that

@@ -1,5 +1,6 @@
-//! Shared by the engine-v2 tests (transports, stdio_worker, chains, tls, interop_tcp): the
-//! server's router, bounded waits, temp dirs, process guards and a raw line peer.
+//! Shared by the engine-v2 tests (transports, stdio_worker, chains, tls, interop_tcp) and the
+//! pool tests: the server's router, bounded waits, temp dirs, process guards, a raw line peer,
+//! and the harness-less programs they start.
 //!
 //! Kept apart from `tests/common` so these tests depend on nothing another change migrates.
 #![allow(dead_code, unreachable_pub)]
@@ -204,41 +205,49 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The stdio worker program, `tests/stdio_worker.rs` (a `harness = false` test target).
+/// The stdio worker program, `tests/stdio_worker.rs` (a `harness = false` test target):
+/// see [`harnessless_exe`]. A run limited with `--test` must name it too:
+/// `cargo test --test transports --test stdio_worker`.
+pub fn worker_exe() -> PathBuf {
+    harnessless_exe("stdio_worker", "transports")
+}
+
+/// The program of the `harness = false` test target `target`, for tests (in the test file
+/// `tests`) that start it as a child process.
 ///
-/// Why a program of its own rather than this test binary run again: a libtest binary prints
+/// Why a program of its own rather than the test binary run again: a libtest binary prints
 /// `running 1 test` on stdout before any test code runs, and on a worker's stdout that line
 /// would reach the parent as a garbage frame. A harness-less target prints nothing but
 /// frames. Cargo gives its path only to `[[bin]]` targets (`CARGO_BIN_EXE_*`), and the
 /// library gets no `[[bin]]`, so it is found next to this test binary in `target/*/deps` as
-/// `stdio_worker-<hash>`, the newest if there are several. Cargo builds it with every
-/// `cargo test`; a run limited with `--test` must name it too:
-/// `cargo test --test transports --test stdio_worker`. A worker older than the library's
-/// sources is refused rather than silently tested.
-pub fn worker_exe() -> PathBuf {
+/// `<target>-<hash>`, the newest if there are several. Cargo builds it with every
+/// `cargo test`; a run limited with `--test` must name it too. A program older than the
+/// library's sources is refused rather than silently tested.
+pub fn harnessless_exe(target: &str, tests: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("the test binary lives in a directory");
+    let prefix = format!("{target}-");
     let newest = std::fs::read_dir(deps)
         .expect("read target/*/deps")
         .filter_map(Result::ok)
         .filter(|entry| {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            name.strip_prefix("stdio_worker-")
+            name.strip_prefix(&prefix)
                 .is_some_and(|hash| !hash.is_empty() && hash.chars().all(|c| c.is_ascii_hexdigit()))
         })
         .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
         .max();
+    let rebuild = format!("`cargo test --test {tests} --test {target}` (or plain `cargo test`)");
     let Some((built, path)) = newest else {
         panic!(
-            "the stdio worker is not built next to {}: run `cargo test --test transports --test \
-             stdio_worker` (or plain `cargo test`)",
+            "{target} is not built next to {}: run {rebuild}",
             exe.display()
         )
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut sources = vec![
-        root.join("tests/stdio_worker.rs"),
+        root.join(format!("tests/{target}.rs")),
         root.join("tests/support/mod.rs"),
     ];
     collect_rs(&root.join("src"), &mut sources);
@@ -246,8 +255,7 @@ pub fn worker_exe() -> PathBuf {
         let changed = std::fs::metadata(&source).and_then(|m| m.modified());
         if changed.is_ok_and(|changed| changed > built) {
             panic!(
-                "{} is older than {}: rebuild it with `cargo test --test transports --test \
-                 stdio_worker` (or plain `cargo test`)",
+                "{} is older than {}: rebuild it with {rebuild}",
                 path.display(),
                 source.display()
             );
