@@ -163,3 +163,18 @@ impl<T: Serialize> IntoReply for Option<T> {
         Response::new(&self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_equal_when_their_json_is() {
+        assert_eq!(
+            Response::new(&(1, "a")).unwrap(),
+            Response::new(&(1, "a")).unwrap()
+        );
+        assert_ne!(Response::new(&1).unwrap(), Response::new(&2).unwrap());
+        assert_ne!(Response::null(), Response::new(&0).unwrap());
+    }
+}

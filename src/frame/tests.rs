@@ -190,3 +190,14 @@ fn method_names_may_hold_escapes() {
     let frame = Frame::parse(r#"["a\u0000\n\"b",[]]"#).unwrap();
     assert!(matches!(frame, Frame::Notification { method, .. } if &*method == "a\0\n\"b"));
 }
+
+#[test]
+fn an_invalid_frame_says_what_and_which_request() {
+    let without_id = InvalidFrame::new(None, RpcError::new(code::INVALID_FRAME, "bad shape"));
+    assert_eq!(without_id.to_string(), "bad shape (code -32600)");
+    let with_id = InvalidFrame::new(Some(7), RpcError::new(code::INVALID_FRAME, "bad shape"));
+    assert_eq!(
+        with_id.to_string(),
+        "bad shape (code -32600) (request id 7)"
+    );
+}
