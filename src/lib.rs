@@ -55,6 +55,7 @@
 //! | [`layer`] | the crate's own middleware: tracing, naming overloads, an allow list of peers |
 //! | `server` | [`serve`]: listeners, the accept loop, per-connection factories, graceful shutdown |
 //! | [`future`] | the named futures |
+//! | `http` (feature `axum`) | WebSocket connections and HTTP calls mounted in an axum app; a WebSocket client |
 //!
 //! # Transports
 //!
@@ -227,6 +228,7 @@
 //! peer the deadline, and the [`Caller`] fails it locally when it passes.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // In pipeline order, from the wire up; each module uses only those above it.
 mod args;
@@ -243,6 +245,10 @@ mod response;
 mod router;
 mod server;
 pub mod transport;
+// Above the server: it mounts connections and calls in an axum app.
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod http;
 
 pub use args::Args;
 pub use connection::{
@@ -251,6 +257,8 @@ pub use connection::{
 pub use error::{code, BoxError, Error, RpcError};
 pub use frame::{Frame, InvalidFrame, Meta, MAX_ID};
 pub use handler::{FromContext, Handler};
+#[cfg(feature = "axum")]
+pub use peer::HttpPeer;
 pub use peer::{Credentials, Identity, PeerInfo};
 pub use request::{Deadline, Extensions, Request};
 pub use response::{IntoReply, Json, Response};
