@@ -321,7 +321,11 @@ async fn websocket(client: Builder) -> Ends {
     assert_eq!(client.peer().addr(), Some(addr));
     let seen = server.peer().http().expect("a WebSocket peer");
     assert!(seen.addr().is_some_and(|a| a.ip().is_loopback()));
-    assert_eq!(server.peer().credentials(), None, "a WebSocket has no credentials");
+    assert_eq!(
+        server.peer().credentials(),
+        None,
+        "a WebSocket has no credentials"
+    );
     Ends {
         client,
         server: Some(server),

@@ -11,6 +11,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -57,6 +59,9 @@ pub(crate) trait Socket:
 
     /// The error as the reader or writer reports it.
     fn io_error(error: Self::Failure) -> io::Error;
+
+    /// A close message: 1009 "message too big" after a message over the size limit.
+    fn too_big() -> Self::Message;
 }
 
 impl Socket for axum::extract::ws::WebSocket {
@@ -88,6 +93,13 @@ impl Socket for axum::extract::ws::WebSocket {
             Err(other) => io::Error::other(other),
         }
     }
+
+    fn too_big() -> Self::Message {
+        axum::extract::ws::Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::SIZE,
+            reason: TOO_BIG.into(),
+        }))
+    }
 }
 
 impl<S> Socket for tokio_tungstenite::WebSocketStream<S>
@@ -118,6 +130,25 @@ where
     fn io_error(error: Self::Failure) -> io::Error {
         ws_io_error(error)
     }
+
+    fn too_big() -> Self::Message {
+        use tungstenite::protocol::frame::coding::CloseCode;
+        tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Size,
+            reason: TOO_BIG.into(),
+        }))
+    }
+}
+
+/// The reason sent with close code 1009.
+const TOO_BIG: &str = "message too big";
+
+/// Whether a read failed on a message over the size limit.
+fn is_too_big(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
 /// A peer that went away without the closing handshake is a reset, as on a socket (quiet);
@@ -157,16 +188,19 @@ impl<S: Socket> Transport for WsTransport<S> {
 
     fn split(self) -> (Self::Read, Self::Write) {
         let (sink, stream) = self.socket.split();
+        let too_big = Arc::new(AtomicBool::new(false));
         (
             WsRead {
                 stream,
                 buf: Bytes::new(),
                 newline: false,
                 ended: false,
+                too_big: too_big.clone(),
             },
             WsWrite {
                 sink,
                 pending: BytesMut::new(),
+                too_big,
             },
         )
     }
@@ -181,6 +215,8 @@ pub(crate) struct WsRead<S: Socket> {
     /// A `\n` is owed after `buf`.
     newline: bool,
     ended: bool,
+    /// Set when a message over the limit ended the stream: the writer says why as it closes.
+    too_big: Arc<AtomicBool>,
 }
 
 impl<S: Socket> AsyncRead for WsRead<S> {
@@ -210,7 +246,13 @@ impl<S: Socket> AsyncRead for WsRead<S> {
             }
             match ready!(this.stream.poll_next_unpin(cx)) {
                 None => this.ended = true,
-                Some(Err(e)) => return Poll::Ready(Err(S::io_error(e))),
+                Some(Err(e)) => {
+                    let e = S::io_error(e);
+                    if is_too_big(&e) {
+                        this.too_big.store(true, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Err(e));
+                }
                 Some(Ok(message)) => match S::incoming(message) {
                     Incoming::Text(text) => {
                         this.newline = !text.ends_with(b"\n");
@@ -247,6 +289,8 @@ pub(crate) struct WsWrite<S: Socket> {
     /// Bytes from the writer not yet sent: complete lines waiting for the sink, then at most
     /// one unfinished line.
     pending: BytesMut,
+    /// Set by the reader: close with 1009 rather than a bare close.
+    too_big: Arc<AtomicBool>,
 }
 
 impl<S: Socket> WsWrite<S> {
@@ -294,6 +338,12 @@ impl<S: Socket> AsyncWrite for WsWrite<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         ready!(this.poll_send_lines(cx))?;
+        if this.too_big.swap(false, Ordering::Relaxed) {
+            // Best effort: the close below ends the stream either way.
+            if let Poll::Ready(Ok(())) = this.sink.poll_ready_unpin(cx) {
+                let _ = this.sink.start_send_unpin(S::too_big());
+            }
+        }
         // The closing handshake: a close frame, then flush.
         this.sink.poll_close_unpin(cx).map_err(S::io_error)
     }
