@@ -185,10 +185,14 @@ async fn every_row_of_the_status_table() {
     }
 }
 
+/// method, body, headers, then the status and code expected.
+type Case = (&'static str, &'static str, Headers, u16, i64);
+type Headers = &'static [(&'static str, &'static str)];
+
 #[tokio::test]
 async fn errors_from_the_stack_itself_keep_their_codes() {
     let s = server().await;
-    let cases: [(&str, &str, &[(&str, &str)], u16, i64); 6] = [
+    let cases: [Case; 6] = [
         ("add", "[2,3", &[], 400, code::PARSE_ERROR),
         ("add", r#"{"a":2}"#, &[], 400, code::INVALID_FRAME),
         ("add", r#"["x",3]"#, &[], 400, code::INVALID_PARAMS),
@@ -345,4 +349,68 @@ async fn a_100_mib_upload_is_cut_off_early() {
     assert!(outcome.is_err(), "the whole upload was taken");
     let at = sent.load(Ordering::SeqCst);
     assert!(at < UPLOAD / 4, "{at} bytes sent before the cut");
+}
+
+/// The gateway example, built for this test (a no-op when it is up to date).
+fn gateway_exe() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "gateway",
+            "--features",
+            "axum",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building the gateway example failed");
+    // target/<profile>/deps/http-<hash> -> target/<profile>/examples/gateway
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    profile.join("examples").join("gateway")
+}
+
+#[tokio::test]
+async fn the_gateway_example_answers_on_its_socket_and_over_http_in_one_run() {
+    use tokio::io::AsyncBufReadExt;
+    let exe = tokio::task::spawn_blocking(gateway_exe).await.unwrap();
+    let dir = support::temp_dir();
+    let socket = dir.path().join("gw.sock");
+    let mut child = tokio::process::Command::new(exe)
+        .args(["--http", "127.0.0.1:0", "--socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within("the gateway to listen", lines.next_line())
+        .await
+        .unwrap()
+        .expect("a line");
+    // "listening on PATH and http://ADDR (...)"
+    let addr: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+
+    let conn = diarrhoea::Connection::connect(&socket).await.unwrap();
+    assert_eq!(conn.call::<i64>("add", (2, 3)).await.unwrap(), 5);
+    assert_eq!(post(addr, "add", "[2,3]", &[]).await, (200, "5".into()));
+    let ws = diarrhoea::Connection::connect_ws(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    assert_eq!(ws.call::<i64>("add", (2, 3)).await.unwrap(), 5);
+    // Each side says how the caller came in.
+    let local: String = conn.call("whoami", ()).await.unwrap();
+    assert!(local.contains("Unix socket"), "{local}");
+    let (_, remote) = post(addr, "whoami", "[]", &[]).await;
+    assert!(remote.contains("127.0.0.1"), "{remote}");
+    child.kill().await.unwrap();
 }
