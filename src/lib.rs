@@ -64,7 +64,9 @@
 //! a `tokio::net::TcpListener` given to [`serve`]), a child process's stdin and stdout
 //! ([`spawn_child`](connection::Builder::spawn_child) and [`serve_stdio`]), an in-process pair
 //! ([`Connection::pair`]), or any `AsyncRead + AsyncWrite` stream in
-//! [`transport::Io`] (a TLS stream, say). TCP brings no encryption and no authentication:
+//! [`transport::Io`] (a TLS stream, say). With feature `axum`, a WebSocket: `http::ws` mounts
+//! the server side in an axum app, `Builder::connect_ws` is the client, and `http::rest`
+//! answers single calls over plain HTTP. TCP brings no encryption and no authentication:
 //! wrap it in TLS, and note that [`AllowPeersLayer`](layer::AllowPeersLayer) refuses every
 //! peer without Unix credentials, so the recommended stack never silently opens up over TCP.
 //!

@@ -259,6 +259,7 @@ async fn a_peer_that_never_reads_holds_the_servers_writes_back_and_loses_nothing
         held_bytes < 48 * 1024 * 1024,
         "posted {held_bytes} bytes before waiting"
     );
+    eprintln!("held back after {held_bytes} bytes");
     assert!(!poster.is_finished());
     // Reading again releases the writer, and every message arrives, in order.
     poster.abort();

@@ -191,7 +191,8 @@ where
             }
         };
         let origin: Arc<dyn Origin> = Arc::new(HttpOrigin { peer });
-        let mut request = Request::incoming(frame, origin).expect("a call frame");
+        let mut request = Request::incoming(frame, origin)
+            .ok_or_else(|| RpcError::internal("not a call frame"))?;
         let timeout = [
             self.config.request_timeout,
             timeout.map(Duration::from_millis),

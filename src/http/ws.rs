@@ -50,7 +50,7 @@ impl<M, Marker> std::fmt::Debug for Ws<M, Marker> {
         f.debug_struct("Ws")
             .field("config", &self.config)
             .field(
-                "max_connections",
+                "free_connection_slots",
                 &self.slots.as_ref().map(|s| s.available_permits()),
             )
             .finish_non_exhaustive()
