@@ -310,3 +310,54 @@ async fn connect_ws_stream_runs_over_a_stream_of_your_own() {
         .unwrap();
     assert_eq!(conn.call::<i64>("add", (2, 3)).await.unwrap(), 5);
 }
+
+#[tokio::test]
+async fn the_factorys_layers_run_per_websocket_connection() {
+    use diarrhoea::layer::NameOverloadLayer;
+    use tower::ServiceBuilder;
+    // `hold` reports that it started, then waits until the test releases it.
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let router = Router::new()
+        .route("add", |a: i64, b: i64| async move { a + b })
+        .route("hold", {
+            let release = release.clone();
+            move || {
+                let (started_tx, release) = (started_tx.clone(), release.clone());
+                async move {
+                    let _ = started_tx.send(());
+                    release.acquire().await.unwrap().forget();
+                }
+            }
+        });
+    // One request at once per connection, shed beyond: built per connection by the factory.
+    let make = move |_: &Connection| {
+        ServiceBuilder::new()
+            .layer(NameOverloadLayer::new("per-connection concurrency limit (1)"))
+            .load_shed()
+            .concurrency_limit(1)
+            .service(router.clone())
+    };
+    let app = axum::Router::new().route("/ws", diarrhoea::http::ws(make).route());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(axum::serve(listener, app).into_future());
+    let url = format!("ws://{addr}/ws");
+    let a = Connection::connect_ws(&url).await.unwrap();
+    let b = Connection::connect_ws(&url).await.unwrap();
+
+    let held = tokio::spawn({
+        let a = a.clone();
+        async move { a.call::<()>("hold", ()).await }
+    });
+    within("hold to start", started.recv()).await.unwrap();
+    // `a`'s connection is at its limit; `b`'s has a permit of its own.
+    let err = a.call::<i64>("add", (1, 2)).await.unwrap_err();
+    assert_eq!(err.code(), Some(diarrhoea::code::OVERLOADED), "{err:?}");
+    assert!(err.remote().unwrap().message.contains("per-connection"), "{err:?}");
+    assert_eq!(b.call::<i64>("add", (1, 2)).await.unwrap(), 3);
+    release.add_permits(1);
+    within("hold to finish", held).await.unwrap().unwrap();
+    assert_eq!(a.call::<i64>("add", (1, 2)).await.unwrap(), 3);
+    task.abort();
+}
