@@ -333,7 +333,9 @@ async fn the_factorys_layers_run_per_websocket_connection() {
     // One request at once per connection, shed beyond: built per connection by the factory.
     let make = move |_: &Connection| {
         ServiceBuilder::new()
-            .layer(NameOverloadLayer::new("per-connection concurrency limit (1)"))
+            .layer(NameOverloadLayer::new(
+                "per-connection concurrency limit (1)",
+            ))
             .load_shed()
             .concurrency_limit(1)
             .service(router.clone())
@@ -354,7 +356,10 @@ async fn the_factorys_layers_run_per_websocket_connection() {
     // `a`'s connection is at its limit; `b`'s has a permit of its own.
     let err = a.call::<i64>("add", (1, 2)).await.unwrap_err();
     assert_eq!(err.code(), Some(diarrhoea::code::OVERLOADED), "{err:?}");
-    assert!(err.remote().unwrap().message.contains("per-connection"), "{err:?}");
+    assert!(
+        err.remote().unwrap().message.contains("per-connection"),
+        "{err:?}"
+    );
     assert_eq!(b.call::<i64>("add", (1, 2)).await.unwrap(), 3);
     release.add_permits(1);
     within("hold to finish", held).await.unwrap().unwrap();
