@@ -41,6 +41,10 @@ fn router() -> Router {
         .route("add", |a: i64, b: i64| async move { a + b })
         .route("echo", |args: Args| async move { args })
         .route("whoami", whoami)
+        .route("sleep", |ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            ms
+        })
 }
 
 /// A server on 127.0.0.1:0 with the endpoint at `/ws` behind an auth middleware that puts
@@ -365,4 +369,35 @@ async fn the_factorys_layers_run_per_websocket_connection() {
     within("hold to finish", held).await.unwrap().unwrap();
     assert_eq!(a.call::<i64>("add", (1, 2)).await.unwrap(), 3);
     task.abort();
+}
+
+#[tokio::test]
+async fn ending_a_websocket_fails_the_calls_still_running_instead_of_hanging() {
+    // A WebSocket has no half-close: the close frame `end()` sends is answered with one, and
+    // the server cannot send the reply of a call still running. The call fails; nothing hangs.
+    let mut server = server(Config::new(), 16).await;
+    let client = Connection::connect_ws(server.url()).await.unwrap();
+    let conn = server.next_conn().await;
+    let mut events = conn.events();
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<u64>("sleep", (200,)).await }
+    });
+    // The request is queued before the end, so it reaches the server first.
+    while client.pending_calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    client.end();
+    let err = within("the call to fail", call).await.unwrap().unwrap_err();
+    assert!(err.is_closed(), "{err:?}");
+    within("the client to close", client.closed()).await;
+    within("the server's side to close", conn.closed()).await;
+    // The server saw the end; whatever it then failed to write was not an error to report.
+    while let Some(event) = within("the server's events", events.recv()).await {
+        match event {
+            Event::Error(e) => panic!("error event: {e:?}"),
+            Event::Close => break,
+            _ => {}
+        }
+    }
 }

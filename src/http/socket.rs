@@ -151,17 +151,18 @@ fn is_too_big(error: &io::Error) -> bool {
         .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
-/// A peer that went away without the closing handshake is a reset, as on a socket (quiet);
-/// anything else (a message over the size limit, a protocol violation) is reported.
+/// A peer that went away without the closing handshake, or that closed the WebSocket while
+/// replies were still on their way (it has no half-close), is a reset, as on a socket: quiet.
+/// Anything else (a message over the size limit, a protocol violation) is reported.
 fn ws_io_error(error: tungstenite::Error) -> io::Error {
     use tungstenite::error::ProtocolError;
     match error {
         tungstenite::Error::Io(e) => e,
         tungstenite::Error::ConnectionClosed
         | tungstenite::Error::AlreadyClosed
-        | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            io::Error::new(io::ErrorKind::ConnectionReset, error)
-        }
+        | tungstenite::Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake | ProtocolError::SendAfterClosing,
+        ) => io::Error::new(io::ErrorKind::ConnectionReset, error),
         other => io::Error::new(io::ErrorKind::InvalidData, other),
     }
 }

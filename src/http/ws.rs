@@ -25,6 +25,10 @@ use crate::server::MakeService;
 /// served by a service from `make`, exactly as [`serve`](crate::serve) serves a socket.
 ///
 /// Made by [`ws`]; mount it with [`Ws::route`] on any path of an axum app.
+///
+/// A WebSocket has no half-close: a peer that ends its side (a close frame) is answered with
+/// one at once, so replies to its calls still running here are not delivered (those calls
+/// fail on the peer's side as closed). Peers should wait for their calls before ending.
 pub struct Ws<M, Marker> {
     /// Shared by the route's clones: axum clones a handler per request.
     make: Arc<Mutex<M>>,
