@@ -60,6 +60,8 @@ pub struct Rest<S> {
 /// | a body that is not JSON | `400` (-32700) |
 /// | JSON that is not an array | `400` (-32600) |
 ///
+/// Any `Content-Type` is taken (`curl -d` sends a form type); the body is read as JSON.
+///
 /// Status by error code: -32700, -32600, -32602 -> 400; -32601 -> 404; -32001 -> 504;
 /// -32002 -> 503; -32003 -> 413; -32004 -> 503; any other -> 500.
 ///
