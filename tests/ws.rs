@@ -4,7 +4,7 @@
 //! several lines in one message, a message without a newline; binary and garbage messages
 //! (error events, the connection stays open); an oversized line; a peer that never reads
 //! (the server's writes wait: bounded memory, nothing lost); the connection limit; a
-//! `wss://` URL without TLS. The end-to-end body over WebSocket is in tests/transports.rs.
+//! `wss://` URL without TLS, and `wss://` over a TLS stream of the caller's own. The end-to-end body over WebSocket is in tests/transports.rs.
 #![cfg(feature = "axum")]
 
 mod support;
@@ -399,5 +399,93 @@ async fn ending_a_websocket_fails_the_calls_still_running_instead_of_hanging() {
             Event::Close => break,
             _ => {}
         }
+    }
+}
+
+/// `wss://` through `connect_ws_stream`: the client's own TLS stream (tokio-rustls, a
+/// certificate made at test time), an axum server behind a TLS listener.
+mod wss {
+    use std::sync::Arc;
+
+    use axum::serve::Listener;
+    use tokio_rustls::rustls::crypto::ring;
+    use tokio_rustls::rustls::pki_types::{PrivatePkcs8KeyDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+    use tokio_rustls::{server, TlsAcceptor, TlsConnector};
+
+    use super::*;
+
+    /// Accepts TCP and completes the TLS handshake; failed handshakes are skipped.
+    struct TlsListener {
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+    }
+
+    impl Listener for TlsListener {
+        type Io = server::TlsStream<tokio::net::TcpStream>;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+            loop {
+                let Ok((tcp, addr)) = self.tcp.accept().await else {
+                    continue;
+                };
+                if let Ok(tls) = self.acceptor.accept(tcp).await {
+                    return (tls, addr);
+                }
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<SocketAddr> {
+            self.tcp.local_addr()
+        }
+    }
+
+    #[tokio::test]
+    async fn wss_runs_over_a_tls_stream_of_your_own() {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = PrivatePkcs8KeyDer::from(made.signing_key.serialize_der());
+        let cert = made.cert.der().clone();
+        let provider = Arc::new(ring::default_provider());
+        let server_tls = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key.into())
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client_tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let listener = TlsListener {
+            tcp,
+            acceptor: TlsAcceptor::from(Arc::new(server_tls)),
+        };
+        let app = axum::Router::new().route("/ws", diarrhoea::http::ws(router()).route());
+        let task = tokio::spawn(axum::serve(listener, app).into_future());
+
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = TlsConnector::from(Arc::new(client_tls))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake");
+        let conn = Connection::builder()
+            .connect_ws_stream(format!("wss://localhost:{}/ws", addr.port()), tls)
+            .await
+            .unwrap();
+        assert_eq!(conn.call::<i64>("add", (2, 3)).await.unwrap(), 5);
+        // A frame far larger than a TLS record.
+        let big = "x".repeat(1 << 20);
+        let echoed: (String,) = conn.call("echo", (&big,)).await.unwrap();
+        assert_eq!(echoed.0, big);
+        conn.end();
+        within("the connection to close", conn.closed()).await;
+        task.abort();
     }
 }
