@@ -108,6 +108,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .concurrency_limit(256)
         .service(router.clone());
 
+    // Kept to drain its connections at the end: axum's shutdown does not wait for them.
+    let ws_endpoint = diarrhoea::http::ws(per_connection)
+        .config(config.clone())
+        .max_connections(1024);
     let app = axum::Router::new()
         .nest(
             "/rpc",
@@ -115,13 +119,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .config(config.clone())
                 .router(),
         )
-        .route(
-            "/ws",
-            diarrhoea::http::ws(per_connection)
-                .config(config.clone())
-                .max_connections(1024)
-                .route(),
-        )
+        .route("/ws", ws_endpoint.clone().route())
         // Any tower-http layer applies as to any route: here, a line per HTTP request.
         .layer(
             TraceLayer::new_for_http()
@@ -148,7 +146,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         axum::serve(tcp, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(diarrhoea::shutdown_signal())
             .await
-            .map_err(|e| -> Box<dyn std::error::Error> { Box::new(e) })
+            .map_err(|e| -> Box<dyn std::error::Error> { Box::new(e) })?;
+        // Then the WebSocket connections: calls in flight finish, new ones get -32004.
+        ws_endpoint
+            .shutdown(diarrhoea::DEFAULT_SHUTDOWN_TIMEOUT)
+            .await;
+        Ok(())
     };
     tokio::try_join!(socket_side, http_side)?;
     println!("shut down, {} removed", opts.socket.display());

@@ -489,3 +489,56 @@ mod wss {
         task.abort();
     }
 }
+
+#[tokio::test]
+async fn shutdown_finishes_calls_in_flight_refuses_new_ones_then_closes() {
+    let endpoint = diarrhoea::http::ws(router());
+    let app = axum::Router::new().route("/ws", endpoint.clone().route());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(axum::serve(listener, app).into_future());
+    let url = format!("ws://{addr}/ws");
+    let client = Connection::connect_ws(&url).await.unwrap();
+    assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
+
+    let running = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<u64>("sleep", (300,)).await }
+    });
+    while client.pending_calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let shutdown = tokio::spawn({
+        let endpoint = endpoint.clone();
+        async move { endpoint.shutdown(Duration::from_secs(10)).await }
+    });
+    // New calls are refused while the one in flight finishes.
+    let refused = within("a call to be refused", async {
+        loop {
+            match client.call::<i64>("add", (1, 2)).await {
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => break e,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        refused.code(),
+        Some(diarrhoea::code::SHUTTING_DOWN),
+        "{refused:?}"
+    );
+    assert_eq!(
+        within("the call in flight", running)
+            .await
+            .unwrap()
+            .unwrap(),
+        300
+    );
+    within("the shutdown", shutdown).await.unwrap();
+    within("the client to close", client.closed()).await;
+    // New upgrades are refused.
+    let err = Connection::connect_ws(&url).await.unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("503"), "{chain}");
+    task.abort();
+}

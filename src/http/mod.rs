@@ -53,8 +53,8 @@
 //! ```
 //!
 //! WebSocket connections run in tasks of their own once upgraded: axum's graceful shutdown
-//! does not wait for them. Close them with [`Connection::close`](crate::Connection::close)
-//! (a factory given to [`ws`] sees every one), or let the process end.
+//! does not wait for them. [`Ws::shutdown`] drains them as [`serve`](crate::serve) drains
+//! its connections: call it after axum's shutdown.
 
 mod client;
 mod rest;

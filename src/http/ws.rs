@@ -7,6 +7,7 @@
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -35,6 +36,8 @@ pub struct Ws<M, Marker> {
     config: Config,
     /// Open WebSocket connections, at most this many: `None` for no limit.
     slots: Option<Arc<Semaphore>>,
+    /// Every connection this endpoint started, for [`Ws::shutdown`].
+    connections: Arc<Parent>,
     _marker: PhantomData<fn() -> Marker>,
 }
 
@@ -44,6 +47,7 @@ impl<M, Marker> Clone for Ws<M, Marker> {
             make: self.make.clone(),
             config: self.config.clone(),
             slots: self.slots.clone(),
+            connections: self.connections.clone(),
             _marker: PhantomData,
         }
     }
@@ -84,6 +88,7 @@ where
         make: Arc::new(Mutex::new(make)),
         config: Config::default(),
         slots: Some(Arc::new(Semaphore::new(crate::DEFAULT_MAX_CONNECTIONS))),
+        connections: Arc::new(Parent::standalone()),
         _marker: PhantomData,
     }
 }
@@ -119,6 +124,41 @@ where
         axum::routing::get(move |req: axum::extract::Request| self.clone().upgrade(req))
     }
 
+    /// Shuts every connection of this endpoint down gracefully, as
+    /// [`serve`](crate::serve)'s graceful shutdown does: new upgrades are refused (503,
+    /// -32004), each connection refuses new calls with -32004 and finishes those in flight,
+    /// and after `timeout` the rest are closed. Completes once all are closed.
+    ///
+    /// axum's own graceful shutdown does not wait for upgraded connections: call this after
+    /// it, on a clone of the endpoint kept for the purpose.
+    ///
+    /// ```no_run
+    /// # async fn f(listener: tokio::net::TcpListener, router: diarrhoea::Router) -> std::io::Result<()> {
+    /// let endpoint = diarrhoea::http::ws(router);
+    /// let app = axum::Router::new().route("/ws", endpoint.clone().route());
+    /// axum::serve(listener, app)
+    ///     .with_graceful_shutdown(diarrhoea::shutdown_signal())
+    ///     .await?;
+    /// endpoint.shutdown(diarrhoea::DEFAULT_SHUTDOWN_TIMEOUT).await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self, timeout: Duration) {
+        let connections = &self.connections;
+        connections.draining.cancel();
+        connections.tracker.close();
+        if tokio::time::timeout(timeout, connections.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?timeout,
+                "diarrhoea: WebSocket shutdown deadline passed, closing connections"
+            );
+            connections.abort.cancel();
+            connections.tracker.wait().await;
+        }
+    }
+
     /// Answers the upgrade, then runs the connection in tasks of its own.
     async fn upgrade(self, req: axum::extract::Request) -> Response {
         let (mut parts, _body) = req.into_parts();
@@ -126,6 +166,10 @@ where
             Ok(upgrade) => upgrade,
             Err(rejection) => return rejection.into_response(),
         };
+        if self.connections.draining.is_cancelled() {
+            let closing = RpcError::new(code::SHUTTING_DOWN, "shutting down");
+            return super::error_response(StatusCode::SERVICE_UNAVAILABLE, &closing);
+        }
         let slot = match &self.slots {
             None => None,
             Some(slots) => match slots.clone().try_acquire_owned() {
@@ -147,13 +191,18 @@ where
             .map(|info| info.0);
         let identity = Identity::Http(HttpPeer::new(addr, parts.extensions));
         let limit = message_limit(&self.config);
-        let Ws { make, config, .. } = self;
+        let Ws {
+            make,
+            config,
+            connections,
+            ..
+        } = self;
         upgrade
             .max_message_size(limit)
             .max_frame_size(limit)
             .on_upgrade(move |socket| async move {
                 let transport = WsTransport::new(socket, identity);
-                launch(transport, config, &Parent::standalone(), slot, |conn| {
+                launch(transport, config, &connections, slot, |conn| {
                     let mut make = make.lock().unwrap_or_else(|p| p.into_inner());
                     BoundService::new(make.make_service(conn))
                 });
