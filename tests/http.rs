@@ -147,6 +147,12 @@ async fn a_notification_runs_and_answers_202() {
     let (status, body) = post(s.addr, "note", r#"["hi"]"#, &[("X-Diarrhoea-Notify", "1")]).await;
     assert_eq!((status, body.as_str()), (202, ""));
     assert_eq!(within("the note", s.notes.recv()).await.unwrap(), "hi");
+    // A notification that fails is answered as a call would be.
+    let (status, body) = post(s.addr, "nope", "[]", &[("X-Diarrhoea-Notify", "1")]).await;
+    assert_eq!(
+        (status, error_of(&body).code),
+        (404, code::METHOD_NOT_FOUND)
+    );
     // `0` means a call; other values are refused rather than guessed.
     assert_eq!(
         post(s.addr, "add", "[1,1]", &[("X-Diarrhoea-Notify", "0")])

@@ -53,7 +53,7 @@ pub struct Rest<S> {
 /// | request | answer |
 /// | --- | --- |
 /// | `POST /add` body `[2,3]` | `200`, body `5` (`application/json`) |
-/// | the same with `X-Diarrhoea-Notify: 1` | the handler runs as a notification (no id), then `202`, empty body |
+/// | the same with `X-Diarrhoea-Notify: 1` | the handler runs as a notification (no id), then `202`, empty body; a failure is answered as a call's |
 /// | handler or layer error | the `{code,message,data}` object, status by code (below) |
 /// | `Content-Length` over [`Config::max_frame_size`] | `413` (-32003) at once, the body unread |
 /// | a body that grows over it | `413` (-32003) once the limit is passed; the rest is never read |
