@@ -1,9 +1,9 @@
 //! One-command flood: one server process and N client processes, then one JSON line with the
-//! figures. The clients reach the server over a Unix socket (default), TCP on loopback, or a
-//! server child's stdin and stdout.
+//! figures. The clients reach the server over a Unix socket (default), TCP on loopback, a
+//! WebSocket on loopback (feature `axum`), or a server child's stdin and stdout.
 //!
 //! ```text
-//! cargo run --release --example flood -- [--transport unix|tcp|stdio] [--mode notify|call]
+//! cargo run --release --example flood -- [--transport unix|tcp|ws|stdio] [--mode notify|call]
 //!     [--clients N] [--seconds S] [--inflight K] [--payload BYTES] [--server-threads T]
 //!     [--timeout-ms N] [--concurrency N] [--global-concurrency N] [--load-shed] [--rate N]
 //! ```
@@ -22,7 +22,8 @@
 //! - `--transport unix` (default): one server process listens on a socket in a fresh temporary
 //!   directory; `tcp`: one server process listens on 127.0.0.1, on a free port it binds
 //!   (port 0) and reports to the parent on its `ready` line. TCP has no encryption and no
-//!   authentication: loopback only.
+//!   authentication: loopback only. `ws`: the same, with an axum server whose `/ws` route is
+//!   `diarrhoea::http::ws` and clients that `connect_ws`; needs `--features axum`.
 //! - `--transport stdio`: a pipe has exactly one peer, so **each client process spawns its own
 //!   server process** (`Builder::spawn_child`; the server side is `serve_stdio`) and talks to
 //!   it over that child's stdin and stdout. N clients then mean N server processes, each with
@@ -95,8 +96,9 @@ struct Opts {
     /// Ping/pong notifications or echo calls
     #[arg(long, value_enum, default_value_t = Mode::Notify)]
     mode: Mode,
-    /// How clients reach the server: a Unix socket, TCP on 127.0.0.1 (a free port), or a
-    /// server child's stdin/stdout (each client spawns its own server process)
+    /// How clients reach the server: a Unix socket, TCP on 127.0.0.1 (a free port), a
+    /// WebSocket on 127.0.0.1 (feature `axum`), or a server child's stdin/stdout (each client
+    /// spawns its own server process)
     #[arg(long, value_enum, default_value_t = Transport::Unix)]
     transport: Transport,
     /// Client processes
@@ -155,6 +157,7 @@ enum Mode {
 enum Transport {
     Unix,
     Tcp,
+    Ws,
     Stdio,
 }
 
@@ -337,7 +340,7 @@ fn start_server(opts: &Opts, socket: &str) -> Result<(Started, String), BoxError
         Some(ready_tx),
     )?;
     let listening = match ready_rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(addr) if opts.transport == Transport::Tcp => addr,
+        Ok(addr) if matches!(opts.transport, Transport::Tcp | Transport::Ws) => addr,
         Ok(_) => socket.to_owned(),
         Err(_) => {
             let _ = server.child.kill();
@@ -349,6 +352,10 @@ fn start_server(opts: &Opts, socket: &str) -> Result<(Started, String), BoxError
 }
 
 fn parent(opts: &Opts) -> Result<(), BoxError> {
+    #[cfg(not(feature = "axum"))]
+    if opts.transport == Transport::Ws {
+        return Err(WITHOUT_AXUM.into());
+    }
     let dir = tempfile::Builder::new().prefix("flood").tempdir()?;
     // Children that hang are killed: the flood, the drain, and some slack to start and end.
     let deadline = Instant::now() + Duration::from_secs(opts.seconds) + DRAIN * 4;
@@ -361,7 +368,7 @@ fn parent(opts: &Opts) -> Result<(), BoxError> {
             Some(start_server(opts, socket)?)
         }
         // Port 0: the server binds a free port and reports it.
-        Transport::Tcp => Some(start_server(opts, "127.0.0.1:0")?),
+        Transport::Tcp | Transport::Ws => Some(start_server(opts, "127.0.0.1:0")?),
         Transport::Stdio => None,
     };
     let address = server.as_ref().map_or("", |(_, addr)| addr.as_str());
@@ -588,6 +595,7 @@ async fn serve(opts: &Opts) -> Result<(), BoxError> {
             say(format_args!("ready {}", listener.local_addr()?));
             serve_until_stdin_closes(listener, opts, router, global).await?;
         }
+        Transport::Ws => serve_ws(opts, router, global).await?,
         // One connection, over stdin and stdout, until the client ends it (or dies).
         Transport::Stdio => diarrhoea::serve_stdio(stack(opts, &router, global.as_ref())).await,
     }
@@ -624,6 +632,55 @@ async fn serve_until_stdin_closes<L: diarrhoea::Listener>(
     .with_graceful_shutdown(stdin_closed)
     .await
 }
+
+/// An axum server on `opts.socket` (127.0.0.1:0) with the WebSocket endpoint at `/ws`, each
+/// connection with the same stack as on a socket, until the parent closes our stdin.
+#[cfg(feature = "axum")]
+async fn serve_ws(
+    opts: &Opts,
+    router: Router,
+    global: Option<Arc<Semaphore>>,
+) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind(&opts.socket).await?;
+    say(format_args!("ready {}", listener.local_addr()?));
+    let stdin_closed = async {
+        let _ = tokio::task::spawn_blocking(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        })
+        .await;
+    };
+    let opts_for_stack = opts.clone();
+    let endpoint =
+        diarrhoea::http::ws(move |_: &Connection| stack(&opts_for_stack, &router, global.as_ref()));
+    let app = axum::Router::new().route("/ws", endpoint.route());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stdin_closed)
+        .await?;
+    Ok(())
+}
+
+#[cfg(not(feature = "axum"))]
+async fn serve_ws(_: &Opts, _: Router, _: Option<Arc<Semaphore>>) -> Result<(), BoxError> {
+    Err(WITHOUT_AXUM.into())
+}
+
+#[cfg(feature = "axum")]
+async fn connect_ws(
+    builder: diarrhoea::connection::Builder,
+    addr: &str,
+) -> Result<Connection, BoxError> {
+    Ok(builder.connect_ws(format!("ws://{addr}/ws")).await?)
+}
+
+#[cfg(not(feature = "axum"))]
+async fn connect_ws(_: diarrhoea::connection::Builder, _: &str) -> Result<Connection, BoxError> {
+    Err(WITHOUT_AXUM.into())
+}
+
+/// What `--transport ws` says in a build without the feature.
+#[cfg(not(feature = "axum"))]
+const WITHOUT_AXUM: &str =
+    "--transport ws needs the axum feature: cargo run --release --features axum --example flood";
 
 /// Prints `label N unit / second` once a second from a counter it resets, on stdout (relayed
 /// by the parent) or stderr.
@@ -779,6 +836,7 @@ async fn flood(opts: &Opts) -> Result<(), BoxError> {
     let (conn, server) = match opts.transport {
         Transport::Unix => (builder.connect(&opts.socket).await?, None),
         Transport::Tcp => (builder.connect_tcp(opts.socket.as_str()).await?, None),
+        Transport::Ws => (connect_ws(builder, &opts.socket).await?, None),
         Transport::Stdio => {
             let (conn, server) = ServerChild::spawn(opts, builder)?;
             (conn, Some(server))

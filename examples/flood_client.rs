@@ -7,10 +7,12 @@
 //! ```text
 //! cargo run --release --example flood_client [-- [PATH] [--mode notify|call] [--inflight K] [--seconds S] [FLAGS]]
 //! cargo run --release --example flood_client -- --tcp 7000 [...]     # 127.0.0.1:7000
+//! cargo run --release --features axum --example flood_client -- --ws ws://127.0.0.1:8080/ws
 //! ```
 //!
 //! Connects to the Unix socket at PATH (default `./test.sock`), or with `--tcp [HOST:]PORT`
-//! over TCP (`HOST` defaults to 127.0.0.1). Runs until Ctrl-C, or for S seconds, then prints a
+//! over TCP (`HOST` defaults to 127.0.0.1), or with `--ws URL` to a WebSocket endpoint (the
+//! `gateway` example's `/ws`; feature `axum`). Runs until Ctrl-C, or for S seconds, then prints a
 //! summary; in call mode with the calls' latency percentiles.
 //!
 //! The limit flags are `flood_server`'s, with their calling-side meaning (see `--help`). In
@@ -89,11 +91,14 @@ async fn pong(_x: String, time: u64) {
 )]
 struct Opts {
     /// Unix socket path
-    #[arg(default_value = "./test.sock", conflicts_with = "tcp")]
+    #[arg(default_value = "./test.sock", conflicts_with_all = ["tcp", "ws"])]
     path: String,
     /// Connect over TCP instead, to [HOST:]PORT (HOST defaults to 127.0.0.1)
-    #[arg(long, value_name = "[HOST:]PORT", value_parser = tcp_addr)]
+    #[arg(long, value_name = "[HOST:]PORT", value_parser = tcp_addr, conflicts_with = "ws")]
     tcp: Option<String>,
+    /// Connect to a WebSocket endpoint instead, e.g. ws://127.0.0.1:8080/ws (feature `axum`)
+    #[arg(long, value_name = "URL")]
+    ws: Option<String>,
     /// Ping/pong notifications, 40000 a second, or echo calls
     #[arg(long, value_enum, default_value_t = Mode::Notify)]
     mode: Mode,
@@ -183,6 +188,25 @@ fn positive(s: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(e) => Err(format!("{e}")),
     }
+}
+
+#[cfg(feature = "axum")]
+async fn connect_ws(
+    builder: diarrhoea::connection::Builder,
+    url: &str,
+) -> Result<Connection, diarrhoea::Error> {
+    builder.connect_ws(url).await
+}
+
+#[cfg(not(feature = "axum"))]
+async fn connect_ws(
+    _: diarrhoea::connection::Builder,
+    _: &str,
+) -> Result<Connection, Box<dyn std::error::Error>> {
+    Err(
+        "--ws needs the axum feature: cargo run --release --features axum --example flood_client"
+            .into(),
+    )
 }
 
 /// `[HOST:]PORT` as `HOST:PORT`, the host 127.0.0.1 unless given.
@@ -479,9 +503,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let handlers = Router::new().route("pong", pong);
     let builder = Connection::builder().service(handlers);
-    let conn = match &opts.tcp {
-        Some(addr) => builder.connect_tcp(addr.as_str()).await?,
-        None => builder.connect(&opts.path).await?,
+    let conn = match (&opts.tcp, &opts.ws) {
+        (Some(addr), _) => builder.connect_tcp(addr.as_str()).await?,
+        (None, Some(url)) => connect_ws(builder, url).await?,
+        (None, None) => builder.connect(&opts.path).await?,
     };
     print_limits(&opts);
 
@@ -552,6 +577,10 @@ mod tests {
         assert_eq!(tcp("--tcp [::1]:7000").as_deref(), Some("[::1]:7000"));
         assert!(parse("--tcp 127.0.0.1:x").is_err());
         assert!(parse("./a.sock --tcp 7000").is_err());
+        let o = parse("--ws ws://127.0.0.1:8080/ws").unwrap();
+        assert_eq!(o.ws.as_deref(), Some("ws://127.0.0.1:8080/ws"));
+        assert!(parse("./a.sock --ws ws://h/ws").is_err());
+        assert!(parse("--tcp 7000 --ws ws://h/ws").is_err());
         // Only --rate and --trace apply to notifications.
         assert!(parse("--concurrency 4").is_err());
         assert!(parse("--rate 10 --trace").is_ok());

@@ -56,6 +56,7 @@
 //! | `server` | [`serve`]: listeners, the accept loop, per-connection factories, graceful shutdown |
 //! | [`pool`] | [`Pool`](pool::Pool): many worker connections behind one service, balanced, supervised, retried |
 //! | [`future`] | the named futures |
+//! | `http` (feature `axum`) | WebSocket connections and HTTP calls mounted in an axum app; a WebSocket client |
 //!
 //! # Transports
 //!
@@ -64,7 +65,9 @@
 //! a `tokio::net::TcpListener` given to [`serve`]), a child process's stdin and stdout
 //! ([`spawn_child`](connection::Builder::spawn_child) and [`serve_stdio`]), an in-process pair
 //! ([`Connection::pair`]), or any `AsyncRead + AsyncWrite` stream in
-//! [`transport::Io`] (a TLS stream, say). TCP brings no encryption and no authentication:
+//! [`transport::Io`] (a TLS stream, say). With feature `axum`, a WebSocket: `http::ws` mounts
+//! the server side in an axum app, `Builder::connect_ws` is the client, and `http::rest`
+//! answers single calls over plain HTTP. TCP brings no encryption and no authentication:
 //! wrap it in TLS, and note that [`AllowPeersLayer`](layer::AllowPeersLayer) refuses every
 //! peer without Unix credentials, so the recommended stack never silently opens up over TCP.
 //!
@@ -228,6 +231,7 @@
 //! peer the deadline, and the [`Caller`] fails it locally when it passes.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // In pipeline order, from the wire up; each module uses only those above it.
 mod args;
@@ -245,6 +249,10 @@ mod response;
 mod router;
 mod server;
 pub mod transport;
+// Above the server: it mounts connections and calls in an axum app.
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod http;
 
 pub use args::Args;
 pub use connection::{
@@ -253,6 +261,8 @@ pub use connection::{
 pub use error::{code, BoxError, Error, RpcError};
 pub use frame::{Frame, InvalidFrame, Meta, MAX_ID};
 pub use handler::{FromContext, Handler};
+#[cfg(feature = "axum")]
+pub use peer::HttpPeer;
 pub use peer::{Credentials, Identity, PeerInfo};
 pub use request::{Deadline, Extensions, Request};
 pub use response::{IntoReply, Json, Response};

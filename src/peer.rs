@@ -31,10 +31,24 @@ impl PeerInfo {
         }
     }
 
-    /// The peer's address, for a TCP peer.
+    /// The peer's address, for a TCP peer (and a WebSocket or HTTP peer whose address the
+    /// host server recorded).
     pub fn addr(&self) -> Option<SocketAddr> {
-        match self.identity {
-            Identity::Tcp(addr) => Some(addr),
+        match &self.identity {
+            Identity::Tcp(addr) => Some(*addr),
+            #[cfg(feature = "axum")]
+            Identity::Http(http) => http.addr(),
+            _ => None,
+        }
+    }
+
+    /// What the HTTP request that opened a WebSocket (or made an HTTP call) carried: the
+    /// remote address and the request's extensions.
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn http(&self) -> Option<&HttpPeer> {
+        match &self.identity {
+            Identity::Http(http) => Some(http),
             _ => None,
         }
     }
@@ -48,6 +62,11 @@ pub enum Identity {
     Unix(Credentials),
     /// A TCP peer's address: says where it connects from, not who it is.
     Tcp(SocketAddr),
+    /// A WebSocket or HTTP peer, as the host server's HTTP request saw it: its address, and
+    /// whatever the server's layers put in the request's extensions (an authenticated user).
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    Http(HttpPeer),
     /// The transport cannot tell (pipes, in-memory streams, TLS over an unknown stream), or a
     /// Unix socket whose credentials could not be read.
     Unknown,
@@ -64,3 +83,59 @@ pub struct Credentials {
     /// The peer process's id, where the platform reports it.
     pub pid: Option<i32>,
 }
+
+/// A WebSocket or HTTP peer: what the HTTP request that reached this crate carried.
+///
+/// The host server's layers run before this crate sees the request, so what they learn about
+/// the caller (an authenticated user, a tenant, a request id) reaches handlers and layers
+/// here: `peer.http().and_then(|h| h.get::<User>())`.
+///
+/// Two `HttpPeer`s are equal when they hold the same address and the very same extensions
+/// (those of one HTTP request): extensions hold values of any type, which cannot be compared.
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[derive(Debug, Clone)]
+pub struct HttpPeer {
+    /// From axum's `ConnectInfo<SocketAddr>`: `None` unless the app is served with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`.
+    addr: Option<SocketAddr>,
+    /// Shared: every request of a WebSocket connection carries the same ones.
+    extensions: std::sync::Arc<axum::http::Extensions>,
+}
+
+#[cfg(feature = "axum")]
+impl HttpPeer {
+    /// A peer from an HTTP request's address and extensions.
+    pub fn new(addr: Option<SocketAddr>, extensions: axum::http::Extensions) -> Self {
+        HttpPeer {
+            addr,
+            extensions: std::sync::Arc::new(extensions),
+        }
+    }
+
+    /// The address the HTTP request came from, if the server recorded it (axum's
+    /// `ConnectInfo<SocketAddr>`).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// The HTTP request's extensions, as the host server's layers left them.
+    pub fn extensions(&self) -> &axum::http::Extensions {
+        &self.extensions
+    }
+
+    /// The extension of type `T`, if any: e.g. the user an authentication layer inserted.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.extensions.get::<T>()
+    }
+}
+
+#[cfg(feature = "axum")]
+impl PartialEq for HttpPeer {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr && std::sync::Arc::ptr_eq(&self.extensions, &other.extensions)
+    }
+}
+
+#[cfg(feature = "axum")]
+impl Eq for HttpPeer {}

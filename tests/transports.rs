@@ -1,7 +1,8 @@
 //! One end-to-end body, run over every transport: a Unix socket (`UnixListener` + `serve`),
 //! TCP on loopback (`TcpListener` + `serve`), the in-process socket pair (`Builder::pair`),
 //! an in-memory `tokio::io::duplex`, and a child process's stdin/stdout (`spawn_child` +
-//! `serve_stdio`). Then the stdio worker's life: it exits within 1 s of its parent's SIGKILL
+//! `serve_stdio`), and with feature `axum` a WebSocket (`diarrhoea::http::ws` in an axum app,
+//! `Builder::connect_ws`). Then the stdio worker's life: it exits within 1 s of its parent's SIGKILL
 //! (idle, or running a call), it still answers a parent that only ended its side, and a
 //! parent's calls fail at once when its worker is killed.
 //!
@@ -306,6 +307,33 @@ async fn in_memory_duplex(client: Builder) -> Ends {
     }
 }
 
+/// An axum app on loopback serving the WebSocket endpoint; the client connects to its URL.
+#[cfg(feature = "axum")]
+async fn websocket(client: Builder) -> Ends {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (make, server) = capturing_factory();
+    let app = axum::Router::new().route("/ws", diarrhoea::http::ws(make).route());
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let task = tokio::spawn(axum::serve(listener, app).into_future());
+    let client = client.connect_ws(format!("ws://{addr}/ws")).await.unwrap();
+    let server = within("the server's connection", server).await.unwrap();
+    assert_eq!(client.peer().addr(), Some(addr));
+    let seen = server.peer().http().expect("a WebSocket peer");
+    assert!(seen.addr().is_some_and(|a| a.ip().is_loopback()));
+    assert_eq!(
+        server.peer().credentials(),
+        None,
+        "a WebSocket has no credentials"
+    );
+    Ends {
+        client,
+        server: Some(server),
+        child: None,
+        _keep: vec![Box::new(AbortOnDrop(task))],
+    }
+}
+
 async fn child_stdio(client: Builder) -> Ends {
     let mut command = Command::new(worker_exe());
     command.env(WORKER_MODE, "serve");
@@ -339,6 +367,12 @@ async fn over_a_socket_pair() {
 #[tokio::test]
 async fn over_an_in_memory_duplex() {
     exercise(in_memory_duplex).await;
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn over_a_websocket() {
+    exercise(websocket).await;
 }
 
 #[tokio::test]

@@ -60,6 +60,13 @@ impl Builder {
         self
     }
 
+    /// The limits set so far: transports that size their own buffers from them (the
+    /// WebSocket client's message limit) read them here.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn config_ref(&self) -> &Config {
+        &self.config
+    }
+
     /// Serves the peer's calls with `service` (usually a [`Router`], perhaps inside layers)
     /// from the very first frame.
     pub fn service<S>(mut self, service: S) -> Self
