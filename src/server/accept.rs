@@ -142,6 +142,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_log_line_at_most_once_a_second() {
+        let mut last = None;
+        assert!(every_second(&mut last), "the first one is logged");
+        assert!(!every_second(&mut last), "the next, at once, is not");
+        last = Instant::now().checked_sub(Duration::from_millis(1100));
+        assert!(every_second(&mut last), "a second later it is again");
+        assert!(!every_second(&mut last));
+    }
+
+    #[test]
     fn errors_are_classified_by_errno() {
         use rustix::io::Errno;
         let os = |errno: Errno| std::io::Error::from_raw_os_error(errno.raw_os_error());
