@@ -271,6 +271,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn extensions_set_by_a_layer_are_read_below_it() {
+        #[derive(Debug, PartialEq)]
+        struct User(&'static str);
+        let mut req = Request::new("m", ()).unwrap();
+        assert!(req.extensions().get::<User>().is_none());
+        req.extensions_mut().insert(User("ada"));
+        assert_eq!(req.extensions().get::<User>(), Some(&User("ada")));
+    }
+
+    #[test]
     fn extensions_hold_one_value_per_type() {
         let mut ext = Extensions::default();
         assert_eq!(ext.get::<u32>(), None);
