@@ -1,9 +1,10 @@
 //! One-command flood: one server process and N client processes, then one JSON line with the
-//! figures. The clients reach the server over a Unix socket (default), TCP on loopback, a
-//! WebSocket on loopback (feature `axum`), or a server child's stdin and stdout.
+//! figures. The clients reach the server over a Unix socket (default), TCP on loopback, TLS
+//! over TCP on loopback, a WebSocket on loopback (feature `axum`), or a server child's stdin
+//! and stdout.
 //!
 //! ```text
-//! cargo run --release --example flood -- [--transport unix|tcp|ws|stdio] [--mode notify|call]
+//! cargo run --release --example flood -- [--transport unix|tcp|tls|ws|stdio] [--mode notify|call]
 //!     [--clients N] [--seconds S] [--inflight K] [--payload BYTES] [--server-threads T]
 //!     [--timeout-ms N] [--concurrency N] [--global-concurrency N] [--load-shed] [--rate N]
 //! ```
@@ -22,13 +23,17 @@
 //! - `--transport unix` (default): one server process listens on a socket in a fresh temporary
 //!   directory; `tcp`: one server process listens on 127.0.0.1, on a free port it binds
 //!   (port 0) and reports to the parent on its `ready` line. TCP has no encryption and no
-//!   authentication: loopback only. `ws`: the same, with an axum server whose `/ws` route is
-//!   `diarrhoea::http::ws` and clients that `connect_ws`; needs `--features axum`.
+//!   authentication: loopback only. `tls`: the same over TLS (tokio-rustls, ring provider):
+//!   the parent makes a self-signed certificate for `localhost` (rcgen) in the temporary
+//!   directory, the server completes each handshake beside its accept loop, and the clients
+//!   trust that certificate and no other; each side's stream is a `transport::Io`. `ws`: TCP
+//!   again, with an axum server whose `/ws` route is `diarrhoea::http::ws` and clients that
+//!   `connect_ws`; needs `--features axum`.
 //! - `--transport stdio`: a pipe has exactly one peer, so **each client process spawns its own
 //!   server process** (`Builder::spawn_child`; the server side is `serve_stdio`) and talks to
 //!   it over that child's stdin and stdout. N clients then mean N server processes, each with
-//!   one connection, where unix and tcp have one server process for all N. For figures that
-//!   compare across the three transports use `--clients 1` (one client and one server process
+//!   one connection, where the others have one server process for all N. For figures that
+//!   compare stdio with the others use `--clients 1` (one client and one server process
 //!   in every case); with more clients, stdio spreads the server's work over N processes and
 //!   `server_rss_kb` is the sum of their peaks. The stdio servers print their meter lines on
 //!   stderr (their stdout carries the frames), relayed by their client.
@@ -96,9 +101,10 @@ struct Opts {
     /// Ping/pong notifications or echo calls
     #[arg(long, value_enum, default_value_t = Mode::Notify)]
     mode: Mode,
-    /// How clients reach the server: a Unix socket, TCP on 127.0.0.1 (a free port), a
-    /// WebSocket on 127.0.0.1 (feature `axum`), or a server child's stdin/stdout (each client
-    /// spawns its own server process)
+    /// How clients reach the server: a Unix socket, TCP on 127.0.0.1 (a free port), TLS over
+    /// TCP on 127.0.0.1 (a self-signed certificate made for the run), a WebSocket on 127.0.0.1
+    /// (feature `axum`), or a server child's stdin/stdout (each client spawns its own server
+    /// process)
     #[arg(long, value_enum, default_value_t = Transport::Unix)]
     transport: Transport,
     /// Client processes
@@ -145,6 +151,12 @@ struct Opts {
     socket: String,
     #[arg(long, hide = true, default_value_t = 0)]
     index: usize,
+    /// TLS: the run's certificate (DER), which the server presents and the clients trust.
+    #[arg(long, hide = true)]
+    tls_cert: Option<String>,
+    /// TLS: the certificate's private key (PKCS #8, DER); the server's only.
+    #[arg(long, hide = true)]
+    tls_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -157,6 +169,7 @@ enum Mode {
 enum Transport {
     Unix,
     Tcp,
+    Tls,
     Ws,
     Stdio,
 }
@@ -235,6 +248,11 @@ impl Opts {
             self.global_concurrency.map(|v| v.to_string()),
         );
         push("--rate", self.rate.map(|v| v.to_string()));
+        push("--tls-cert", self.tls_cert.clone());
+        push(
+            "--tls-key",
+            self.tls_key.clone().filter(|_| role == Role::Server),
+        );
         if self.load_shed {
             args.push("--load-shed".into());
         }
@@ -330,8 +348,8 @@ fn reap(started: &mut Started, deadline: Instant) -> Result<(), BoxError> {
     }
 }
 
-/// Starts the server process (unix and tcp) and waits until it listens; returns it and the
-/// address for the clients.
+/// Starts the server process (every transport but stdio) and waits until it listens; returns
+/// it and the address for the clients.
 fn start_server(opts: &Opts, socket: &str) -> Result<(Started, String), BoxError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut server = start(
@@ -340,7 +358,8 @@ fn start_server(opts: &Opts, socket: &str) -> Result<(Started, String), BoxError
         Some(ready_tx),
     )?;
     let listening = match ready_rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(addr) if matches!(opts.transport, Transport::Tcp | Transport::Ws) => addr,
+        // Every server but a Unix socket's binds a free port and reports it.
+        Ok(addr) if opts.transport != Transport::Unix => addr,
         Ok(_) => socket.to_owned(),
         Err(_) => {
             let _ = server.child.kill();
@@ -357,10 +376,17 @@ fn parent(opts: &Opts) -> Result<(), BoxError> {
         return Err(WITHOUT_AXUM.into());
     }
     let dir = tempfile::Builder::new().prefix("flood").tempdir()?;
+    // tls: a certificate for this run only, in its directory.
+    let mut opts = opts.clone();
+    if opts.transport == Transport::Tls {
+        let (cert, key) = tls::self_signed(dir.path())?;
+        (opts.tls_cert, opts.tls_key) = (Some(cert), Some(key));
+    }
+    let opts = &opts;
     // Children that hang are killed: the flood, the drain, and some slack to start and end.
     let deadline = Instant::now() + Duration::from_secs(opts.seconds) + DRAIN * 4;
 
-    // unix and tcp: one server process for all the clients; stdio: each client starts its own.
+    // One server process for all the clients; stdio: each client starts its own.
     let server = match opts.transport {
         Transport::Unix => {
             let socket = dir.path().join("flood.sock");
@@ -368,7 +394,7 @@ fn parent(opts: &Opts) -> Result<(), BoxError> {
             Some(start_server(opts, socket)?)
         }
         // Port 0: the server binds a free port and reports it.
-        Transport::Tcp | Transport::Ws => Some(start_server(opts, "127.0.0.1:0")?),
+        Transport::Tcp | Transport::Tls | Transport::Ws => Some(start_server(opts, "127.0.0.1:0")?),
         Transport::Stdio => None,
     };
     let address = server.as_ref().map_or("", |(_, addr)| addr.as_str());
@@ -476,8 +502,8 @@ fn round2(x: f64) -> f64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Server: ping -> pong, echo -> reply, behind the limit layers; stops when stdin closes (unix,
-// tcp) or when its one connection ends (stdio).
+// Server: ping -> pong, echo -> reply, behind the limit layers; stops when stdin closes, or
+// when its one connection ends (stdio).
 
 static SERVER_RECEIVED: AtomicU64 = AtomicU64::new(0);
 static SERVER_REJECTED: AtomicU64 = AtomicU64::new(0);
@@ -595,6 +621,11 @@ async fn serve(opts: &Opts) -> Result<(), BoxError> {
             say(format_args!("ready {}", listener.local_addr()?));
             serve_until_stdin_closes(listener, opts, router, global).await?;
         }
+        Transport::Tls => {
+            let listener = tls::Listener::bind(opts).await?;
+            say(format_args!("ready {}", listener.local_addr()?));
+            serve_until_stdin_closes(listener, opts, router, global).await?;
+        }
         Transport::Ws => serve_ws(opts, router, global).await?,
         // One connection, over stdin and stdout, until the client ends it (or dies).
         Transport::Stdio => diarrhoea::serve_stdio(stack(opts, &router, global.as_ref())).await,
@@ -681,6 +712,125 @@ async fn connect_ws(_: diarrhoea::connection::Builder, _: &str) -> Result<Connec
 #[cfg(not(feature = "axum"))]
 const WITHOUT_AXUM: &str =
     "--transport ws needs the axum feature: cargo run --release --features axum --example flood";
+
+/// `--transport tls`: TLS over TCP on loopback, as `tests/tls.rs` runs it (tokio-rustls with
+/// the ring provider, a self-signed certificate made by rcgen, the stream in `transport::Io`).
+mod tls {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use diarrhoea::transport::Io;
+    use diarrhoea::Connection;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinSet;
+    use tokio::time::{error::Elapsed, timeout};
+    use tokio_rustls::rustls::crypto::ring;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+    use tokio_rustls::{server::TlsStream, TlsAcceptor, TlsConnector};
+
+    use super::{BoxError, Opts};
+
+    /// The name the certificate is for, and the one the clients ask for.
+    const NAME: &str = "localhost";
+    /// How long a peer has to complete its handshake.
+    const HANDSHAKE: Duration = Duration::from_secs(10);
+
+    /// Makes a self-signed certificate for [`NAME`] and writes it and its key (DER) into
+    /// `dir`; returns their paths.
+    pub(super) fn self_signed(dir: &Path) -> Result<(String, String), BoxError> {
+        let made = rcgen::generate_simple_self_signed(vec![NAME.to_owned()])?;
+        let (cert, key) = (dir.join("cert.der"), dir.join("key.der"));
+        std::fs::write(&cert, made.cert.der())?;
+        std::fs::write(&key, made.signing_key.serialize_der())?;
+        let utf8 = |path: &Path| {
+            path.to_str()
+                .map(str::to_owned)
+                .ok_or("temp path is not UTF-8")
+        };
+        Ok((utf8(&cert)?, utf8(&key)?))
+    }
+
+    fn certificate(opts: &Opts) -> Result<CertificateDer<'static>, BoxError> {
+        let path = opts.tls_cert.as_deref().ok_or("--tls-cert is missing")?;
+        Ok(std::fs::read(path)?.into())
+    }
+
+    /// Accepts TCP on `opts.socket` and completes each handshake in a task of its own, so a
+    /// slow peer holds up no other; a failed handshake is reported and skipped.
+    pub(super) struct Listener {
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        /// Handshakes under way, each with its deadline.
+        handshakes: JoinSet<Result<io::Result<TlsStream<TcpStream>>, Elapsed>>,
+    }
+
+    impl Listener {
+        pub(super) async fn bind(opts: &Opts) -> Result<Self, BoxError> {
+            let key = opts.tls_key.as_deref().ok_or("--tls-key is missing")?;
+            let key = PrivatePkcs8KeyDer::from(std::fs::read(key)?);
+            let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(vec![certificate(opts)?], key.into())?;
+            Ok(Listener {
+                tcp: TcpListener::bind(&opts.socket).await?,
+                acceptor: TlsAcceptor::from(Arc::new(config)),
+                handshakes: JoinSet::new(),
+            })
+        }
+
+        pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
+            self.tcp.local_addr()
+        }
+    }
+
+    impl diarrhoea::Listener for Listener {
+        type Io = Io<TlsStream<TcpStream>>;
+
+        // Both branches are cancel-safe: `serve` may drop this future at shutdown.
+        async fn accept(&mut self) -> io::Result<Self::Io> {
+            loop {
+                tokio::select! {
+                    accepted = self.tcp.accept() => {
+                        let (tcp, _) = accepted?;
+                        // As the crate does for a plain TcpStream: `Io` knows nothing of TCP.
+                        let _ = tcp.set_nodelay(true);
+                        self.handshakes.spawn(timeout(HANDSHAKE, self.acceptor.accept(tcp)));
+                    }
+                    Some(done) = self.handshakes.join_next() => match done {
+                        Ok(Ok(Ok(tls))) => return Ok(Io(tls)),
+                        Ok(Ok(Err(e))) => eprintln!("flood (server): TLS handshake: {e}"),
+                        Ok(Err(_)) => eprintln!("flood (server): TLS handshake timed out"),
+                        Err(e) => eprintln!("flood (server): TLS handshake task: {e}"),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Connects to `opts.socket` over TLS, trusting the run's certificate and no other.
+    pub(super) async fn connect(
+        builder: diarrhoea::connection::Builder,
+        opts: &Opts,
+    ) -> Result<Connection, BoxError> {
+        let mut roots = RootCertStore::empty();
+        roots.add(certificate(opts)?)?;
+        let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(opts.socket.as_str()).await?;
+        tcp.set_nodelay(true)?;
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from(NAME)?, tcp)
+            .await?;
+        Ok(builder.serve_connection(Io(tls)))
+    }
+}
 
 /// Prints `label N unit / second` once a second from a counter it resets, on stdout (relayed
 /// by the parent) or stderr.
@@ -836,6 +986,7 @@ async fn flood(opts: &Opts) -> Result<(), BoxError> {
     let (conn, server) = match opts.transport {
         Transport::Unix => (builder.connect(&opts.socket).await?, None),
         Transport::Tcp => (builder.connect_tcp(opts.socket.as_str()).await?, None),
+        Transport::Tls => (tls::connect(builder, opts).await?, None),
         Transport::Ws => (connect_ws(builder, &opts.socket).await?, None),
         Transport::Stdio => {
             let (conn, server) = ServerChild::spawn(opts, builder)?;
@@ -1005,6 +1156,8 @@ fn merge_sparse(histogram: &mut Histogram<u64>, sparse: &Value) {
 
 #[cfg(test)]
 mod tests {
+    use std::future::IntoFuture;
+
     use super::*;
 
     fn parse(line: &str) -> Result<Opts, clap::Error> {
@@ -1043,6 +1196,53 @@ mod tests {
             (child.rate, child.load_shed, child.inflight()),
             (Some(1000), true, 256)
         );
+    }
+
+    #[test]
+    fn the_key_goes_to_the_server_only() {
+        let mut o = parse("--transport tls").unwrap();
+        (o.tls_cert, o.tls_key) = (Some("c.der".into()), Some("k.der".into()));
+        let child = |role| {
+            let args = o.child_args(role, "127.0.0.1:1", 0);
+            Opts::try_parse_from(std::iter::once("flood".to_owned()).chain(args)).unwrap()
+        };
+        let server = child(Role::Server);
+        assert_eq!(server.transport, Transport::Tls);
+        assert_eq!(
+            (server.tls_cert.as_deref(), server.tls_key.as_deref()),
+            (Some("c.der"), Some("k.der"))
+        );
+        let client = child(Role::Client);
+        assert_eq!(
+            (client.tls_cert.as_deref(), client.tls_key),
+            (Some("c.der"), None)
+        );
+    }
+
+    /// The server and client halves of `--transport tls`, in one process: a call over the
+    /// run's certificate, and a client that trusts another certificate is refused.
+    #[tokio::test]
+    async fn calls_go_over_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = tls::self_signed(dir.path()).unwrap();
+        let mut o = parse("--transport tls --socket 127.0.0.1:0").unwrap();
+        (o.tls_cert, o.tls_key) = (Some(cert), Some(key));
+        let listener = tls::Listener::bind(&o).await.unwrap();
+        o.socket = listener.local_addr().unwrap().to_string();
+        let router = Router::new().route("echo", echo);
+        let server = tokio::spawn(diarrhoea::serve(listener, router).into_future());
+
+        let conn = tls::connect(Connection::builder(), &o).await.unwrap();
+        let echoed: (String, u64) = conn.call("echo", ("over TLS", 7)).await.unwrap();
+        assert_eq!(echoed, ("over TLS".to_owned(), 7));
+
+        // Another certificate: the handshake fails, and the server goes on serving.
+        let other = tempfile::tempdir().unwrap();
+        o.tls_cert = Some(tls::self_signed(other.path()).unwrap().0);
+        assert!(tls::connect(Connection::builder(), &o).await.is_err());
+        let echoed: (String, u64) = conn.call("echo", ("still", 8)).await.unwrap();
+        assert_eq!(echoed.1, 8);
+        server.abort();
     }
 
     #[test]
