@@ -20,7 +20,9 @@ use crate::response::Response;
 /// failure of a method not marked, is returned as it is.
 ///
 /// Retries are paid from a [`TpsBudget`]: each call that ends deposits, each retry withdraws,
-/// so a pool whose workers all fail does not multiply its load. Every retry is counted
+/// so a pool whose workers all fail does not multiply its load. The budget is approximate
+/// under concurrency (tower's `TpsBudget` checks the balance and withdraws in two steps, so
+/// two retries at the same instant may both take the last token). Every retry is counted
 /// ([`PoolMetrics::retried`](super::PoolMetrics::retried)).
 ///
 /// A [`PoolCaller`](super::PoolCaller) uses it already; use it directly to put `Retry` at
