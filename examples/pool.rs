@@ -13,12 +13,13 @@
 //! - `--work K`: the `k` of every call (default 20000); `--seconds S` (default 5);
 //!   `--inflight K`: calls kept waiting for their replies, one task each (default 256).
 //! - `--kill-after S2`: `SIGKILL`s worker 0 `S2` seconds in. The pool takes it out of the
-//!   balance, retries its calls on the others (both methods are marked idempotent) and
+//!   balance, retries its calls on the others (`count_primes` is marked idempotent) and
 //!   restarts it; `rejoin_ms` is the time from the kill to the first call the restarted worker
 //!   answered (read from the pool's per-worker counters, polled every millisecond).
 //! - `--trivial`: floods `noop()` instead, to show the pool's own cost, and before that
 //!   floods worker 0 over its single connection directly (the same loop, without the pool)
-//!   for the same time: `direct_calls_per_s`. Compare with `--workers 1`.
+//!   for the same time: `direct_calls_per_s`. Compare with `--workers 1`. `noop` is not
+//!   marked idempotent, so no call is copied for a retry: the cost is the balancing.
 //!
 //! Every second a meter line goes to stderr, with each worker's share; the last line on stdout:
 //!
@@ -112,7 +113,9 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let pool = Pool::builder()
         .spawn_self(workers, ["--worker"])
-        .idempotent(["count_primes", "noop"])
+        // `noop` stays unmarked: `--trivial` shows the cost of balancing itself; a marked
+        // method adds the copy of each request that a retry would send.
+        .idempotent(["count_primes"])
         .build()?;
     tokio::time::timeout(Duration::from_secs(30), pool.until_live(workers))
         .await

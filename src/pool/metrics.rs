@@ -15,8 +15,8 @@ pub(super) struct SlotStats {
     live: AtomicBool,
     /// 0 when unknown (an endpoint the pool did not start).
     pid: AtomicU32,
-    /// Woken whenever a call ends, so shutdown can wait for the last one.
-    call_ended: Notify,
+    /// Woken when the last call in flight ends, so shutdown can wait for it.
+    idle: Notify,
 }
 
 impl SlotStats {
@@ -36,13 +36,17 @@ impl SlotStats {
             Some(false) => self.failed.fetch_add(1, Relaxed),
             None => 0,
         };
-        self.in_flight.fetch_sub(1, Relaxed);
-        self.call_ended.notify_waiters();
+        // Only the last call out wakes a shutdown waiting for none in flight: a wake-up per
+        // call would take the notice's lock on every call.
+        if self.in_flight.fetch_sub(1, Relaxed) == 1 {
+            self.idle.notify_waiters();
+        }
     }
 
-    /// Completes after the next call ends (or at once if one ended since `notified` was made).
-    pub(super) fn call_ended_notify(&self) -> &Notify {
-        &self.call_ended
+    /// Notified each time the calls in flight drop to none: register (`enable`) before
+    /// checking [`in_flight`](Self::in_flight), so no wake-up is missed.
+    pub(super) fn idle(&self) -> &Notify {
+        &self.idle
     }
 
     pub(super) fn up(&self, pid: Option<u32>) {

@@ -439,13 +439,13 @@ impl Pool {
         let deadline = tokio::time::Instant::now() + timeout;
         'wait: for stats in &shared.slots {
             loop {
-                let ended = stats.call_ended_notify().notified();
-                tokio::pin!(ended);
-                ended.as_mut().enable();
+                let idle = stats.idle().notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
                 if stats.in_flight() == 0 {
                     break;
                 }
-                if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                if tokio::time::timeout_at(deadline, idle).await.is_err() {
                     break 'wait;
                 }
             }
