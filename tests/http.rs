@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use support::within;
@@ -82,21 +81,11 @@ async fn server() -> Server {
     let config = Config::new()
         .max_frame_size(MAX)
         .request_timeout(Duration::from_secs(5));
-    let app = axum::Router::new()
-        .nest(
-            "/rpc",
-            diarrhoea::http::rest(router(tx)).config(config).router(),
-        )
-        .layer(axum::middleware::from_fn(
-            |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
-                req.extensions_mut().insert(User("ada".into()));
-                next.run(req).await
-            },
-        ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(axum::serve(listener, app).into_future());
+    let app = axum::Router::new().nest(
+        "/rpc",
+        diarrhoea::http::rest(router(tx)).config(config).router(),
+    );
+    let (addr, task) = support::serve_signed_in(app, User("ada".into())).await;
     Server { addr, notes, task }
 }
 

@@ -10,50 +10,16 @@ mod support;
 use std::future::IntoFuture;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use diarrhoea::transport::Io;
 use diarrhoea::{from_stream, serve, Connection, Router};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::rustls::crypto::ring;
-use tokio_rustls::rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
-};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio_rustls::{server, TlsAcceptor, TlsConnector};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::server;
 
-use support::{server_router, within, APP_CODE};
-
-/// A self-signed certificate for `localhost`, and its private key.
-fn certificate() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let key = PrivatePkcs8KeyDer::from(made.signing_key.serialize_der());
-    (made.cert.der().clone(), key.into())
-}
-
-fn tls_configs() -> (TlsAcceptor, TlsConnector) {
-    let (cert, key) = certificate();
-    let provider = Arc::new(ring::default_provider());
-    let server = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let client = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (
-        TlsAcceptor::from(Arc::new(server)),
-        TlsConnector::from(Arc::new(client)),
-    )
-}
+use support::{server_router, tls_configs, within, APP_CODE};
 
 /// Connections accepted (and handshaken) elsewhere, as a `Stream` for `from_stream`.
 struct Accepted(mpsc::Receiver<io::Result<Io<server::TlsStream<TcpStream>>>>);

@@ -71,18 +71,8 @@ async fn server(config: Config, max_connections: usize) -> Server {
     let endpoint = diarrhoea::http::ws(make)
         .config(config)
         .max_connections(max_connections);
-    let app = axum::Router::new()
-        .route("/ws", endpoint.route())
-        .layer(axum::middleware::from_fn(
-            |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
-                req.extensions_mut().insert(User("ada".into()));
-                next.run(req).await
-            },
-        ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(axum::serve(listener, app).into_future());
+    let app = axum::Router::new().route("/ws", endpoint.route());
+    let (addr, task) = support::serve_signed_in(app, User("ada".into())).await;
     Server { addr, conns, task }
 }
 
@@ -405,13 +395,9 @@ async fn ending_a_websocket_fails_the_calls_still_running_instead_of_hanging() {
 /// `wss://` through `connect_ws_stream`: the client's own TLS stream (tokio-rustls, a
 /// certificate made at test time), an axum server behind a TLS listener.
 mod wss {
-    use std::sync::Arc;
-
     use axum::serve::Listener;
-    use tokio_rustls::rustls::crypto::ring;
-    use tokio_rustls::rustls::pki_types::{PrivatePkcs8KeyDer, ServerName};
-    use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
-    use tokio_rustls::{server, TlsAcceptor, TlsConnector};
+    use tokio_rustls::rustls::pki_types::ServerName;
+    use tokio_rustls::{server, TlsAcceptor};
 
     use super::*;
 
@@ -443,35 +429,16 @@ mod wss {
 
     #[tokio::test]
     async fn wss_runs_over_a_tls_stream_of_your_own() {
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let key = PrivatePkcs8KeyDer::from(made.signing_key.serialize_der());
-        let cert = made.cert.der().clone();
-        let provider = Arc::new(ring::default_provider());
-        let server_tls = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.clone()], key.into())
-            .unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let client_tls = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let (acceptor, connector) = support::tls_configs();
 
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
-        let listener = TlsListener {
-            tcp,
-            acceptor: TlsAcceptor::from(Arc::new(server_tls)),
-        };
+        let listener = TlsListener { tcp, acceptor };
         let app = axum::Router::new().route("/ws", diarrhoea::http::ws(router()).route());
         let task = tokio::spawn(axum::serve(listener, app).into_future());
 
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let tls = TlsConnector::from(Arc::new(client_tls))
+        let tls = connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .expect("TLS handshake");

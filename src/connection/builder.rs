@@ -203,6 +203,25 @@ impl Parent {
             tracker: TaskTracker::new(),
         }
     }
+
+    /// A graceful shutdown of every connection started under this parent: each refuses new
+    /// calls and finishes the ones in flight; after `timeout`, the rest are closed. `what`
+    /// names them in the warning.
+    pub(crate) async fn drain(&self, timeout: std::time::Duration, what: &str) {
+        self.draining.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?timeout,
+                "diarrhoea: {what} shutdown deadline passed, closing connections"
+            );
+            self.abort.cancel();
+            self.tracker.wait().await;
+        }
+    }
 }
 
 /// The service a connection serves before anything is set: every call gets -32601.

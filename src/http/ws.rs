@@ -143,20 +143,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn shutdown(&self, timeout: Duration) {
-        let connections = &self.connections;
-        connections.draining.cancel();
-        connections.tracker.close();
-        if tokio::time::timeout(timeout, connections.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                ?timeout,
-                "diarrhoea: WebSocket shutdown deadline passed, closing connections"
-            );
-            connections.abort.cancel();
-            connections.tracker.wait().await;
-        }
+        self.connections.drain(timeout, "WebSocket").await;
     }
 
     /// Answers the upgrade, then runs the connection in tasks of its own.

@@ -225,26 +225,9 @@ where
     };
     // 1. Stop accepting; a socket file goes with its listener.
     drop(acceptor);
-    shutdown(connections, options.shutdown_timeout).await;
+    // Steps 2 and 3 of a graceful shutdown.
+    connections.drain(options.shutdown_timeout, "server").await;
     result
-}
-
-/// Steps 2 and 3 of a graceful shutdown: every connection refuses new calls and finishes
-/// the ones in flight; after the timeout, the rest are closed.
-async fn shutdown(connections: Parent, timeout: Duration) {
-    connections.draining.cancel();
-    connections.tracker.close();
-    if tokio::time::timeout(timeout, connections.tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?timeout,
-            "diarrhoea: shutdown deadline passed, closing connections"
-        );
-        connections.abort.cancel();
-        connections.tracker.wait().await;
-    }
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM: the usual signal for

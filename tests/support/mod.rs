@@ -310,3 +310,59 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> RawPeer<R, W> {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
     }
 }
+
+/// A self-signed certificate for `localhost`, made now, and the two TLS ends that use it: an
+/// acceptor holding its key, and a connector trusting exactly that certificate (tokio-rustls,
+/// ring provider).
+pub fn tls_configs() -> (tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector) {
+    use tokio_rustls::rustls::crypto::ring;
+    use tokio_rustls::rustls::pki_types::PrivatePkcs8KeyDer;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let key = PrivatePkcs8KeyDer::from(made.signing_key.serialize_der());
+    let cert = made.cert.der().clone();
+    let provider = Arc::new(ring::default_provider());
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key.into())
+        .unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        tokio_rustls::TlsConnector::from(Arc::new(client)),
+    )
+}
+
+/// Serves `app` on a free port of 127.0.0.1 with the remote address recorded (axum's
+/// `ConnectInfo`), behind a stand-in for the host's authentication: a middleware that puts
+/// `user` in every request's extensions. The address, and the task to abort.
+#[cfg(feature = "axum")]
+pub async fn serve_signed_in<U: Clone + Send + Sync + 'static>(
+    app: axum::Router,
+    user: U,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    use std::future::IntoFuture;
+
+    let app = app.layer(axum::middleware::from_fn(
+        move |mut req: axum::extract::Request, next: axum::middleware::Next| {
+            req.extensions_mut().insert(user.clone());
+            next.run(req)
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    (addr, tokio::spawn(axum::serve(listener, app).into_future()))
+}
