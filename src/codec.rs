@@ -1,15 +1,15 @@
 //! [`FrameCodec`]: bytes from the stream to [`Frame`]s. Encoding is [`Frame::encode`]'s.
 //!
-//! Line splitting, the length bound and discarding of oversized lines are tokio-util's
-//! [`LinesCodec`]; this codec adds the frame shape on top and turns every per-frame fault into
-//! an item instead of an error, because `FramedRead` ends the stream after any decoder error
-//! and one bad line must never close a connection.
+//! Each line is parsed where it lies in the read buffer (no copy, no `String` per line), then
+//! the buffer moves past it. Every per-frame fault is an item instead of an error, because
+//! `FramedRead` ends the stream after any decoder error and one bad line must never close a
+//! connection.
 
-use bytes::BytesMut;
-use tokio_util::codec::{Decoder, LinesCodec, LinesCodecError};
+use bytes::{Buf, BytesMut};
+use tokio_util::codec::Decoder;
 
 use crate::error::{code, RpcError};
-use crate::frame::{Frame, InvalidFrame};
+use crate::frame::{Frame, InvalidFrame, MethodNames};
 
 /// The default maximum length of one line, terminator excluded: 8 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 * 1024 * 1024;
@@ -18,7 +18,7 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 * 1024 * 1024;
 ///
 /// Each decoded item is `Ok(frame)` or `Err(InvalidFrame)` for a line that was dropped (not
 /// JSON, not UTF-8, not a known shape, longer than the maximum, or cut off by the end of the
-/// stream); the decoder's own `Err` is reserved for I/O errors. Empty lines are skipped.
+/// stream); the decoder's own `Err` is never returned. Empty lines are skipped.
 ///
 /// ```
 /// use bytes::BytesMut;
@@ -33,16 +33,24 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 * 1024 * 1024;
 /// ```
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
-    lines: LinesCodec,
     max_frame_size: usize,
+    /// How far the unfinished line at the front of the buffer has been searched for its end,
+    /// so a long line arriving in pieces is scanned once.
+    searched: usize,
+    /// Skipping an oversized line up to its end.
+    discarding: bool,
+    /// Recent method names, so a repeated name costs no allocation.
+    methods: MethodNames,
 }
 
 impl FrameCodec {
     /// A codec that discards lines longer than `max_frame_size` bytes.
     pub fn new(max_frame_size: usize) -> Self {
         FrameCodec {
-            lines: LinesCodec::new_with_max_length(max_frame_size),
             max_frame_size,
+            searched: 0,
+            discarding: false,
+            methods: MethodNames::default(),
         }
     }
 
@@ -63,6 +71,21 @@ impl FrameCodec {
             ),
         )
     }
+
+    /// Parses one line without its `\n`; `None` for an empty line.
+    fn parse_line(&mut self, line: &[u8]) -> Option<Decoded> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return None;
+        }
+        Some(match std::str::from_utf8(line) {
+            Ok(line) => Frame::parse_with(line, Some(&mut self.methods)),
+            Err(_) => Err(InvalidFrame::new(
+                None,
+                RpcError::new(code::PARSE_ERROR, "parse error: line is not valid UTF-8"),
+            )),
+        })
+    }
 }
 
 impl Default for FrameCodec {
@@ -80,20 +103,44 @@ impl Decoder for FrameCodec {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, std::io::Error> {
         loop {
-            return match self.lines.decode(buf) {
-                Ok(Some(line)) if line.is_empty() => continue,
-                Ok(Some(line)) => Ok(Some(Frame::parse(&line))),
-                Ok(None) => Ok(None),
-                Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Err(self.too_large()))),
-                // LinesCodec has consumed the line before checking its encoding.
-                Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    Ok(Some(Err(InvalidFrame::new(
-                        None,
-                        RpcError::new(code::PARSE_ERROR, "parse error: line is not valid UTF-8"),
-                    ))))
+            // A line of `max_frame_size` bytes has its `\n` one byte further.
+            let read_to = buf.len().min(self.max_frame_size.saturating_add(1));
+            let end = buf[self.searched..read_to]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|at| self.searched + at);
+            match (self.discarding, end) {
+                (true, Some(end)) => {
+                    buf.advance(end + 1);
+                    self.discarding = false;
+                    self.searched = 0;
                 }
-                Err(LinesCodecError::Io(e)) => Err(e),
-            };
+                (true, None) => {
+                    // Drop what arrived of the oversized line, so it is never held.
+                    buf.advance(read_to);
+                    self.searched = 0;
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                }
+                (false, Some(end)) => {
+                    self.searched = 0;
+                    let item = self.parse_line(&buf[..end]);
+                    buf.advance(end + 1);
+                    if let Some(item) = item {
+                        return Ok(Some(item));
+                    }
+                }
+                (false, None) if buf.len() > self.max_frame_size => {
+                    self.discarding = true;
+                    self.searched = 0;
+                    return Ok(Some(Err(self.too_large())));
+                }
+                (false, None) => {
+                    self.searched = read_to;
+                    return Ok(None);
+                }
+            }
         }
     }
 
@@ -104,8 +151,8 @@ impl Decoder for FrameCodec {
         // A line without its terminator is never dispatched: the peer died mid-frame.
         let rest = buf.len();
         buf.clear();
-        // LinesCodec remembers how far it searched; start afresh with the buffer.
-        self.lines = LinesCodec::new_with_max_length(self.max_frame_size);
+        self.searched = 0;
+        self.discarding = false;
         if rest == 0 {
             return Ok(None);
         }

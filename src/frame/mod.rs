@@ -105,6 +105,14 @@ impl Frame {
     /// assert_eq!((bad.id, bad.error.code), (Some(7), -32600));
     /// ```
     pub fn parse(line: &str) -> Result<Frame, InvalidFrame> {
+        Frame::parse_with(line, None)
+    }
+
+    /// As [`Frame::parse`], sharing method names seen before instead of allocating each.
+    pub(crate) fn parse_with(
+        line: &str,
+        methods: Option<&mut MethodNames>,
+    ) -> Result<Frame, InvalidFrame> {
         let parts: Parts<'_> = serde_json::from_str(line).map_err(|e| {
             let error = if e.is_data() {
                 RpcError::invalid_frame(format!("not an array of 2 to 4 elements: {e}"))
@@ -113,7 +121,7 @@ impl Frame {
             };
             InvalidFrame::new(None, error)
         })?;
-        parts.into_frame()
+        parts.into_frame(methods)
     }
 
     /// Appends the frame's line, terminator included, to `buf`.
@@ -222,6 +230,39 @@ pub(crate) fn call_line<T: Serialize + ?Sized>(
     Ok(line)
 }
 
+/// The method names a connection saw last, shared by the frames that repeat them: a peer
+/// usually calls few methods, and then a frame's name costs no allocation. Bounded in count
+/// and in name length, whatever names a peer sends.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MethodNames {
+    names: Vec<Arc<str>>,
+    /// The slot the next new name replaces once all are taken.
+    next: usize,
+}
+
+impl MethodNames {
+    /// Names kept.
+    const KEPT: usize = 16;
+    /// Longer names are not kept: they are rarely repeated method names.
+    const LONGEST: usize = 64;
+
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(seen) = self.names.iter().find(|seen| ***seen == *name) {
+            return seen.clone();
+        }
+        let name: Arc<str> = name.into();
+        if name.len() <= Self::LONGEST {
+            if self.names.len() < Self::KEPT {
+                self.names.push(name.clone());
+            } else {
+                self.names[self.next] = name.clone();
+                self.next = (self.next + 1) % Self::KEPT;
+            }
+        }
+        name
+    }
+}
+
 /// The elements of a frame, borrowed from the line, parsed without allocating.
 struct Parts<'a> {
     items: [Option<&'a RawValue>; 4],
@@ -264,9 +305,9 @@ impl<'a> Parts<'a> {
         self.items[i].map_or("", RawValue::get)
     }
 
-    fn into_frame(self) -> Result<Frame, InvalidFrame> {
+    fn into_frame(self, methods: Option<&mut MethodNames>) -> Result<Frame, InvalidFrame> {
         match self.get(0).as_bytes().first() {
-            Some(b'"') => self.into_call(),
+            Some(b'"') => self.into_call(methods),
             Some(b'0'..=b'9' | b'-') => self.into_reply(),
             Some(b'n') if self.len == 3 && self.get(1) == "null" => {
                 let error =
@@ -280,7 +321,7 @@ impl<'a> Parts<'a> {
         }
     }
 
-    fn into_call(self) -> Result<Frame, InvalidFrame> {
+    fn into_call(self, methods: Option<&mut MethodNames>) -> Result<Frame, InvalidFrame> {
         let id = if self.len >= 3 {
             Some(parse_id(self.get(2)).map_err(|e| InvalidFrame::new(None, e))?)
         } else {
@@ -297,7 +338,11 @@ impl<'a> Parts<'a> {
                 .map_err(|_| invalid("method name is not a valid string"))?;
             parsed.into()
         } else {
-            raw[1..raw.len() - 1].into()
+            let name = &raw[1..raw.len() - 1];
+            match methods {
+                Some(methods) => methods.get(name),
+                None => name.into(),
+            }
         };
         let args = self.items[1].expect("len >= 2");
         if !args.get().starts_with('[') {

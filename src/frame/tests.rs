@@ -201,3 +201,40 @@ fn an_invalid_frame_says_what_and_which_request() {
         "bad shape (code -32600) (request id 7)"
     );
 }
+
+#[test]
+fn repeated_method_names_are_shared_and_the_cache_stays_bounded() {
+    let mut names = MethodNames::default();
+    let first = names.get("ping");
+    assert!(Arc::ptr_eq(&first, &names.get("ping")), "a repeat is shared");
+    for i in 0..100 {
+        names.get(&format!("m{i}"));
+    }
+    assert_eq!(names.names.len(), MethodNames::KEPT);
+    // The oldest was replaced; the most recent ones are kept.
+    assert!(!Arc::ptr_eq(&first, &names.get("ping")));
+    let recent = names.get("m99");
+    assert!(Arc::ptr_eq(&recent, &names.get("m99")));
+
+    let long = "x".repeat(MethodNames::LONGEST + 1);
+    let a = names.get(&long);
+    assert_eq!(&*a, long);
+    assert!(!Arc::ptr_eq(&a, &names.get(&long)), "long names are not kept");
+    let longest = "y".repeat(MethodNames::LONGEST);
+    let b = names.get(&longest);
+    assert!(Arc::ptr_eq(&b, &names.get(&longest)));
+}
+
+#[test]
+fn a_codec_shares_the_names_it_decodes() {
+    use tokio_util::codec::Decoder;
+    let mut codec = crate::codec::FrameCodec::default();
+    let mut buf = bytes::BytesMut::from("[\"ping\",[1]]\n[\"ping\",[2]]\n");
+    let method = |item: Option<crate::codec::Decoded>| match item {
+        Some(Ok(Frame::Notification { method, .. })) => method,
+        other => panic!("{other:?}"),
+    };
+    let a = method(codec.decode(&mut buf).unwrap());
+    let b = method(codec.decode(&mut buf).unwrap());
+    assert!(Arc::ptr_eq(&a, &b));
+}
