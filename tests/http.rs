@@ -346,14 +346,24 @@ async fn a_100_mib_upload_is_cut_off_early() {
     assert!(at < UPLOAD / 4, "{at} bytes sent before the cut");
 }
 
-/// The gateway example, built for this test (a no-op when it is up to date).
+/// The gateway example, built for this test with the test's own profile (a no-op when it is
+/// up to date, as after `cargo test`).
 fn gateway_exe() -> std::path::PathBuf {
+    // target/<profile dir>/deps/http-<hash> -> target/<profile dir>/examples/gateway
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(cargo);
     build
         .args([
             "build",
             "--quiet",
+            "--profile",
+            profile,
             "--example",
             "gateway",
             "--features",
@@ -380,10 +390,7 @@ fn gateway_exe() -> std::path::PathBuf {
     }
     let status = build.status().expect("run cargo build");
     assert!(status.success(), "building the gateway example failed");
-    // target/<profile>/deps/http-<hash> -> target/<profile>/examples/gateway
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    profile.join("examples").join("gateway")
+    profile_dir.join("examples").join("gateway")
 }
 
 #[tokio::test]
