@@ -11,46 +11,64 @@ use crate::error::{Error, Kind, RpcError};
 
 /// The result of a call, still as JSON: what a handler answered, or what a peer replied.
 #[derive(Clone)]
-pub struct Response(Box<RawValue>);
+pub struct Response(Repr);
+
+/// `null` is by far the most common result (every notification handler's), so it costs no
+/// allocation.
+#[derive(Clone)]
+enum Repr {
+    Null,
+    Json(Box<RawValue>),
+}
 
 impl Response {
     /// Serializes `value` as the result.
     pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Self, RpcError> {
         serde_json::value::to_raw_value(value)
-            .map(Response)
+            .map(Response::json)
             .map_err(|e| RpcError::internal(format!("result could not be serialized: {e}")))
     }
 
     /// `null`, the result of a handler that returns nothing.
     pub fn null() -> Self {
-        Response(RawValue::NULL.to_owned())
+        Response(Repr::Null)
+    }
+
+    fn json(raw: Box<RawValue>) -> Self {
+        Response(Repr::Json(raw))
     }
 
     /// Wraps raw JSON.
     ///
     /// Pretty-printed JSON is fine: line breaks become spaces, so a reply stays one line.
     pub fn from_raw(raw: Box<RawValue>) -> Self {
-        Response(crate::args::one_line(raw))
+        Response::json(crate::args::one_line(raw))
     }
 
     /// Raw JSON read from a line, which cannot hold a line break.
     pub(crate) fn from_wire(raw: Box<RawValue>) -> Self {
-        Response(raw)
+        Response::json(raw)
     }
 
     /// Deserializes the result.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_str(self.0.get()).map_err(|e| Error::new(Kind::Decode).with_source(e))
+        serde_json::from_str(self.get()).map_err(|e| Error::new(Kind::Decode).with_source(e))
     }
 
     /// The JSON text.
     pub fn get(&self) -> &str {
-        self.0.get()
+        match &self.0 {
+            Repr::Null => RawValue::NULL.get(),
+            Repr::Json(raw) => raw.get(),
+        }
     }
 
     /// The raw JSON value.
     pub fn into_raw(self) -> Box<RawValue> {
-        self.0
+        match self.0 {
+            Repr::Null => RawValue::NULL.to_owned(),
+            Repr::Json(raw) => raw,
+        }
     }
 }
 
@@ -64,7 +82,7 @@ impl Eq for Response {}
 
 impl fmt::Debug for Response {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Response({} bytes)", self.0.get().len())
+        write!(f, "Response({} bytes)", self.get().len())
     }
 }
 
@@ -107,7 +125,7 @@ impl IntoReply for Response {
 
 impl IntoReply for Args {
     fn into_reply(self) -> Result<Response, RpcError> {
-        Ok(Response(self.into_raw()))
+        Ok(Response::json(self.into_raw()))
     }
 }
 
@@ -176,5 +194,15 @@ mod tests {
         );
         assert_ne!(Response::new(&1).unwrap(), Response::new(&2).unwrap());
         assert_ne!(Response::null(), Response::new(&0).unwrap());
+        assert_eq!(Response::null(), Response::new(&()).unwrap());
+    }
+
+    #[test]
+    fn null_reads_as_null_every_way() {
+        let null = Response::null();
+        assert_eq!(null.get(), "null");
+        assert_eq!(null.deserialize::<Option<u8>>().unwrap(), None);
+        assert_eq!(null.clone().into_raw().get(), "null");
+        assert_eq!(format!("{null:?}"), "Response(4 bytes)");
     }
 }

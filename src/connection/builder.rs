@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::{TcpStream, ToSocketAddrs, UnixStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
@@ -265,7 +265,7 @@ async fn drive<T: Transport>(
     slot: Option<OwnedSemaphorePermit>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let budget = Arc::new(Semaphore::new(shared.config.inbound_buffer));
+    let budget = super::budget::Budget::new(shared.config.inbound_buffer);
     let inbox = inbox::Inbox::new(tx, budget, shared.clone());
     let reader = async {
         if let Some(read) = reader::run(read, inbox, &shared).await {

@@ -68,7 +68,7 @@ impl Shared {
         let explicit = req.meta().timeout_ms.map(Duration::from_millis);
         let timeout = deadline::effective(explicit);
         req.meta_mut().timeout_ms = timeout.map(deadline::to_millis);
-        self.start_call(timeout, |id| Ok(req.into_call(id).to_line()))
+        self.start_call(timeout, |id| Ok(self.outgoing.encode(&req.into_call(id))))
     }
 }
 
@@ -209,7 +209,7 @@ impl Service<Request> for Notifier {
             self.shared.check_size(&frame)
         };
         std::future::ready(match result {
-            Ok(()) => self.outgoing.send(frame.to_line()),
+            Ok(()) => self.outgoing.send(self.shared.outgoing.encode(&frame)),
             Err(e) => {
                 self.outgoing.abort();
                 Err(e)

@@ -23,11 +23,12 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::Service;
 
+use super::budget::{Budget, Share};
 use super::deadline::Serving;
 use super::inbox::Inbound;
 use super::{BoundService, Shared};
@@ -42,7 +43,7 @@ pub(super) async fn run(
     shared: Arc<Shared>,
 ) {
     let mut service = binding.borrow_and_update().clone();
-    let limit = Arc::new(Semaphore::new(shared.config.max_concurrent_requests));
+    let limit = Budget::new(shared.config.max_concurrent_requests);
     // Requests still running after their first poll; dropping the set aborts them.
     let mut tasks = JoinSet::new();
     let mut lane = Lane::default();
@@ -92,7 +93,7 @@ pub(super) async fn run(
         // running meanwhile is still polled: it may hold what the request waits for (a
         // permit of a concurrency limit in the stack, say).
         let permit = loop {
-            if let Ok(permit) = limit.clone().try_acquire_owned() {
+            if let Some(permit) = limit.try_take(1) {
                 break permit;
             }
             tokio::select! {
@@ -104,7 +105,7 @@ pub(super) async fn run(
                 }
                 _ = std::future::poll_fn(|cx| lane.poll_running(cx, &shared)),
                     if lane.is_running() => {}
-                permit = limit.clone().acquire_owned() => break permit.expect("never closed"),
+                permit = limit.take(1) => break permit,
             }
         };
         let ready = loop {
@@ -175,7 +176,7 @@ pub(super) async fn run(
 #[derive(Default)]
 struct Lane {
     running: Option<Notification>,
-    waiting: VecDeque<(Request, OwnedSemaphorePermit)>,
+    waiting: VecDeque<(Request, Share)>,
 }
 
 /// A running notification, its method name for error reports, and its share of the
@@ -183,7 +184,7 @@ struct Lane {
 struct Notification {
     method: Arc<str>,
     started: Started,
-    budget: OwnedSemaphorePermit,
+    budget: Share,
 }
 
 impl Lane {
@@ -195,7 +196,7 @@ impl Lane {
         self.running.is_some()
     }
 
-    fn push(&mut self, req: Request, budget: OwnedSemaphorePermit) {
+    fn push(&mut self, req: Request, budget: Share) {
         self.waiting.push_back((req, budget));
     }
 
@@ -205,7 +206,7 @@ impl Lane {
         &mut self,
         cx: &mut Context<'_>,
         req: Request,
-        budget: OwnedSemaphorePermit,
+        budget: Share,
         service: &mut BoundService,
         shared: &Shared,
     ) {

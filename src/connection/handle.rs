@@ -64,7 +64,13 @@ impl Connection {
         if self.shared.lifecycle.is_ending() {
             return Err(Error::closed());
         }
-        let line = call_line(method, args, None, &Meta::default())?;
+        let line = call_line(
+            self.shared.outgoing.line_buffer(),
+            method,
+            args,
+            None,
+            &Meta::default(),
+        )?;
         self.shared.check_line(&line)?;
         Ok(line)
     }
@@ -105,9 +111,10 @@ impl Connection {
         let meta = Meta {
             timeout_ms: timeout.map(deadline::to_millis),
         };
-        let (line, reply) = self
-            .shared
-            .start_call(timeout, |id| call_line(method, &args, Some(id), &meta))?;
+        let (line, reply) = self.shared.start_call(timeout, |id| {
+            let line = self.shared.outgoing.line_buffer();
+            call_line(line, method, &args, Some(id), &meta)
+        })?;
         match timeout {
             None => self.shared.outgoing.send_line(line).await?,
             Some(timeout) => tokio::select! {

@@ -13,9 +13,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::budget::{Budget, Share};
 use super::in_flight::Cancelled;
 use super::{Shared, CANCEL_METHOD};
 use crate::error::{code, Error, RpcError};
@@ -23,7 +24,7 @@ use crate::frame::Frame;
 use crate::request::{Deadline, Request};
 
 /// What the dispatcher receives: a call, and its share of the inbound buffer.
-pub(super) type Inbound = (Request, OwnedSemaphorePermit);
+pub(super) type Inbound = (Request, Share);
 
 /// A frame's cost in the inbound buffer beyond its payload, for the request's own fields.
 const FRAME_OVERHEAD: usize = 128;
@@ -32,14 +33,14 @@ pub(super) struct Inbox {
     /// `None` once the connection drains: calls are refused with `refusal`.
     dispatcher: Option<mpsc::UnboundedSender<Inbound>>,
     refusal: Option<RpcError>,
-    budget: Arc<Semaphore>,
+    budget: Arc<Budget>,
     shared: Arc<Shared>,
 }
 
 impl Inbox {
     pub(super) fn new(
         dispatcher: mpsc::UnboundedSender<Inbound>,
-        budget: Arc<Semaphore>,
+        budget: Arc<Budget>,
         shared: Arc<Shared>,
     ) -> Self {
         Inbox {
@@ -63,7 +64,6 @@ impl Inbox {
     /// Takes one call; `false` when the connection is going away.
     pub(super) async fn submit(&mut self, call: Frame) -> bool {
         let shared = &self.shared;
-        let arrived = Instant::now();
         let cost = (call.payload_len() + FRAME_OVERHEAD).min(shared.config.inbound_buffer);
         let Some(mut req) = Request::incoming(call, shared.clone()) else {
             return true;
@@ -91,18 +91,17 @@ impl Inbox {
                 return self.reply_error(id, dup).await;
             }
             if let Some(timeout) = deadline_of(shared.config.request_timeout, &req) {
-                req.set_deadline(Deadline(arrived + timeout));
+                // Counted from now, before any wait for the inbound budget.
+                req.set_deadline(Deadline(Instant::now() + timeout));
             }
         }
         // Under load the budget usually has room: take it without building a wait.
-        let permit = match self.budget.clone().try_acquire_many_owned(cost as u32) {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
+        let permit = match self.budget.try_take(cost) {
+            Some(permit) => permit,
+            None => tokio::select! {
                 biased;
                 _ = shared.lifecycle.aborted() => return false,
-                permit = self.budget.clone().acquire_many_owned(cost as u32) => {
-                    permit.expect("never closed")
-                }
+                permit = self.budget.take(cost) => permit,
             },
         };
         // The dispatcher only goes away when the connection does.

@@ -14,6 +14,7 @@
 //! | `config`, `events`, `lifecycle` | limits; what is reported; the stages of a connection |
 //! | `reader` | bytes to frames; replies to the pending table, calls to the inbox |
 //! | `inbox` | the request policy: `$/cancel`, reserved names, duplicate ids, deadlines, budget |
+//! | `budget` | the counted limits the reader and the dispatcher wait on |
 //! | `dispatch` | runs calls through the bound service; notifications in order, requests concurrently |
 //! | `deadline` | the deadline of the request being served, inherited by calls made meanwhile |
 //! | `pending`, `in_flight` | this side's calls waiting for replies; the peer's requests here |
@@ -23,6 +24,7 @@
 //! replies to this side's calls get through even while the peer floods.
 
 mod bound;
+mod budget;
 mod builder;
 mod call;
 mod config;

@@ -3,7 +3,7 @@
 //!
 //! A frame is charged `min(its payload, the byte budget)` until the writer has encoded it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -20,27 +20,45 @@ pub(crate) struct Queued {
     _bytes: Option<OwnedSemaphorePermit>,
 }
 
-/// The writer's end of the queue.
-pub(crate) type Receiver = mpsc::Receiver<Queued>;
+/// The writer's end of the queue, and where it gives back the line buffers it is done with.
+pub(crate) struct Receiver {
+    pub(crate) queue: mpsc::Receiver<Queued>,
+    pub(crate) spare: SpareLines,
+}
 
 #[derive(Clone)]
 pub(crate) struct Outbox {
     slots: mpsc::Sender<Queued>,
     bytes: Arc<Semaphore>,
     budget: usize,
+    spare: SpareLines,
 }
 
 impl Outbox {
     pub(crate) fn new(frames: usize, budget: usize) -> (Self, Receiver) {
-        let (slots, rx) = mpsc::channel(frames);
+        let (slots, queue) = mpsc::channel(frames);
+        let spare = SpareLines::default();
         (
             Outbox {
                 slots,
                 bytes: Arc::new(Semaphore::new(budget)),
                 budget,
+                spare: spare.clone(),
             },
-            rx,
+            Receiver { queue, spare },
         )
+    }
+
+    /// An empty buffer to encode a frame into: one the writer gave back when there is one.
+    pub(crate) fn line_buffer(&self) -> Vec<u8> {
+        self.spare.take()
+    }
+
+    /// The frame's line, in a buffer of the writer's when there is one.
+    pub(crate) fn encode(&self, frame: &Frame) -> Vec<u8> {
+        let mut line = self.line_buffer();
+        frame.write(&mut line);
+        line
     }
 
     fn cost(&self, line: &[u8]) -> u32 {
@@ -49,7 +67,7 @@ impl Outbox {
 
     /// Queues a frame, waiting for room in bytes and then in frames.
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), Error> {
-        self.send_line(frame.to_line()).await
+        self.send_line(self.encode(&frame)).await
     }
 
     /// Queues an encoded frame, waiting for room in bytes and then in frames.
@@ -94,7 +112,7 @@ impl Outbox {
         match self.slots.try_reserve() {
             Ok(slot) => {
                 slot.send(Queued {
-                    line: frame.to_line(),
+                    line: self.encode(&frame),
                     _bytes: None,
                 });
                 Ok(())
@@ -109,7 +127,7 @@ impl Outbox {
     /// As [`Outbox::try_send_control`], waiting for a frame slot.
     pub(crate) async fn send_control(&self, frame: Frame) -> Result<(), Error> {
         let queued = Queued {
-            line: frame.to_line(),
+            line: self.encode(&frame),
             _bytes: None,
         };
         self.slots.send(queued).await.map_err(|_| Error::closed())
@@ -121,6 +139,36 @@ impl Outbox {
             bytes: PollSemaphore::new(self.bytes.clone()),
             held: None,
             budget: self.budget,
+        }
+    }
+}
+
+/// Line buffers the writer has copied out, kept for the next frames so that most frames cost
+/// no allocation. Small ones only, so a connection keeps at most `KEPT * LARGEST` (8 KiB)
+/// here, and only after it was busy.
+#[derive(Clone, Default)]
+pub(crate) struct SpareLines(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl SpareLines {
+    const KEPT: usize = 64;
+    /// Buffers that grew larger (a big frame) are freed instead.
+    const LARGEST: usize = 128;
+    /// The capacity of a new buffer: room for a typical small frame.
+    const NEW: usize = 96;
+
+    fn take(&self) -> Vec<u8> {
+        let spare = self.0.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        spare.unwrap_or_else(|| Vec::with_capacity(Self::NEW))
+    }
+
+    /// Keeps what fits of `lines` (a writer's batch), emptied.
+    pub(crate) fn give_back(&self, lines: &mut Vec<Vec<u8>>) {
+        let mut spare = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for mut line in lines.drain(..) {
+            if spare.len() < Self::KEPT && line.capacity() <= Self::LARGEST {
+                line.clear();
+                spare.push(line);
+            }
         }
     }
 }

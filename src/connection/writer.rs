@@ -25,13 +25,15 @@ fn give_back_if_grown(buf: &mut BytesMut) {
     }
 }
 
-pub(super) async fn run<W: AsyncWrite + Unpin>(
-    mut write: W,
-    mut queue: Receiver,
-    shared: Arc<Shared>,
-) {
+pub(super) async fn run<W: AsyncWrite + Unpin>(mut write: W, queue: Receiver, shared: Arc<Shared>) {
+    let Receiver {
+        mut queue,
+        spare: spare_lines,
+    } = queue;
     let mut buf = BytesMut::new();
     let mut batch = Vec::with_capacity(BATCH);
+    // The batch's line buffers, given back to the senders in one go.
+    let mut done = Vec::with_capacity(BATCH);
     loop {
         let got = tokio::select! {
             biased;
@@ -43,12 +45,17 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
             break;
         }
         for queued in batch.drain(..) {
-            // Dropping `queued` returns its bytes to the budget: they are in `buf` now.
             buf.extend_from_slice(&queued.line);
-            if buf.len() >= WRITE_CHUNK && !flush(&mut write, &mut buf, &shared).await {
-                return;
+            // Dropping the rest of `queued` returns its bytes to the budget: they are in `buf`.
+            done.push(queued.line);
+            if buf.len() >= WRITE_CHUNK {
+                spare_lines.give_back(&mut done);
+                if !flush(&mut write, &mut buf, &shared).await {
+                    return;
+                }
             }
         }
+        spare_lines.give_back(&mut done);
         if !flush(&mut write, &mut buf, &shared).await {
             return;
         }

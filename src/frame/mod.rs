@@ -130,7 +130,7 @@ impl Frame {
     }
 
     /// Appends the frame's line to `line`: the one encoder of frames.
-    fn write(&self, line: &mut Vec<u8>) {
+    pub(crate) fn write(&self, line: &mut Vec<u8>) {
         match self {
             Frame::Notification { method, args } => {
                 encode_call(line, method, args.raw(), None, &Meta::default())
@@ -218,14 +218,14 @@ pub(crate) fn encode_call<T: Serialize + ?Sized>(
     Ok(())
 }
 
-/// [`encode_call`] into a line of its own.
+/// [`encode_call`] into `line`, an empty buffer.
 pub(crate) fn call_line<T: Serialize + ?Sized>(
+    mut line: Vec<u8>,
     method: &str,
     args: &T,
     id: Option<u64>,
     meta: &Meta,
 ) -> Result<Vec<u8>, Error> {
-    let mut line = Vec::with_capacity(method.len() + 64);
     encode_call(&mut line, method, args, id, meta)?;
     Ok(line)
 }

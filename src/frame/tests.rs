@@ -206,7 +206,10 @@ fn an_invalid_frame_says_what_and_which_request() {
 fn repeated_method_names_are_shared_and_the_cache_stays_bounded() {
     let mut names = MethodNames::default();
     let first = names.get("ping");
-    assert!(Arc::ptr_eq(&first, &names.get("ping")), "a repeat is shared");
+    assert!(
+        Arc::ptr_eq(&first, &names.get("ping")),
+        "a repeat is shared"
+    );
     for i in 0..100 {
         names.get(&format!("m{i}"));
     }
@@ -219,7 +222,10 @@ fn repeated_method_names_are_shared_and_the_cache_stays_bounded() {
     let long = "x".repeat(MethodNames::LONGEST + 1);
     let a = names.get(&long);
     assert_eq!(&*a, long);
-    assert!(!Arc::ptr_eq(&a, &names.get(&long)), "long names are not kept");
+    assert!(
+        !Arc::ptr_eq(&a, &names.get(&long)),
+        "long names are not kept"
+    );
     let longest = "y".repeat(MethodNames::LONGEST);
     let b = names.get(&longest);
     assert!(Arc::ptr_eq(&b, &names.get(&longest)));
