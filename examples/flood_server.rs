@@ -27,13 +27,19 @@
 //!
 //! `--timeout-ms N` is not a layer: it is `Config::request_timeout`, which the connection
 //! enforces from the moment a request's frame is read, waits for permits and rate included.
+//! Nor is `--max-connections N`: it is the server's `max_connections` (default
+//! `DEFAULT_MAX_CONNECTIONS`, 1024), raised for runs with many connections such as
+//! `examples/idle_conns.rs`.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use clap::{value_parser, Parser};
 use diarrhoea::layer::{NameOverloadLayer, TraceLayer};
-use diarrhoea::{Args, Config, Connection, Listener, MakeService, Request, Router, UnixListener};
+use diarrhoea::{
+    Args, Config, Connection, Listener, MakeService, Request, Router, UnixListener,
+    DEFAULT_MAX_CONNECTIONS,
+};
 use tower::buffer::BufferLayer;
 use tower::limit::{ConcurrencyLimitLayer, GlobalConcurrencyLimitLayer, RateLimitLayer};
 use tower::ServiceBuilder;
@@ -94,6 +100,14 @@ struct Opts {
     /// --load-shed and no --concurrency: shed once N wait)
     #[arg(long, value_name = "N", value_parser = value_parser!(u64).range(1..))]
     rate: Option<u64>,
+    /// At most N connections open at once; the next one is refused (-32002) and closed
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_CONNECTIONS,
+        value_parser = positive
+    )]
+    max_connections: usize,
     /// Print a span per request (TraceLayer) to stderr
     #[arg(long)]
     trace: bool,
@@ -233,19 +247,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let addr = listener.local_addr()?;
             println!("listening on tcp {addr}");
             print_limits(&opts, rate_buffer, rate_sheds);
-            Ok(run(listener, stack, config).await?)
+            Ok(run(listener, stack, config, opts.max_connections).await?)
         }
         None => {
             let listener = UnixListener::bind(&opts.path)?;
             println!("listening on {}", opts.path);
             print_limits(&opts, rate_buffer, rate_sheds);
-            Ok(run(listener, stack, config).await?)
+            Ok(run(listener, stack, config, opts.max_connections).await?)
         }
     }
 }
 
 /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
-async fn run<L, M, Marker>(listener: L, stack: M, config: Config) -> Result<(), diarrhoea::Error>
+async fn run<L, M, Marker>(
+    listener: L,
+    stack: M,
+    config: Config,
+    max_connections: usize,
+) -> Result<(), diarrhoea::Error>
 where
     L: Listener,
     M: MakeService<Marker>,
@@ -253,6 +272,7 @@ where
 {
     diarrhoea::serve(listener, stack)
         .config(config)
+        .max_connections(max_connections)
         .with_graceful_shutdown(diarrhoea::shutdown_signal())
         .await
 }
@@ -261,6 +281,12 @@ fn print_limits(opts: &Opts, rate_buffer: usize, shed_rate: bool) {
     let mut lines = Vec::new();
     if opts.trace {
         lines.push("trace: a span per request on stderr".to_owned());
+    }
+    if opts.max_connections != DEFAULT_MAX_CONNECTIONS {
+        lines.push(format!(
+            "max connections: {}; connections over it are refused (-32002)",
+            opts.max_connections
+        ));
     }
     if let Some(ms) = opts.timeout_ms {
         lines.push(format!(
@@ -339,6 +365,12 @@ mod tests {
         );
         assert!(parse("--concurrency 0").is_err());
         assert!(parse("--global-concurrency 0").is_err());
+        assert_eq!(o.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(
+            parse("--max-connections 10016").unwrap().max_connections,
+            10_016
+        );
+        assert!(parse("--max-connections 0").is_err());
         assert!(parse("--bogus").is_err());
     }
 }
