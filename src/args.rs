@@ -11,12 +11,24 @@ use crate::error::{truncate, Error, Kind};
 ///
 /// Arguments stay unparsed until a handler deserializes them straight into its own types.
 #[derive(Clone)]
-pub struct Args(Box<RawValue>);
+pub struct Args(Repr);
+
+/// `[]` is common (calls without arguments, and what [`Request::take_args`] leaves behind), so
+/// it costs no allocation.
+///
+/// [`Request::take_args`]: crate::Request::take_args
+#[derive(Clone)]
+enum Repr {
+    Empty,
+    /// JSON text of an array, valid by construction (serialized here, or checked where it
+    /// was read).
+    Json(Box<str>),
+}
 
 impl Args {
     /// No arguments: `[]`.
     pub fn empty() -> Self {
-        Args(RawValue::from_string("[]".to_owned()).expect("`[]` is JSON"))
+        Args(Repr::Empty)
     }
 
     /// Serializes `args`, which must serialize to a JSON array (a tuple, an array, a `Vec`),
@@ -32,7 +44,7 @@ impl Args {
         let raw = serde_json::value::to_raw_value(args)
             .map_err(|e| Error::new(Kind::Encode).with_source(e))?;
         match raw.get().as_bytes().first() {
-            Some(b'[') => Ok(Args(raw)),
+            Some(b'[') => Ok(Args(Repr::Json(raw.into()))),
             _ if raw.get() == "null" => Ok(Args::empty()),
             _ => Err(Error::new(Kind::Encode).with_source(format!(
                 "arguments must serialize to a JSON array (use a tuple such as `(x,)`), got `{}`",
@@ -46,7 +58,7 @@ impl Args {
     /// Pretty-printed JSON is fine: line breaks become spaces, so a frame stays one line.
     pub fn from_raw(raw: Box<RawValue>) -> Result<Self, Error> {
         if raw.get().starts_with('[') {
-            Ok(Args(one_line(raw)))
+            Ok(Args(Repr::Json(one_line(raw).into())))
         } else {
             Err(Error::new(Kind::Encode).with_source("arguments must be a JSON array"))
         }
@@ -54,27 +66,37 @@ impl Args {
 
     /// Deserializes the arguments, e.g. into a tuple `(String, u64)`.
     pub fn deserialize<'de, T: Deserialize<'de>>(&'de self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.0.get())
+        serde_json::from_str(self.get())
     }
 
     /// The JSON text of the array.
     pub fn get(&self) -> &str {
-        self.0.get()
+        match &self.0 {
+            Repr::Empty => "[]",
+            Repr::Json(text) => text,
+        }
     }
 
-    /// Raw JSON read from a line, already checked to be an array.
-    pub(crate) fn from_wire(raw: Box<RawValue>) -> Self {
-        Args(raw)
-    }
-
-    /// The raw JSON value, borrowed.
-    pub(crate) fn raw(&self) -> &RawValue {
-        &self.0
+    /// JSON read from a line, already checked to be valid and an array.
+    pub(crate) fn from_wire(text: &str) -> Self {
+        Args(Repr::Json(text.into()))
     }
 
     /// The raw JSON value.
     pub fn into_raw(self) -> Box<RawValue> {
-        self.0
+        match self.0 {
+            Repr::Empty => RawValue::from_string("[]".to_owned()),
+            Repr::Json(text) => RawValue::from_string(text.into()),
+        }
+        .expect("arguments are valid JSON")
+    }
+
+    /// Moves the text out, for a [`Response`](crate::Response) that echoes the arguments.
+    pub(crate) fn into_text(self) -> Box<str> {
+        match self.0 {
+            Repr::Empty => "[]".into(),
+            Repr::Json(text) => text,
+        }
     }
 }
 
@@ -137,6 +159,17 @@ mod tests {
 
     fn raw(json: &str) -> Box<RawValue> {
         RawValue::from_string(json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn empty_arguments_read_as_an_empty_array_every_way() {
+        let empty = Args::empty();
+        assert_eq!(empty.get(), "[]");
+        assert_eq!(empty, Args::new(&()).unwrap());
+        assert_eq!(empty, Args::from_raw(raw("[]")).unwrap());
+        assert_eq!(empty.deserialize::<Vec<u8>>().unwrap(), Vec::<u8>::new());
+        assert_eq!(empty.clone().into_raw().get(), "[]");
+        assert_eq!(Args::default(), empty);
     }
 
     #[test]

@@ -18,14 +18,15 @@ pub struct Response(Repr);
 #[derive(Clone)]
 enum Repr {
     Null,
-    Json(Box<RawValue>),
+    /// Valid JSON text, by construction (serialized here, or checked where it was read).
+    Json(Box<str>),
 }
 
 impl Response {
     /// Serializes `value` as the result.
     pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Self, RpcError> {
         serde_json::value::to_raw_value(value)
-            .map(Response::json)
+            .map(|raw| Response::json(raw.into()))
             .map_err(|e| RpcError::internal(format!("result could not be serialized: {e}")))
     }
 
@@ -34,20 +35,20 @@ impl Response {
         Response(Repr::Null)
     }
 
-    fn json(raw: Box<RawValue>) -> Self {
-        Response(Repr::Json(raw))
+    fn json(text: Box<str>) -> Self {
+        Response(Repr::Json(text))
     }
 
     /// Wraps raw JSON.
     ///
     /// Pretty-printed JSON is fine: line breaks become spaces, so a reply stays one line.
     pub fn from_raw(raw: Box<RawValue>) -> Self {
-        Response::json(crate::args::one_line(raw))
+        Response::json(crate::args::one_line(raw).into())
     }
 
     /// Raw JSON read from a line, which cannot hold a line break.
-    pub(crate) fn from_wire(raw: Box<RawValue>) -> Self {
-        Response::json(raw)
+    pub(crate) fn from_wire(text: &str) -> Self {
+        Response::json(text.into())
     }
 
     /// Deserializes the result.
@@ -59,7 +60,7 @@ impl Response {
     pub fn get(&self) -> &str {
         match &self.0 {
             Repr::Null => RawValue::NULL.get(),
-            Repr::Json(raw) => raw.get(),
+            Repr::Json(text) => text,
         }
     }
 
@@ -67,7 +68,9 @@ impl Response {
     pub fn into_raw(self) -> Box<RawValue> {
         match self.0 {
             Repr::Null => RawValue::NULL.to_owned(),
-            Repr::Json(raw) => raw,
+            Repr::Json(text) => {
+                RawValue::from_string(text.into()).expect("a response is valid JSON")
+            }
         }
     }
 }
@@ -125,7 +128,7 @@ impl IntoReply for Response {
 
 impl IntoReply for Args {
     fn into_reply(self) -> Result<Response, RpcError> {
-        Ok(Response::json(self.into_raw()))
+        Ok(Response::json(self.into_text()))
     }
 }
 

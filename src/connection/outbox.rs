@@ -242,7 +242,7 @@ mod tests {
         poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
         poller.send(vec![b'x'; 3000]).unwrap();
         assert_eq!(outbox.bytes.available_permits(), BUDGET - 3000);
-        let queued = rx.recv().await.unwrap();
+        let queued = rx.queue.recv().await.unwrap();
         assert_eq!(queued.line.len(), 3000);
         drop(queued);
         assert_eq!(outbox.bytes.available_permits(), BUDGET);
@@ -278,8 +278,8 @@ mod tests {
             .try_send_line(vec![b'x'; 10])
             .unwrap_err()
             .is_overloaded());
-        rx.recv().await.unwrap();
-        rx.recv().await.unwrap();
+        rx.queue.recv().await.unwrap();
+        rx.queue.recv().await.unwrap();
         outbox.try_send_line(vec![b'x'; BUDGET]).unwrap();
         assert!(outbox
             .try_send_line(vec![b'x'; 1])
@@ -287,5 +287,33 @@ mod tests {
             .is_overloaded());
         drop(rx);
         assert!(outbox.try_send_line(vec![b'x'; 1]).is_err());
+    }
+
+    #[test]
+    fn spare_lines_come_back_empty_small_and_few() {
+        let spare = SpareLines::default();
+        let mut done: Vec<Vec<u8>> = (0..SpareLines::KEPT + 10)
+            .map(|_| b"[\"ping\",[]]\n".to_vec())
+            .collect();
+        done.push(Vec::with_capacity(SpareLines::LARGEST + 1));
+        let big_first = Vec::with_capacity(SpareLines::LARGEST + 1);
+        spare.give_back(&mut vec![big_first]);
+        assert_eq!(spare.0.lock().unwrap().len(), 0, "a large buffer is freed");
+        spare.give_back(&mut done);
+        assert!(done.is_empty());
+        assert_eq!(spare.0.lock().unwrap().len(), SpareLines::KEPT);
+        let line = spare.take();
+        assert!(
+            line.is_empty() && line.capacity() > 0,
+            "a kept buffer, emptied"
+        );
+        for _ in 1..SpareLines::KEPT {
+            spare.take();
+        }
+        assert_eq!(
+            spare.take().capacity(),
+            SpareLines::NEW,
+            "a new one once none is left"
+        );
     }
 }

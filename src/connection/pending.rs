@@ -4,6 +4,7 @@
 //! ends fails every waiter with a closed error, so nothing waits forever.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -23,13 +24,38 @@ pub(crate) struct Pending {
 
 #[derive(Default)]
 struct Inner {
-    calls: HashMap<u64, ReplySender>,
+    calls: HashMap<u64, ReplySender, OwnIds>,
     /// Calls given up on (dropped, timed out) whose reply may still be on its way: such a
     /// reply is expected, not a peer's mistake. Bounded, oldest forgotten first.
-    forgotten: HashSet<u64>,
+    forgotten: HashSet<u64, OwnIds>,
     forgotten_order: VecDeque<u64>,
     /// Set once the reader has stopped: no reply can arrive any more.
     closed: bool,
+}
+
+/// Hashes this side's own call ids. They count up from 1 and only this side adds them (a
+/// peer's reply ids are only looked up), so no peer can flood a bucket: one multiplication
+/// (Fibonacci hashing) spreads them over the table instead of a keyed SipHash.
+type OwnIds = BuildHasherDefault<IdHasher>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; any other input still hashes, byte by byte.
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (self.0 ^ id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// How many given-up call ids are remembered.

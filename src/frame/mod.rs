@@ -13,6 +13,8 @@ use crate::args::{write_args, Args};
 use crate::error::{code, truncate, Error, RpcError};
 use crate::response::Response;
 
+mod scan;
+
 /// Request ids are unsigned integers below 2^53, so that any JSON peer (JavaScript included)
 /// holds them exactly.
 pub const MAX_ID: u64 = (1 << 53) - 1;
@@ -113,14 +115,15 @@ impl Frame {
         line: &str,
         methods: Option<&mut MethodNames>,
     ) -> Result<Frame, InvalidFrame> {
-        let parts: Parts<'_> = serde_json::from_str(line).map_err(|e| {
-            let error = if e.is_data() {
-                RpcError::invalid_frame(format!("not an array of 2 to 4 elements: {e}"))
-            } else {
-                RpcError::new(code::PARSE_ERROR, format!("parse error: {e}"))
-            };
-            InvalidFrame::new(None, error)
-        })?;
+        let parts = match scan::split(line) {
+            Some(parts) => {
+                // Tests and fuzzing run with debug assertions: every line the scanner
+                // takes is checked against serde_json's reading of it.
+                debug_assert_eq!(Some(&parts), Parts::by_serde(line).ok().as_ref(), "{line}");
+                parts
+            }
+            None => Parts::by_serde(line)?,
+        };
         parts.into_frame(methods)
     }
 
@@ -133,14 +136,20 @@ impl Frame {
     pub(crate) fn write(&self, line: &mut Vec<u8>) {
         match self {
             Frame::Notification { method, args } => {
-                encode_call(line, method, args.raw(), None, &Meta::default())
+                open_call(line, method);
+                line.extend_from_slice(args.get().as_bytes());
+                close_call(line, None, &Meta::default());
             }
             Frame::Request {
                 method,
                 args,
                 id,
                 meta,
-            } => encode_call(line, method, args.raw(), Some(*id), meta),
+            } => {
+                open_call(line, method);
+                line.extend_from_slice(args.get().as_bytes());
+                close_call(line, Some(*id), meta);
+            }
             Frame::Reply { id, result } => {
                 line.push(b'[');
                 json(line, id);
@@ -155,16 +164,13 @@ impl Frame {
                     }
                 }
                 line.extend_from_slice(b"]\n");
-                Ok(())
             }
             Frame::ConnectionError(error) => {
                 line.extend_from_slice(b"[null,null,");
                 json(line, error);
                 line.extend_from_slice(b"]\n");
-                Ok(())
             }
         }
-        .expect("a frame's arguments are a JSON array already")
     }
 
     /// The frame's line, terminator included, in a buffer of its own.
@@ -202,10 +208,21 @@ pub(crate) fn encode_call<T: Serialize + ?Sized>(
     id: Option<u64>,
     meta: &Meta,
 ) -> Result<(), Error> {
+    open_call(line, method);
+    write_args(line, args)?;
+    close_call(line, id, meta);
+    Ok(())
+}
+
+/// `["method",`: what comes before a call's arguments.
+fn open_call(line: &mut Vec<u8>, method: &str) {
     line.push(b'[');
     json(line, method);
     line.push(b',');
-    write_args(line, args)?;
+}
+
+/// What comes after a call's arguments: `]` for a notification, `,id(,meta)]` for a request.
+fn close_call(line: &mut Vec<u8>, id: Option<u64>, meta: &Meta) {
     if let Some(id) = id {
         line.push(b',');
         json(line, &id);
@@ -215,7 +232,6 @@ pub(crate) fn encode_call<T: Serialize + ?Sized>(
         }
     }
     line.extend_from_slice(b"]\n");
-    Ok(())
 }
 
 /// [`encode_call`] into `line`, an empty buffer.
@@ -263,10 +279,26 @@ impl MethodNames {
     }
 }
 
-/// The elements of a frame, borrowed from the line, parsed without allocating.
+/// The elements of a frame: the JSON text of the first four, borrowed from the line, and how
+/// many there are.
+#[derive(Debug, PartialEq)]
 struct Parts<'a> {
-    items: [Option<&'a RawValue>; 4],
+    items: [Option<&'a str>; 4],
     len: usize,
+}
+
+impl<'a> Parts<'a> {
+    /// serde_json's reading of a line: any JSON, and the errors for what is not.
+    fn by_serde(line: &'a str) -> Result<Self, InvalidFrame> {
+        serde_json::from_str(line).map_err(|e| {
+            let error = if e.is_data() {
+                RpcError::invalid_frame(format!("not an array of 2 to 4 elements: {e}"))
+            } else {
+                RpcError::new(code::PARSE_ERROR, format!("parse error: {e}"))
+            };
+            InvalidFrame::new(None, error)
+        })
+    }
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Parts<'a> {
@@ -284,7 +316,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Parts<'a> {
                 };
                 while parts.len < 4 {
                     match seq.next_element::<&'de RawValue>()? {
-                        Some(item) => parts.items[parts.len] = Some(item),
+                        Some(item) => parts.items[parts.len] = Some(item.get()),
                         None => return Ok(parts),
                     }
                     parts.len += 1;
@@ -302,7 +334,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Parts<'a> {
 
 impl<'a> Parts<'a> {
     fn get(&self, i: usize) -> &'a str {
-        self.items[i].map_or("", RawValue::get)
+        self.items[i].unwrap_or("")
     }
 
     fn into_frame(self, methods: Option<&mut MethodNames>) -> Result<Frame, InvalidFrame> {
@@ -344,18 +376,19 @@ impl<'a> Parts<'a> {
                 None => name.into(),
             }
         };
-        let args = self.items[1].expect("len >= 2");
-        if !args.get().starts_with('[') {
+        let args = self.get(1);
+        if !args.starts_with('[') {
             return Err(invalid("args (element 1) must be an array"));
         }
-        let args = Args::from_wire(args.to_owned());
+        let args = Args::from_wire(args);
         let Some(id) = id else {
             return Ok(Frame::Notification { method, args });
         };
         let meta = match self.items[3] {
             None => Meta::default(),
-            Some(raw) if raw.get().starts_with('{') => serde_json::from_str(raw.get())
-                .map_err(|e| invalid(&format!("meta (element 3): {e}")))?,
+            Some(raw) if raw.starts_with('{') => {
+                serde_json::from_str(raw).map_err(|e| invalid(&format!("meta (element 3): {e}")))?
+            }
             Some(_) => return Err(invalid("meta (element 3) must be an object")),
         };
         Ok(Frame::Request {
@@ -370,9 +403,7 @@ impl<'a> Parts<'a> {
         // A reply is never answered, so a malformed one carries no id to reply to.
         let id = parse_id(self.get(0)).map_err(|e| InvalidFrame::new(None, e))?;
         let result = match self.len {
-            2 => Ok(Response::from_wire(
-                self.items[1].expect("len == 2").to_owned(),
-            )),
+            2 => Ok(Response::from_wire(self.get(1))),
             3 if self.get(1) == "null" => {
                 Err(parse_error_object(self.get(2)).unwrap_or_else(|e| {
                     RpcError::invalid_frame(format!("malformed error reply: {e}"))
@@ -392,6 +423,17 @@ impl<'a> Parts<'a> {
 }
 
 fn parse_id(raw: &str) -> Result<u64, RpcError> {
+    // The usual id, plain digits without a leading zero, read without serde_json; anything
+    // else (`-0`, `1e3`, a leading zero, too many digits) takes serde_json's reading.
+    let digits = raw.as_bytes();
+    if (1..=15).contains(&digits.len())
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits[0] != b'0' || digits.len() == 1)
+    {
+        return Ok(digits
+            .iter()
+            .fold(0, |id, digit| id * 10 + u64::from(digit - b'0')));
+    }
     match serde_json::from_str::<u64>(raw) {
         Ok(id) if id <= MAX_ID => Ok(id),
         _ => Err(RpcError::invalid_frame(format!(

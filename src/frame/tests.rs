@@ -244,3 +244,32 @@ fn a_codec_shares_the_names_it_decodes() {
     let b = method(codec.decode(&mut buf).unwrap());
     assert!(Arc::ptr_eq(&a, &b));
 }
+
+#[test]
+fn ids_read_without_serde_json_read_as_serde_json_reads_them() {
+    let by_serde = |raw: &str| match serde_json::from_str::<u64>(raw) {
+        Ok(id) if id <= MAX_ID => Some(id),
+        _ => None,
+    };
+    for raw in [
+        "0",
+        "7",
+        "10",
+        "999999999999999",
+        "1000000000000000",
+        "9007199254740991",
+        "9007199254740992",
+        "18446744073709551616",
+        "01",
+        "00",
+        "-0",
+        "-1",
+        "1e3",
+        "1.0",
+        "\"1\"",
+        "null",
+        "",
+    ] {
+        assert_eq!(parse_id(raw).ok(), by_serde(raw), "{raw:?}");
+    }
+}

@@ -129,7 +129,7 @@ where
             Ok(Some(response)) => (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
-                response.into_raw().get().to_owned(),
+                response.get().to_owned(),
             )
                 .into_response(),
             Ok(None) => StatusCode::ACCEPTED.into_response(),

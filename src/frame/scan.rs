@@ -1,0 +1,218 @@
+//! The parser's fast path: a frame in the shape senders write (no whitespace, strings without
+//! escapes or control characters, shallow nesting) is split into its elements here, without
+//! serde_json. Anything else returns `None` and takes serde_json's path, which also words
+//! every error, so this file only ever accepts valid JSON and never rejects a line.
+
+use super::Parts;
+
+/// Nesting kept on the fast path; serde_json's own limit (128) applies on the other.
+const MAX_DEPTH: usize = 32;
+
+/// The elements of `line` if it has the usual shape; `None` when serde_json must decide.
+pub(super) fn split(line: &str) -> Option<Parts<'_>> {
+    let mut scan = Scanner {
+        bytes: line.as_bytes(),
+        at: 0,
+    };
+    scan.eat(b'[')?;
+    let mut parts = Parts {
+        items: [None; 4],
+        len: 0,
+    };
+    if scan.eat(b']').is_none() {
+        loop {
+            let start = scan.at;
+            scan.value(1)?;
+            // More than four elements: serde_json counts them for the error.
+            *parts.items.get_mut(parts.len)? = Some(&line[start..scan.at]);
+            parts.len += 1;
+            match scan.next()? {
+                b',' => continue,
+                b']' => break,
+                _ => return None,
+            }
+        }
+    }
+    (scan.at == line.len()).then_some(parts)
+}
+
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Scanner<'_> {
+    fn next(&mut self) -> Option<u8> {
+        let byte = *self.bytes.get(self.at)?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// One JSON value at nesting `depth` (the frame's own array is 1).
+    fn value(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string(),
+            b'[' if depth < MAX_DEPTH => {
+                self.at += 1;
+                if self.eat(b']').is_some() {
+                    return Some(());
+                }
+                loop {
+                    self.value(depth + 1)?;
+                    match self.next()? {
+                        b',' => continue,
+                        b']' => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            b'{' if depth < MAX_DEPTH => {
+                self.at += 1;
+                if self.eat(b'}').is_some() {
+                    return Some(());
+                }
+                loop {
+                    self.string()?;
+                    self.eat(b':')?;
+                    self.value(depth + 1)?;
+                    match self.next()? {
+                        b',' => continue,
+                        b'}' => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    /// A string without escapes: printable bytes up to the closing quote. The line is UTF-8
+    /// already.
+    fn string(&mut self) -> Option<()> {
+        self.eat(b'"')?;
+        loop {
+            match self.next()? {
+                b'"' => return Some(()),
+                b'\\' | 0x00..=0x1f => return None,
+                _ => {}
+            }
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.at + word.len();
+        (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`; what follows is the caller's
+    /// to check, so `01` fails there.
+    fn number(&mut self) -> Option<()> {
+        let _ = self.eat(b'-');
+        match self.next()? {
+            b'0' => {}
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.eat(b'.').is_some() {
+            self.some_digits()?;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            self.some_digits()?;
+        }
+        Some(())
+    }
+
+    fn digits(&mut self) {
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.at += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> Option<()> {
+        let start = self.at;
+        self.digits();
+        (self.at > start).then_some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the fast path makes of `line`, checked against serde_json's reading.
+    fn agrees(line: &str) -> bool {
+        let fast = split(line);
+        if let Some(parts) = &fast {
+            let serde = Parts::by_serde(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(*parts, serde, "{line}");
+        }
+        fast.is_some()
+    }
+
+    #[test]
+    fn the_usual_shapes_take_the_fast_path() {
+        for line in [
+            r#"["ping",["flood1",1732400000000]]"#,
+            r#"["echo",["0123456789",5],17]"#,
+            r#"["m",[],1,{"timeout_ms":250}]"#,
+            r#"[17,["0123456789",5]]"#,
+            r#"[3,null]"#,
+            r#"[4,{"a":[1,-2.5e-3,true,false,null,{}],"b":"ü"}]"#,
+            r#"["m",[0,-0,1.0,1E+2,1e-2,"",[[]]]]"#,
+            r#"[]"#,
+            r#"["a","b","c","d"]"#,
+        ] {
+            assert!(agrees(line), "{line}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_left_to_serde_json() {
+        for line in [
+            r#"[ "ping",[]]"#,
+            r#"["ping",[] ]"#,
+            r#"["ping",[]] "#,
+            r#"["p\"ing",[]]"#,
+            r#"["ping",["a\nb"]]"#,
+            "[\"ping\",[\"\u{1}\"]]",
+            r#"["ping",[01]]"#,
+            r#"["ping",[1.]]"#,
+            r#"["ping",[1e]]"#,
+            r#"["ping",[-]]"#,
+            r#"["ping",[tru]]"#,
+            r#"["ping",[1,]]"#,
+            r#"["ping",{"a" :1}]"#,
+            r#"["ping",{1:1}]"#,
+            r#"["ping",[]]]"#,
+            r#"["ping",[]"#,
+            r#"["a","b","c","d","e"]"#,
+            r#"{}"#,
+            "",
+        ] {
+            assert!(!agrees(line), "{line}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_left_to_serde_json() {
+        let nested = |depth: usize| format!("[\"m\",{}{}]", "[".repeat(depth), "]".repeat(depth));
+        assert!(agrees(&nested(MAX_DEPTH - 1)));
+        assert!(!agrees(&nested(MAX_DEPTH)));
+    }
+}
