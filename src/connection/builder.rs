@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::{TcpStream, ToSocketAddrs, UnixStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
@@ -264,11 +264,11 @@ async fn drive<T: Transport>(
     writer: tokio::task::JoinHandle<()>,
     slot: Option<OwnedSemaphorePermit>,
 ) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = super::queue::inbound();
     let budget = super::budget::Budget::new(shared.config.inbound_buffer);
     let inbox = inbox::Inbox::new(tx, budget, shared.clone());
     let reader = async {
-        if let Some(read) = reader::run(read, inbox, &shared).await {
+        if let Some(read) = reader::run::<T>(read, inbox, &shared).await {
             // The peer has ended; drop its calls at once if it is gone entirely.
             tokio::select! {
                 biased;

@@ -22,15 +22,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::Service;
 
 use super::budget::{Budget, Share};
 use super::deadline::Serving;
-use super::inbox::Inbound;
+use super::queue::{self, Empty};
 use super::{BoundService, Shared};
 use crate::error::{code, truncate, BoxError, Error, RpcError};
 use crate::frame::Frame;
@@ -38,7 +37,7 @@ use crate::request::Request;
 use crate::response::Response;
 
 pub(super) async fn run(
-    mut inbound: mpsc::UnboundedReceiver<Inbound>,
+    mut inbound: queue::Receiver,
     mut binding: watch::Receiver<BoundService>,
     shared: Arc<Shared>,
 ) {
@@ -59,8 +58,8 @@ pub(super) async fn run(
         // Under load the next call is already queued: take it without building a wait.
         let (req, budget) = match inbound.try_recv() {
             Ok(next) => next,
-            Err(TryRecvError::Disconnected) => break,
-            Err(TryRecvError::Empty) => tokio::select! {
+            Err(Empty::ForGood) => break,
+            Err(Empty::Now) => tokio::select! {
                 biased;
                 _ = &mut abort => return,
                 _ = std::future::poll_fn(|cx| lane.poll_drive(cx, &mut service, &shared)),

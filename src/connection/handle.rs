@@ -164,7 +164,7 @@ impl Connection {
 
     /// Subscribes to this connection's events from now on.
     pub fn events(&self) -> Events {
-        Events(self.shared.events.subscribe())
+        Events(self.shared.subscribe())
     }
 
     /// Finishes sending: queued frames are written, then the write side is shut down.

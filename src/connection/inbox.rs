@@ -13,11 +13,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::budget::{Budget, Share};
 use super::in_flight::Cancelled;
+use super::queue;
 use super::{Shared, CANCEL_METHOD};
 use crate::error::{code, Error, RpcError};
 use crate::frame::Frame;
@@ -31,18 +31,14 @@ const FRAME_OVERHEAD: usize = 128;
 
 pub(super) struct Inbox {
     /// `None` once the connection drains: calls are refused with `refusal`.
-    dispatcher: Option<mpsc::UnboundedSender<Inbound>>,
+    dispatcher: Option<queue::Sender>,
     refusal: Option<RpcError>,
     budget: Arc<Budget>,
     shared: Arc<Shared>,
 }
 
 impl Inbox {
-    pub(super) fn new(
-        dispatcher: mpsc::UnboundedSender<Inbound>,
-        budget: Arc<Budget>,
-        shared: Arc<Shared>,
-    ) -> Self {
+    pub(super) fn new(dispatcher: queue::Sender, budget: Arc<Budget>, shared: Arc<Shared>) -> Self {
         Inbox {
             dispatcher: Some(dispatcher),
             refusal: None,
@@ -53,6 +49,13 @@ impl Inbox {
 
     pub(super) fn is_open(&self) -> bool {
         self.dispatcher.is_some()
+    }
+
+    /// The peer went quiet: keep no memory for calls that are not there.
+    pub(super) fn release_memory(&self) {
+        if let Some(dispatcher) = &self.dispatcher {
+            dispatcher.release_memory();
+        }
     }
 
     /// Stops dispatching: from now on, calls are refused with `why`.

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! read half -> reader (codec) -+-> reply -> pending table -> the caller's future
-//!                              +-> call  -> inbox (policy) -> dispatcher -> bound service
+//!                              +-> call  -> inbox (policy) -> queue -> dispatcher -> bound service
 //! handler result / post_message / call -> outbox (bounded) -> writer -> write half
 //! ```
 //!
@@ -14,6 +14,7 @@
 //! | `config`, `events`, `lifecycle` | limits; what is reported; the stages of a connection |
 //! | `reader` | bytes to frames; replies to the pending table, calls to the inbox |
 //! | `inbox` | the request policy: `$/cancel`, reserved names, duplicate ids, deadlines, budget |
+//! | `queue` | the calls waiting for the dispatcher, in wire order |
 //! | `budget` | the counted limits the reader and the dispatcher wait on |
 //! | `dispatch` | runs calls through the bound service; notifications in order, requests concurrently |
 //! | `deadline` | the deadline of the request being served, inherited by calls made meanwhile |
@@ -37,11 +38,12 @@ mod inbox;
 mod lifecycle;
 mod outbox;
 mod pending;
+mod queue;
 mod reader;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{broadcast, watch};
 
@@ -76,7 +78,9 @@ pub(crate) struct Shared {
     next_call_id: AtomicU64,
     /// The peer's requests in flight here, to refuse a duplicate id and to cancel.
     in_flight: InFlight,
-    events: broadcast::Sender<Event>,
+    /// Made by the first subscriber: most connections have none, and the channel's ring of
+    /// 256 events is most of an idle connection's memory.
+    events: OnceLock<broadcast::Sender<Event>>,
     /// Replaces the bound service (`Connection::set_service`).
     binding: watch::Sender<BoundService>,
     lifecycle: Lifecycle,
@@ -98,7 +102,7 @@ impl Shared {
             pending: Pending::default(),
             in_flight: InFlight::default(),
             next_call_id: AtomicU64::new(0),
-            events: broadcast::channel(256).0,
+            events: OnceLock::new(),
             binding,
             lifecycle: Lifecycle::new(parent),
             farewell: std::sync::Mutex::new(None),
@@ -110,6 +114,12 @@ impl Shared {
 
     fn id(&self) -> u64 {
         self.peer.connection_id
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events
+            .get_or_init(|| broadcast::channel(256).0)
+            .subscribe()
     }
 
     fn emit(&self, event: Event) {
@@ -126,7 +136,9 @@ impl Shared {
             Event::Lagged(_) => {}
         }
         // No subscriber is fine: the event is logged above.
-        let _ = self.events.send(event);
+        if let Some(events) = self.events.get() {
+            let _ = events.send(event);
+        }
     }
 
     fn error(&self, error: Error) {

@@ -161,14 +161,15 @@ impl SpareLines {
         spare.unwrap_or_else(|| Vec::with_capacity(Self::NEW))
     }
 
-    /// Keeps what fits of `lines` (a writer's batch), emptied.
-    pub(crate) fn give_back(&self, lines: &mut Vec<Vec<u8>>) {
+    /// Keeps `line`, emptied, if it is small and there is room; frees it otherwise.
+    pub(crate) fn give_back(&self, mut line: Vec<u8>) {
+        if line.capacity() > Self::LARGEST {
+            return;
+        }
         let mut spare = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        for mut line in lines.drain(..) {
-            if spare.len() < Self::KEPT && line.capacity() <= Self::LARGEST {
-                line.clear();
-                spare.push(line);
-            }
+        if spare.len() < Self::KEPT {
+            line.clear();
+            spare.push(line);
         }
     }
 }
@@ -292,15 +293,11 @@ mod tests {
     #[test]
     fn spare_lines_come_back_empty_small_and_few() {
         let spare = SpareLines::default();
-        let mut done: Vec<Vec<u8>> = (0..SpareLines::KEPT + 10)
-            .map(|_| b"[\"ping\",[]]\n".to_vec())
-            .collect();
-        done.push(Vec::with_capacity(SpareLines::LARGEST + 1));
-        let big_first = Vec::with_capacity(SpareLines::LARGEST + 1);
-        spare.give_back(&mut vec![big_first]);
+        spare.give_back(Vec::with_capacity(SpareLines::LARGEST + 1));
         assert_eq!(spare.0.lock().unwrap().len(), 0, "a large buffer is freed");
-        spare.give_back(&mut done);
-        assert!(done.is_empty());
+        for _ in 0..SpareLines::KEPT + 10 {
+            spare.give_back(b"[\"ping\",[]]\n".to_vec());
+        }
         assert_eq!(spare.0.lock().unwrap().len(), SpareLines::KEPT);
         let line = spare.take();
         assert!(

@@ -1,10 +1,12 @@
 //! The reader: bytes from the stream become frames; replies go straight to the pending
 //! table, calls to the inbox. It makes no decision about calls.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::codec::Decoder;
 
 use super::inbox::Inbox;
@@ -13,27 +15,45 @@ use super::{Event, Shared};
 use crate::codec::{Decoded, FrameCodec};
 use crate::error::{code, Error, Kind, RpcError};
 use crate::frame::Frame;
+use crate::transport::Transport;
 
-/// Bytes read per `read` call at most; also the buffer size kept between frames.
+/// Bytes offered to a read while the peer sends a lot (the last read brought at least
+/// [`READ_SMALL`]).
 const READ_CHUNK: usize = 16_384;
+/// Bytes offered to a read while the peer sends little: one frame at a time, say.
+const READ_SMALL: usize = 512;
 
-/// A big frame may have grown the buffer: once it is empty, do not keep that memory per
-/// connection.
-fn shrink_if_grown(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
-        *buf = BytesMut::with_capacity(READ_CHUNK);
+/// How much to offer the next read, from what the last one brought.
+fn next_read(last: usize) -> usize {
+    if last >= READ_SMALL {
+        READ_CHUNK
+    } else {
+        READ_SMALL
     }
+}
+
+/// Whether to give the buffer back if the next read has to wait: it holds no partial line,
+/// it is larger than a quiet connection needs (a busy spell or a big frame grew it), and the
+/// peer has gone quiet (the next read is offered [`READ_SMALL`]). A busy peer keeps its
+/// buffer, so it is not taken again for every read.
+fn give_back_before_waiting(buf: &BytesMut, offer: usize) -> bool {
+    offer == READ_SMALL && buf.is_empty() && buf.capacity() > READ_SMALL
 }
 
 /// Reads until the stream ends or the connection goes away. Returns the read half after the
 /// peer's end of stream, for the hang-up check; `None` when the connection is going away.
-pub(super) async fn run<R: AsyncRead + Unpin>(
-    mut read: R,
+///
+/// The buffer is taken when bytes arrive: while the connection is idle it holds at most a
+/// small one (a peer sending one frame at a time keeps it, so it is not taken again per
+/// frame), or none after a busy spell.
+pub(super) async fn run<T: Transport>(
+    mut read: T::Read,
     mut inbox: Inbox,
     shared: &Shared,
-) -> Option<R> {
+) -> Option<T::Read> {
     let mut codec = FrameCodec::new(shared.config.max_frame_size);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::new();
+    let mut offer = READ_SMALL;
     // Whether the last byte read left a line unfinished (a partial frame, or an oversized one
     // being discarded).
     let mut mid_line = false;
@@ -43,8 +63,30 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
                 break 'reading false;
             }
         }
-        shrink_if_grown(&mut buf);
-        buf.reserve(READ_CHUNK);
+        if give_back_before_waiting(&buf, offer) {
+            let mut readable = std::pin::pin!(T::readable(&read));
+            // Bytes already there (a busy peer): read them into the buffer at hand.
+            let waiting =
+                std::future::poll_fn(|cx| Poll::Ready(readable.as_mut().poll(cx).is_pending()))
+                    .await;
+            if waiting {
+                buf = BytesMut::new();
+                inbox.release_memory();
+                let ready = tokio::select! {
+                    biased;
+                    _ = shared.lifecycle.aborted() => false,
+                    _ = shared.lifecycle.draining(), if inbox.is_open() => {
+                        inbox.close(shared.farewell());
+                        true
+                    }
+                    _ = readable => true,
+                };
+                if !ready {
+                    break false;
+                }
+            }
+        }
+        buf.reserve(offer);
         let read_result = tokio::select! {
             biased;
             _ = shared.lifecycle.aborted() => break false,
@@ -69,7 +111,10 @@ pub(super) async fn run<R: AsyncRead + Unpin>(
                 shared.emit(Event::End);
                 break true;
             }
-            Ok(_) => mid_line = buf.last() != Some(&b'\n'),
+            Ok(n) => {
+                offer = next_read(n);
+                mid_line = buf.last() != Some(&b'\n');
+            }
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::ConnectionReset {
                     shared.error(Error::io(e));
@@ -160,21 +205,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_grown_buffer_is_given_back_once_empty() {
-        let mut buf = BytesMut::with_capacity(4 * READ_CHUNK + 1);
-        buf.extend_from_slice(b"partial");
-        shrink_if_grown(&mut buf);
-        assert_eq!(&buf[..], b"partial", "a buffer holding bytes is kept");
-        buf.clear();
-        shrink_if_grown(&mut buf);
-        assert!(buf.capacity() < 4 * READ_CHUNK, "{}", buf.capacity());
+    fn reads_are_offered_what_the_last_one_suggests() {
+        assert_eq!(next_read(0), READ_SMALL);
+        assert_eq!(next_read(READ_SMALL - 1), READ_SMALL);
+        assert_eq!(next_read(READ_SMALL), READ_CHUNK);
+        assert_eq!(next_read(READ_CHUNK), READ_CHUNK);
+    }
 
-        let mut kept = BytesMut::with_capacity(4 * READ_CHUNK);
-        let before = kept.capacity();
-        shrink_if_grown(&mut kept);
-        assert_eq!(kept.capacity(), before, "up to four reads' worth is kept");
-        let mut small = BytesMut::with_capacity(READ_CHUNK);
-        shrink_if_grown(&mut small);
-        assert_eq!(small.capacity(), READ_CHUNK);
+    #[test]
+    fn only_a_quiet_peers_empty_buffer_larger_than_a_quiet_one_is_given_back() {
+        let quiet = READ_SMALL;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        assert!(give_back_before_waiting(&buf, quiet));
+        assert!(
+            !give_back_before_waiting(&buf, READ_CHUNK),
+            "a busy peer keeps it"
+        );
+        buf.extend_from_slice(b"[\"partial");
+        assert!(
+            !give_back_before_waiting(&buf, quiet),
+            "a partial line is kept"
+        );
+        assert!(!give_back_before_waiting(
+            &BytesMut::with_capacity(READ_SMALL),
+            quiet
+        ));
+        assert!(give_back_before_waiting(
+            &BytesMut::with_capacity(READ_SMALL + 1),
+            quiet
+        ));
+        assert!(!give_back_before_waiting(&BytesMut::new(), quiet));
     }
 }

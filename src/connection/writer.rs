@@ -31,31 +31,34 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(mut write: W, queue: Receiver, sh
         spare: spare_lines,
     } = queue;
     let mut buf = BytesMut::new();
-    let mut batch = Vec::with_capacity(BATCH);
-    // The batch's line buffers, given back to the senders in one go.
-    let mut done = Vec::with_capacity(BATCH);
     loop {
-        let got = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = shared.lifecycle.aborted() => return,
-            n = queue.recv_many(&mut batch, BATCH) => n,
-            _ = shared.lifecycle.ended() => 0,
+            queued = queue.recv() => queued,
+            _ = shared.lifecycle.ended() => None,
         };
-        if got == 0 {
+        let Some(first) = first else {
             break;
-        }
-        for queued in batch.drain(..) {
+        };
+        // Everything queued by now, up to a batch, goes out in one write; no vector holds
+        // the batch, so a connection keeps nothing of a busy spell but its write buffer.
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(queued) = next {
             buf.extend_from_slice(&queued.line);
             // Dropping the rest of `queued` returns its bytes to the budget: they are in `buf`.
-            done.push(queued.line);
-            if buf.len() >= WRITE_CHUNK {
-                spare_lines.give_back(&mut done);
-                if !flush(&mut write, &mut buf, &shared).await {
-                    return;
-                }
+            spare_lines.give_back(queued.line);
+            taken += 1;
+            if buf.len() >= WRITE_CHUNK && !flush(&mut write, &mut buf, &shared).await {
+                return;
             }
+            next = if taken < BATCH {
+                queue.try_recv().ok()
+            } else {
+                None
+            };
         }
-        spare_lines.give_back(&mut done);
         if !flush(&mut write, &mut buf, &shared).await {
             return;
         }

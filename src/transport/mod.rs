@@ -53,6 +53,15 @@ pub trait Transport: Send + 'static {
         let _ = read;
         std::future::pending()
     }
+
+    /// Completes when the read half has something to read (bytes, its end, or an error), so
+    /// an idle connection waits without holding a read buffer. A wake-up with nothing to read
+    /// is harmless. Completes at once by default: the reader then waits inside `read`, with
+    /// its buffer.
+    fn readable(read: &Self::Read) -> impl Future<Output = ()> + Send + '_ {
+        let _ = read;
+        std::future::ready(())
+    }
 }
 
 /// How often a connection whose peer has ended checks that the peer is still there.

@@ -30,4 +30,12 @@ impl Transport for TcpStream {
         let socket: &TcpStream = read.as_ref();
         super::until_write_closed(move || socket.ready(Interest::WRITABLE))
     }
+
+    fn readable(read: &Self::Read) -> impl Future<Output = ()> + Send + '_ {
+        let socket: &TcpStream = read.as_ref();
+        async move {
+            // An error shows in the read that follows.
+            let _ = socket.readable().await;
+        }
+    }
 }

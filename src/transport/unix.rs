@@ -1,4 +1,4 @@
-//! Unix domain sockets: the peer's credentials, and a hang-up check.
+//! Unix domain sockets: the peer's credentials, a hang-up check, and read readiness.
 
 use std::future::Future;
 
@@ -31,5 +31,13 @@ impl Transport for UnixStream {
     fn hung_up(read: &Self::Read) -> impl Future<Output = ()> + Send + '_ {
         let socket: &UnixStream = read.as_ref();
         super::until_write_closed(move || socket.ready(Interest::WRITABLE))
+    }
+
+    fn readable(read: &Self::Read) -> impl Future<Output = ()> + Send + '_ {
+        let socket: &UnixStream = read.as_ref();
+        async move {
+            // An error shows in the read that follows.
+            let _ = socket.readable().await;
+        }
     }
 }
