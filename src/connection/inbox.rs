@@ -110,7 +110,7 @@ impl Inbox {
         // The dispatcher only goes away when the connection does.
         self.dispatcher
             .as_ref()
-            .is_some_and(|tx| tx.send((req, permit)).is_ok())
+            .is_some_and(|tx| tx.send((req, permit)))
     }
 
     /// Answers a call that will not be dispatched: an error reply, or an event for a

@@ -57,16 +57,17 @@ pub(super) struct Sender {
 }
 
 impl Sender {
-    /// Queues a call; gives it back if the dispatcher is gone.
-    pub(super) fn send(&self, item: Inbound) -> Result<(), Inbound> {
+    /// Queues a call; `false` (and the call dropped, its budget given back) if the
+    /// dispatcher is gone.
+    pub(super) fn send(&self, item: Inbound) -> bool {
         let mut state = self.queue.lock();
         if state.closed {
-            return Err(item);
+            return false;
         }
         state.items.push_back(item);
         drop(state);
         self.queue.ready.notify_one();
-        Ok(())
+        true
     }
 
     /// Gives back the deque's memory if nothing is queued: for a connection gone quiet.
@@ -156,10 +157,10 @@ mod tests {
     fn calls_come_out_in_order_across_batches() {
         let (tx, mut rx) = inbound();
         for i in 0..3 {
-            tx.send(call(i)).unwrap_or_else(|_| panic!("open"));
+            assert!(tx.send(call(i)));
         }
         assert_eq!(arg(rx.try_recv().unwrap()), 0);
-        tx.send(call(3)).unwrap_or_else(|_| panic!("open"));
+        assert!(tx.send(call(3)));
         let rest: Vec<u64> = (0..3).map(|_| arg(rx.try_recv().unwrap())).collect();
         assert_eq!(rest, [1, 2, 3]);
         assert_eq!(rx.try_recv().unwrap_err(), Empty::Now);
@@ -170,25 +171,30 @@ mod tests {
     #[test]
     fn what_was_queued_before_the_sender_went_is_still_taken() {
         let (tx, mut rx) = inbound();
-        tx.send(call(7)).unwrap_or_else(|_| panic!("open"));
+        assert!(tx.send(call(7)));
         drop(tx);
         assert_eq!(arg(rx.try_recv().unwrap()), 7);
         assert_eq!(rx.try_recv().unwrap_err(), Empty::ForGood);
     }
 
     #[test]
-    fn a_send_after_the_receiver_went_is_given_back() {
+    fn a_send_after_the_receiver_went_is_refused_and_its_budget_given_back() {
         let (tx, rx) = inbound();
         drop(rx);
-        let back = tx.send(call(5)).err().expect("refused");
-        assert_eq!(arg(back), 5);
+        let budget = Budget::new(10);
+        let share = budget.try_take(10).unwrap();
+        assert!(!tx.send((Request::new("m", (5,)).unwrap(), share)));
+        assert!(
+            budget.try_take(10).is_some(),
+            "the refused call's share was dropped"
+        );
     }
 
     #[test]
     fn a_burst_does_not_keep_its_memory_and_a_quiet_queue_keeps_none() {
         let (tx, mut rx) = inbound();
         for i in 0..1000 {
-            tx.send(call(i)).unwrap_or_else(|_| panic!("open"));
+            assert!(tx.send(call(i)));
         }
         for _ in 0..1000 {
             rx.try_recv().unwrap();
@@ -199,7 +205,7 @@ mod tests {
             0,
             "a big burst's deque is freed"
         );
-        tx.send(call(1)).unwrap_or_else(|_| panic!("open"));
+        assert!(tx.send(call(1)));
         tx.release_memory();
         assert_eq!(arg(rx.try_recv().unwrap()), 1, "nothing queued is dropped");
         assert!(
@@ -219,7 +225,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!receiver.is_finished());
-        tx.send(call(9)).unwrap_or_else(|_| panic!("open"));
+        assert!(tx.send(call(9)));
         tokio::time::sleep(Duration::from_millis(10)).await;
         drop(tx);
         assert_eq!(receiver.await.unwrap(), (Some(9), true));

@@ -232,6 +232,19 @@ fn repeated_method_names_are_shared_and_the_cache_stays_bounded() {
 }
 
 #[test]
+fn a_full_method_cache_replaces_its_oldest_names_in_turn() {
+    let mut names = MethodNames::default();
+    let kept: Vec<Arc<str>> = (0..MethodNames::KEPT)
+        .map(|i| names.get(&format!("m{i}")))
+        .collect();
+    names.get("new1");
+    names.get("new2");
+    // The two oldest made room, one each; the third oldest is still shared.
+    assert!(Arc::ptr_eq(&kept[2], &names.get("m2")));
+    assert!(!Arc::ptr_eq(&kept[1], &names.get("m1")));
+}
+
+#[test]
 fn a_codec_shares_the_names_it_decodes() {
     use tokio_util::codec::Decoder;
     let mut codec = crate::codec::FrameCodec::default();
