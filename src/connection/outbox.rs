@@ -54,6 +54,11 @@ impl Outbox {
         self.spare.take()
     }
 
+    /// Frees the spare line buffers: for a connection gone quiet.
+    pub(crate) fn release_memory(&self) {
+        self.spare.clear();
+    }
+
     /// The frame's line, in a buffer of the writer's when there is one.
     pub(crate) fn encode(&self, frame: &Frame) -> Vec<u8> {
         let mut line = self.line_buffer();
@@ -159,6 +164,11 @@ impl SpareLines {
     fn take(&self) -> Vec<u8> {
         let spare = self.0.lock().unwrap_or_else(PoisonError::into_inner).pop();
         spare.unwrap_or_else(|| Vec::with_capacity(Self::NEW))
+    }
+
+    fn clear(&self) {
+        let spare = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(spare);
     }
 
     /// Keeps `line`, emptied, if it is small and there is room; frees it otherwise.
@@ -311,6 +321,13 @@ mod tests {
             spare.take().capacity(),
             SpareLines::NEW,
             "a new one once none is left"
+        );
+        spare.give_back(Vec::with_capacity(8));
+        spare.clear();
+        assert_eq!(
+            spare.0.lock().unwrap().capacity(),
+            0,
+            "a quiet connection keeps none"
         );
     }
 }

@@ -72,6 +72,7 @@ pub(super) async fn run<T: Transport>(
             if waiting {
                 buf = BytesMut::new();
                 inbox.release_memory();
+                shared.outgoing.release_memory();
                 let ready = tokio::select! {
                     biased;
                     _ = shared.lifecycle.aborted() => false,
