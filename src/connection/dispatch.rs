@@ -99,7 +99,8 @@ pub(super) async fn run(
                 biased;
                 _ = &mut abort => return,
                 _ = expiry(deadline) => {
-                    answer_unstarted(&shared, id, timed_out()).await;
+                    // Boxed: rare, and kept out of the dispatcher's future.
+                    Box::pin(answer_unstarted(&shared, id, timed_out())).await;
                     continue 'dispatch;
                 }
                 _ = std::future::poll_fn(|cx| lane.poll_running(cx, &shared)),
@@ -115,7 +116,8 @@ pub(super) async fn run(
                 biased;
                 _ = &mut abort => return,
                 _ = expiry(deadline) => {
-                    answer_unstarted(&shared, id, timed_out()).await;
+                    // Boxed: rare, and kept out of the dispatcher's future.
+                    Box::pin(answer_unstarted(&shared, id, timed_out())).await;
                     continue 'dispatch;
                 }
                 _ = std::future::poll_fn(|cx| lane.poll_running(cx, &shared)),

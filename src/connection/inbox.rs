@@ -64,7 +64,9 @@ impl Inbox {
         self.refusal = Some(why);
     }
 
-    /// Takes one call; `false` when the connection is going away.
+    /// Takes one call; `false` when the connection is going away. The paths that answer at
+    /// once (`$/cancel`, refusals, duplicates) are boxed: they are rare, and kept out of this
+    /// future, whose size is part of every connection's memory.
     pub(super) async fn submit(&mut self, call: Frame) -> bool {
         let shared = &self.shared;
         let cost = (call.payload_len() + FRAME_OVERHEAD).min(shared.config.inbound_buffer);
@@ -72,7 +74,7 @@ impl Inbox {
             return true;
         };
         if req.method() == CANCEL_METHOD && !req.is_call() {
-            return self.cancel(&req).await;
+            return Box::pin(self.cancel(&req)).await;
         }
         let refusal = if let Some(why) = &self.refusal {
             Some(why.clone())
@@ -83,7 +85,7 @@ impl Inbox {
             None
         };
         if let Some(error) = refusal {
-            return self.refuse(req.id(), error).await;
+            return Box::pin(self.refuse(req.id(), error)).await;
         }
         if let Some(id) = req.id() {
             if !shared.in_flight.insert(id) {
@@ -91,7 +93,7 @@ impl Inbox {
                     "duplicate id {id}: a request with this id is in flight"
                 ));
                 shared.error(Error::protocol(dup.clone()));
-                return self.reply_error(id, dup).await;
+                return Box::pin(self.reply_error(id, dup)).await;
             }
             if let Some(timeout) = deadline_of(shared.config.request_timeout, &req) {
                 // Counted from now, before any wait for the inbound budget.

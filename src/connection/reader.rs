@@ -171,7 +171,9 @@ async fn handle(item: Decoded, inbox: &mut Inbox, shared: &Shared) -> bool {
         Err(invalid) => {
             shared.error(Error::protocol(invalid.error.clone()));
             match invalid.id {
-                Some(id) => inbox.reply_error(id, invalid.error).await,
+                // Boxed: a rare path, kept out of the reader's future (its size is every
+                // connection's memory).
+                Some(id) => Box::pin(inbox.reply_error(id, invalid.error)).await,
                 None => true,
             }
         }
