@@ -34,7 +34,9 @@
 //!   task (a bounded channel of 1024 frames, this crate's default `outgoing_queue`); the
 //!   writer takes whatever is queued (up to 256 frames) and writes it in one write, as this
 //!   crate's writer does. Nothing waits for a window to fill before it is written.
-//! - **Reads.** A 16 KiB read buffer on both sides, split into lines as they are handled.
+//! - **Reads.** A 16 KiB read buffer on both sides while the peer sends in bulk, split into
+//!   lines as they are handled (the crate offers a read 512 bytes while its peer sends one
+//!   small frame at a time; in these runs the peer floods).
 //! - **JSON.** The same lines, byte for byte. Both parse the envelope first, leaving the
 //!   arguments (or result) raw, then parse the arguments into the handler's types: the
 //!   server's ping as `(String, u64)`, the client's pong as `(IgnoredAny, u64)`, a reply's
