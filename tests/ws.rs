@@ -214,6 +214,40 @@ async fn a_message_over_twice_the_frame_size_closes_with_message_too_big() {
 }
 
 #[tokio::test]
+async fn the_clients_max_frame_size_bounds_the_messages_it_accepts() {
+    // A raw WebSocket server sends the client a message far over its limit (twice the frame
+    // size): the client closes with 1009 as the server side does, instead of taking the message
+    // whole (the default limit is megabytes) and only then dropping the long line.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let raw = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio_tungstenite::accept_async(tcp).await.unwrap()
+    });
+    let client = Connection::builder()
+        .config(Config::new().max_frame_size(1024))
+        .connect_ws(url)
+        .await
+        .unwrap();
+    let mut ws = within("the raw server's handshake", raw).await.unwrap();
+    let huge = format!(r#"["echo",["{}"],1]"#, "z".repeat(4096));
+    ws.send(Message::text(huge)).await.unwrap();
+    // Had the client taken the message, it would answer this call (-32601: no service).
+    ws.send(Message::text(r#"["add",[1,2],2]"#)).await.unwrap();
+    loop {
+        match within("the close", ws.next()).await {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 1009);
+                break;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a close frame 1009, got {other:?}"),
+        }
+    }
+    within("the client to close", client.closed()).await;
+}
+
+#[tokio::test]
 async fn a_peer_that_never_reads_holds_the_servers_writes_back_and_loses_nothing() {
     // A small outgoing budget, so the server's queue fills quickly.
     let config = Config::new().outgoing_buffer(256 * 1024);
