@@ -2,7 +2,8 @@
 //! tokio-tungstenite as a raw client (frames as text messages, by hand) and by
 //! `Builder::connect_ws`: what the host's auth layer puts in the request reaches handlers;
 //! several lines in one message, a message without a newline; binary and garbage messages
-//! (error events, the connection stays open); an oversized line; a peer that never reads
+//! (error events, the connection stays open); an oversized line, and an oversized message sent
+//! to the client (its own `max_frame_size` holds: close 1009); a peer that never reads
 //! (the server's writes wait: bounded memory, nothing lost); the connection limit; a
 //! `wss://` URL without TLS, and `wss://` over a TLS stream of the caller's own. The end-to-end body over WebSocket is in tests/transports.rs.
 #![cfg(feature = "axum")]
