@@ -2,7 +2,8 @@
 //! tokio-tungstenite as a raw client (frames as text messages, by hand) and by
 //! `Builder::connect_ws`: what the host's auth layer puts in the request reaches handlers;
 //! several lines in one message, a message without a newline; binary and garbage messages
-//! (error events, the connection stays open); an oversized line, and an oversized message sent
+//! (error events, the connection stays open); a protocol violation (an error event, a close
+//! without 1009); an oversized line, and an oversized message sent
 //! to the client (its own `max_frame_size` holds: close 1009); a peer that never reads
 //! (the server's writes wait: bounded memory, nothing lost); the connection limit; a
 //! `wss://` URL without TLS, and `wss://` over a TLS stream of the caller's own. The end-to-end body over WebSocket is in tests/transports.rs.
@@ -19,6 +20,7 @@ use std::time::Duration;
 use diarrhoea::{Args, Config, Connection, Event, PeerInfo, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -210,6 +212,31 @@ async fn a_message_over_twice_the_frame_size_closes_with_message_too_big() {
     match within("the close", ws.next()).await {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1009),
         other => panic!("expected a close frame 1009, got {other:?}"),
+    }
+    within("the server's side to close", conn.closed()).await;
+}
+
+#[tokio::test]
+async fn a_protocol_violation_is_reported_and_closes_without_the_too_big_code() {
+    // 1009 says the message was too big; any other fault in what the peer sent (here a frame
+    // without the mask a client must set) is an error event and a plain close.
+    let mut server = server(Config::new().max_frame_size(1024), 16).await;
+    let mut ws = raw_client(&server.url()).await;
+    let conn = server.next_conn().await;
+    let mut events = conn.events();
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else {
+        panic!("a ws:// URL is plain TCP");
+    };
+    // FIN, text, unmasked, 2 bytes of payload.
+    tcp.write_all(&[0x81, 0x02, b'[', b']']).await.unwrap();
+    let (error, message) = next_fault(&mut events).await;
+    assert!(error, "{message}");
+    match within("the close", ws.next()).await {
+        Some(Ok(Message::Close(frame))) => assert!(
+            frame.as_ref().is_none_or(|f| u16::from(f.code) != 1009),
+            "{frame:?}"
+        ),
+        other => panic!("expected a close frame, got {other:?}"),
     }
     within("the server's side to close", conn.closed()).await;
 }
