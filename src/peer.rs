@@ -139,3 +139,27 @@ impl PartialEq for HttpPeer {
 
 #[cfg(feature = "axum")]
 impl Eq for HttpPeer {}
+
+#[cfg(all(test, feature = "axum"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_peer_equals_its_clone_and_not_another_address_or_request() {
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let peer = HttpPeer::new(Some(addr), Default::default());
+        assert_eq!(peer, peer.clone());
+        assert_eq!(
+            Identity::Http(peer.clone()),
+            Identity::Http(peer.clone()),
+            "the identity of a WebSocket connection's requests compares equal"
+        );
+        let elsewhere = HttpPeer {
+            addr: Some("127.0.0.1:4001".parse().unwrap()),
+            extensions: peer.extensions.clone(),
+        };
+        assert_ne!(peer, elsewhere);
+        // Same address, another request's extensions: extensions cannot be compared by value.
+        assert_ne!(peer, HttpPeer::new(Some(addr), Default::default()));
+    }
+}

@@ -2,7 +2,9 @@
 //! tokio-tungstenite as a raw client (frames as text messages, by hand) and by
 //! `Builder::connect_ws`: what the host's auth layer puts in the request reaches handlers;
 //! several lines in one message, a message without a newline; binary and garbage messages
-//! (error events, the connection stays open); an oversized line; a peer that never reads
+//! (error events, the connection stays open); a protocol violation (an error event, a close
+//! without 1009); an oversized line, and an oversized message sent
+//! to the client (its own `max_frame_size` holds: close 1009); a peer that never reads
 //! (the server's writes wait: bounded memory, nothing lost); the connection limit; a
 //! `wss://` URL without TLS, and `wss://` over a TLS stream of the caller's own. The end-to-end body over WebSocket is in tests/transports.rs.
 #![cfg(feature = "axum")]
@@ -18,6 +20,7 @@ use std::time::Duration;
 use diarrhoea::{Args, Config, Connection, Event, PeerInfo, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -211,6 +214,65 @@ async fn a_message_over_twice_the_frame_size_closes_with_message_too_big() {
         other => panic!("expected a close frame 1009, got {other:?}"),
     }
     within("the server's side to close", conn.closed()).await;
+}
+
+#[tokio::test]
+async fn a_protocol_violation_is_reported_and_closes_without_the_too_big_code() {
+    // 1009 says the message was too big; any other fault in what the peer sent (here a frame
+    // without the mask a client must set) is an error event and a plain close.
+    let mut server = server(Config::new().max_frame_size(1024), 16).await;
+    let mut ws = raw_client(&server.url()).await;
+    let conn = server.next_conn().await;
+    let mut events = conn.events();
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else {
+        panic!("a ws:// URL is plain TCP");
+    };
+    // FIN, text, unmasked, 2 bytes of payload.
+    tcp.write_all(&[0x81, 0x02, b'[', b']']).await.unwrap();
+    let (error, message) = next_fault(&mut events).await;
+    assert!(error, "{message}");
+    match within("the close", ws.next()).await {
+        Some(Ok(Message::Close(frame))) => assert!(
+            frame.as_ref().is_none_or(|f| u16::from(f.code) != 1009),
+            "{frame:?}"
+        ),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    within("the server's side to close", conn.closed()).await;
+}
+
+#[tokio::test]
+async fn the_clients_max_frame_size_bounds_the_messages_it_accepts() {
+    // A raw WebSocket server sends the client a message far over its limit (twice the frame
+    // size): the client closes with 1009 as the server side does, instead of taking the message
+    // whole (the default limit is megabytes) and only then dropping the long line.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let raw = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio_tungstenite::accept_async(tcp).await.unwrap()
+    });
+    let client = Connection::builder()
+        .config(Config::new().max_frame_size(1024))
+        .connect_ws(url)
+        .await
+        .unwrap();
+    let mut ws = within("the raw server's handshake", raw).await.unwrap();
+    let huge = format!(r#"["echo",["{}"],1]"#, "z".repeat(4096));
+    ws.send(Message::text(huge)).await.unwrap();
+    // Had the client taken the message, it would answer this call (-32601: no service).
+    ws.send(Message::text(r#"["add",[1,2],2]"#)).await.unwrap();
+    loop {
+        match within("the close", ws.next()).await {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 1009);
+                break;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a close frame 1009, got {other:?}"),
+        }
+    }
+    within("the client to close", client.closed()).await;
 }
 
 #[tokio::test]

@@ -124,4 +124,112 @@ mod tests {
         give_back_if_grown(&mut grown);
         assert_eq!(grown.capacity(), 0);
     }
+
+    /// A stream that never has anything to read and whose writes wait until it is opened,
+    /// then take everything they are handed: it records how much each write was handed.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<std::sync::Mutex<GateState>>);
+
+    #[derive(Default)]
+    struct GateState {
+        open: bool,
+        waiting: Option<std::task::Waker>,
+        writes: Vec<usize>,
+    }
+
+    impl Gate {
+        fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+            self.0.lock().unwrap()
+        }
+
+        fn open(&self) {
+            let mut state = self.state();
+            state.open = true;
+            if let Some(waker) = state.waiting.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    impl tokio::io::AsyncRead for Gate {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Gate {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut state = self.state();
+            if !state.open {
+                state.waiting = Some(cx.waker().clone());
+                return std::task::Poll::Pending;
+            }
+            state.writes.push(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Lets the connection's tasks run (this runtime has one thread) until `done`.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..10_000 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("never: {what}");
+    }
+
+    /// Large frames queued together are written as the buffer fills, one write each, not
+    /// gathered into one write: the writer's buffer holds about WRITE_CHUNK, not a batch.
+    #[tokio::test(flavor = "current_thread")]
+    async fn large_frames_are_written_as_the_buffer_fills() {
+        const LARGE: usize = 100_000;
+        let gate = Gate::default();
+        let conn =
+            crate::Connection::builder().serve_connection(crate::transport::Io(gate.clone()));
+        // The writer takes a first frame and waits on the closed gate; four large frames
+        // queue up behind it meanwhile.
+        conn.try_post_message("first", ()).unwrap();
+        until("the writer waits on the gate", || {
+            gate.state().waiting.is_some()
+        })
+        .await;
+        for _ in 0..4 {
+            conn.try_post_message("large", ("x".repeat(LARGE),))
+                .unwrap();
+        }
+        gate.open();
+        let written = || gate.state().writes.iter().sum::<usize>();
+        until("every frame is written", || written() > 4 * LARGE).await;
+        let writes = gate.state().writes.clone();
+        // Under WRITE_CHUNK gathered, then one frame (its line is LARGE and a few bytes).
+        let most = writes.iter().max().copied().unwrap_or(0);
+        assert!(
+            most < WRITE_CHUNK + LARGE + 64,
+            "a write of {most} bytes: {writes:?}"
+        );
+    }
 }

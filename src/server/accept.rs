@@ -167,6 +167,46 @@ mod tests {
         assert!(!is_out_of_descriptors(&os(Errno::BADF)));
     }
 
+    /// Hands out what it was given, in order: errors, then connections.
+    struct Scripted(std::collections::VecDeque<std::io::Result<tokio::io::DuplexStream>>);
+
+    impl Listener for Scripted {
+        type Io = tokio::io::DuplexStream;
+
+        async fn accept(&mut self) -> std::io::Result<Self::Io> {
+            self.0.pop_front().expect("the script is long enough")
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn out_of_descriptors_backs_off_and_accepting_goes_on() {
+        use rustix::io::Errno;
+        let os = |errno: Errno| Err(std::io::Error::from_raw_os_error(errno.raw_os_error()));
+        let (io, _peer) = tokio::io::duplex(64);
+        let script = [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+            .map(os)
+            .into_iter()
+            .chain([Ok(io)])
+            .collect();
+        let mut acceptor = Acceptor::new(Scripted(script), 4);
+        let start = tokio::time::Instant::now();
+        let accepted = acceptor.next().await;
+        assert!(accepted.is_ok(), "{:?}", accepted.err());
+        // Paused time: the back-offs (10 + 20 + 40 + 80 ms) were slept, not spun through.
+        assert!(
+            start.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn any_other_listener_error_ends_accepting() {
+        let bad = std::io::Error::from_raw_os_error(rustix::io::Errno::BADF.raw_os_error());
+        let mut acceptor = Acceptor::new(Scripted([Err(bad)].into()), 4);
+        assert!(acceptor.next().await.is_err());
+    }
+
     #[test]
     fn backoff_doubles_to_a_second() {
         let mut pressure = Pressure::default();

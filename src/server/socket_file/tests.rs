@@ -218,6 +218,25 @@ fn refuses_our_own_live_socket() {
     assert_eq!(entries(tmp.path()), ["x.sock"]);
 }
 
+/// A socket that refuses the probe for another reason than "no one listens" (here a live
+/// datagram socket: a stream connect gets EPROTOTYPE) may be in use: it is left alone.
+#[test]
+fn leaves_a_socket_it_cannot_judge_untouched() {
+    let tmp = TempDir::new().unwrap();
+    let path = tmp.path().join("x.sock");
+    let live = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let err = bind(&path, 0o600).unwrap_err();
+    assert!(err.is_bind(), "{err}");
+    assert!(chain(&err).contains("cannot tell"), "{err}");
+    assert!(chain(&err).contains(&format!("{path:?}")), "{err}");
+    let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    sender.send_to(b"still here", &path).unwrap();
+    let mut buf = [0; 16];
+    let n = live.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"still here");
+    assert_eq!(entries(tmp.path()), ["x.sock"]);
+}
+
 /// A mistyped path must never cost a user their file.
 #[test]
 fn leaves_regular_file_untouched() {
