@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -118,6 +119,42 @@ async fn close_with_error_answers_calls_in_flight_first() {
         |e| matches!(e, Event::Error(e) if e.code() == Some(7)),
     )
     .await;
+    within("closed", client.closed()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_with_error_refuses_new_calls_while_the_call_in_flight_still_runs() {
+    // The refusal comes from the draining connection at once, not from the connection error
+    // sent once it ends: the call in flight is held until the refusal has arrived.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let router = test_router().route("hold", {
+        let (started, release) = (started.clone(), release.clone());
+        move || {
+            started.notify_one();
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                1
+            }
+        }
+    });
+    let mut server = TestServer::start(router);
+    let client = Connection::connect(server.path()).await.unwrap();
+    let conn = server.accept().await;
+    let held = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<u64>("hold", ()).await }
+    });
+    within("the call to start", started.notified()).await;
+    conn.close_with_error(RpcError::new(7, "go away"));
+    let refused = within("the refusal", client.call::<i64>("add", (1, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(7), "{refused}");
+    assert!(!held.is_finished(), "the call in flight is still held");
+    release.notify_one();
+    assert_eq!(within("the held call", held).await.unwrap().unwrap(), 1);
     within("closed", client.closed()).await;
 }
 
