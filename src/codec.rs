@@ -210,6 +210,19 @@ mod tests {
     }
 
     #[test]
+    fn a_codec_shares_the_names_it_decodes() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::from("[\"ping\",[1]]\n[\"ping\",[2]]\n");
+        let method = |item: Option<Decoded>| match item {
+            Some(Ok(Frame::Notification { method, .. })) => method,
+            other => panic!("{other:?}"),
+        };
+        let a = method(codec.decode(&mut buf).unwrap());
+        let b = method(codec.decode(&mut buf).unwrap());
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
     fn the_maximum_is_the_one_given() {
         assert_eq!(FrameCodec::new(100).max_frame_size(), 100);
         assert_eq!(

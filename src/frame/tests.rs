@@ -245,20 +245,6 @@ fn a_full_method_cache_replaces_its_oldest_names_in_turn() {
 }
 
 #[test]
-fn a_codec_shares_the_names_it_decodes() {
-    use tokio_util::codec::Decoder;
-    let mut codec = crate::codec::FrameCodec::default();
-    let mut buf = bytes::BytesMut::from("[\"ping\",[1]]\n[\"ping\",[2]]\n");
-    let method = |item: Option<crate::codec::Decoded>| match item {
-        Some(Ok(Frame::Notification { method, .. })) => method,
-        other => panic!("{other:?}"),
-    };
-    let a = method(codec.decode(&mut buf).unwrap());
-    let b = method(codec.decode(&mut buf).unwrap());
-    assert!(Arc::ptr_eq(&a, &b));
-}
-
-#[test]
 fn ids_read_without_serde_json_read_as_serde_json_reads_them() {
     let by_serde = |raw: &str| match serde_json::from_str::<u64>(raw) {
         Ok(id) if id <= MAX_ID => Some(id),
