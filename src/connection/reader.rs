@@ -32,6 +32,14 @@ fn next_read(last: usize) -> usize {
     }
 }
 
+/// A big frame may have grown the buffer: once it is empty, do not keep that memory, however
+/// busy the peer (a peer sending in bulk would otherwise keep up to `max_frame_size` here).
+fn shrink_if_grown(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+        *buf = BytesMut::new();
+    }
+}
+
 /// Whether to give the buffer back if the next read has to wait: it holds no partial line,
 /// it is larger than a quiet connection needs (a busy spell or a big frame grew it), and the
 /// peer has gone quiet (the next read is offered [`READ_SMALL`]). A busy peer keeps its
@@ -63,6 +71,7 @@ pub(super) async fn run<T: Transport>(
                 break 'reading false;
             }
         }
+        shrink_if_grown(&mut buf);
         if give_back_before_waiting(&buf, offer) {
             let mut readable = std::pin::pin!(T::readable(&read));
             // Bytes already there (a busy peer): read them into the buffer at hand.
@@ -206,6 +215,24 @@ async fn handle(item: Decoded, inbox: &mut Inbox, shared: &Shared) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grown_buffer_is_given_back_once_empty_even_while_the_peer_is_busy() {
+        let mut buf = BytesMut::with_capacity(4 * READ_CHUNK + 1);
+        buf.extend_from_slice(b"partial");
+        shrink_if_grown(&mut buf);
+        assert_eq!(&buf[..], b"partial", "a buffer holding bytes is kept");
+        buf.clear();
+        shrink_if_grown(&mut buf);
+        assert_eq!(buf.capacity(), 0);
+        let mut kept = BytesMut::with_capacity(4 * READ_CHUNK);
+        shrink_if_grown(&mut kept);
+        assert_eq!(
+            kept.capacity(),
+            4 * READ_CHUNK,
+            "up to four reads' worth is kept"
+        );
+    }
 
     #[test]
     fn reads_are_offered_what_the_last_one_suggests() {
