@@ -434,3 +434,25 @@ async fn the_gateway_example_answers_on_its_socket_and_over_http_in_one_run() {
     assert!(remote.contains("127.0.0.1"), "{remote}");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn each_http_call_gets_its_own_id() {
+    // Handlers may read a call's id (`Request::id`); over HTTP the crate makes one per call.
+    let echo_id = tower::service_fn(|request: diarrhoea::Request| async move {
+        diarrhoea::Response::new(&request.id())
+    });
+    let app = axum::Router::new().nest("/rpc", diarrhoea::http::rest(echo_id).router());
+    let (addr, task) = support::serve_signed_in(app, User("ada".into())).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = post(addr, "id", "[]", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        let id: Option<u64> = serde_json::from_str(&body).unwrap();
+        ids.push(id.expect("a call has an id"));
+    }
+    task.abort();
+    assert!(ids.iter().all(|&id| id < 1 << 53), "{ids:?}");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "the ids repeat: {ids:?}");
+}

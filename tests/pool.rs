@@ -36,6 +36,8 @@ use support::{eventually, process_gone, temp_dir, within, KillOnDrop};
 const WORKER_MODE: &str = "DIARRHOEA_POOL_WORKER";
 /// Makes a worker exit this many milliseconds after it started.
 const CRASH_AFTER_MS: &str = "DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS";
+/// Makes a worker block this many milliseconds before it serves.
+const FREEZE_AT_START_MS: &str = "DIARRHOEA_POOL_WORKER_FREEZE_AT_START_MS";
 
 /// How long a condition the test is waiting for may take before the test fails: generous,
 /// for a loaded machine; a passing run takes a fraction of it.
@@ -333,6 +335,39 @@ async fn a_crash_loop_backs_off() {
         "{restarts} restarts in {elapsed:?}; the back-off allows 1 to {most}"
     );
     assert!(most <= 5, "the window ran long: {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_silent_past_its_start_timeout_is_started_again() {
+    // The worker blocks for 30 s before it serves: with a 200 ms start timeout the pool gives
+    // up on it and starts another (with the default 10 s, not within the test's bound).
+    let exe = pool_worker_exe();
+    let starts = Arc::new(AtomicUsize::new(0));
+    let counted = starts.clone();
+    let pool = Pool::builder()
+        .spawn(1, move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut command = Command::new(&exe);
+            command
+                .env(WORKER_MODE, "serve")
+                .env(FREEZE_AT_START_MS, "30000");
+            command
+        })
+        .start_timeout(Duration::from_millis(200))
+        .restart_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .build()
+        .unwrap();
+    until(
+        "a second start after the first missed its start timeout",
+        || starts.load(Ordering::SeqCst) >= 2,
+    )
+    .await;
+    let worker = &pool.metrics().workers[0];
+    assert!(!worker.live, "a worker that never answered went live");
+    assert_eq!(
+        worker.restarts, 0,
+        "a start that failed counted as a restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,8 @@
 //! - with the argument `--serve`, or `DIARRHOEA_POOL_WORKER=serve`: serves [`router`] over its
 //!   stdin and stdout on a current-thread runtime (so `freeze` stops everything, the
 //!   connection's own answers to the pool's probes too), then exits 0. With
-//!   `DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS=n` it exits with status 3 `n` ms after it started.
+//!   `DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS=n` it exits with status 3 `n` ms after it started;
+//!   with `DIARRHOEA_POOL_WORKER_FREEZE_AT_START_MS=n` it blocks for `n` ms before it serves.
 //! - `DIARRHOEA_POOL_WORKER=parent`: builds a pool of two copies of itself
 //!   (`spawn_self(2, ["--serve"])`), waits until both are live, prints their pids on one line
 //!   of its own stdout (not a protocol stream here), then waits to be killed.
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 const MODE: &str = "DIARRHOEA_POOL_WORKER";
 const CRASH_AFTER_MS: &str = "DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS";
+const FREEZE_AT_START_MS: &str = "DIARRHOEA_POOL_WORKER_FREEZE_AT_START_MS";
 
 fn main() {
     let mode = if std::env::args().skip(1).any(|a| a == "--serve") {
@@ -56,6 +58,13 @@ fn main() {
 }
 
 async fn serve() {
+    if let Some(ms) = std::env::var(FREEZE_AT_START_MS)
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        // Blocks the only runtime thread: the worker answers nothing, not even its first probe.
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     if let Some(ms) = std::env::var(CRASH_AFTER_MS)
         .ok()
         .and_then(|ms| ms.parse::<u64>().ok())
