@@ -6,23 +6,32 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{truncate, Error, Kind};
+use crate::wire::{Line, WireText};
 
 /// The positional arguments of a call: JSON text that is always an array.
 ///
 /// Arguments stay unparsed until a handler deserializes them straight into its own types.
-#[derive(Clone)]
+///
+/// The arguments of an incoming call stay in the connection's read buffer until its handler
+/// has read them, so they cost no copy. Whatever may keep them longer gets a copy of its
+/// own: [`Request::take_args`] (and so a handler taking `Args`), and `clone`.
+///
+/// [`Request::take_args`]: crate::Request::take_args
 pub struct Args(Repr);
 
 /// `[]` is common (calls without arguments, and what [`Request::take_args`] leaves behind), so
 /// it costs no allocation.
 ///
 /// [`Request::take_args`]: crate::Request::take_args
-#[derive(Clone)]
 enum Repr {
     Empty,
     /// JSON text of an array, valid by construction (serialized here, or checked where it
     /// was read).
     Json(Box<str>),
+    /// JSON text of an array, checked where it was read, still in its line. It keeps the
+    /// read chunk alive, so it never reaches code that may keep it (see [`Args::detached`]):
+    /// while its call waits or runs, the reader bounds the chunks such frames hold.
+    Wire(WireText),
 }
 
 impl Args {
@@ -66,7 +75,11 @@ impl Args {
 
     /// Deserializes the arguments, e.g. into a tuple `(String, u64)`.
     pub fn deserialize<'de, T: Deserialize<'de>>(&'de self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.get())
+        match &self.0 {
+            // The parser reads bytes as well: no separate UTF-8 check of the whole text.
+            Repr::Wire(text) => serde_json::from_slice(text.as_bytes()),
+            _ => serde_json::from_str(self.get()),
+        }
     }
 
     /// The JSON text of the array.
@@ -74,21 +87,37 @@ impl Args {
         match &self.0 {
             Repr::Empty => "[]",
             Repr::Json(text) => text,
+            Repr::Wire(text) => text.get(),
         }
     }
 
-    /// JSON read from a line, already checked to be valid and an array.
-    pub(crate) fn from_wire(text: &str) -> Self {
-        Args(Repr::Json(text.into()))
+    /// JSON read from a line, already checked to be valid and an array: with the line's
+    /// bytes, left where it is.
+    pub(crate) fn from_wire(text: &str, line: Option<Line<'_>>) -> Self {
+        match line {
+            Some(line) => Args(Repr::Wire(line.text(text))),
+            None => Args(Repr::Json(text.into())),
+        }
+    }
+
+    /// The arguments in memory of their own: text still in its line is copied out, so
+    /// whoever keeps the result does not keep the read buffer.
+    pub(crate) fn detached(self) -> Self {
+        match self.0 {
+            Repr::Wire(text) => Args(Repr::Json(text.get().into())),
+            _ => self,
+        }
+    }
+
+    /// Whether the text is still in its line.
+    #[cfg(test)]
+    pub(crate) fn in_line(&self) -> bool {
+        matches!(self.0, Repr::Wire(_))
     }
 
     /// The raw JSON value.
     pub fn into_raw(self) -> Box<RawValue> {
-        match self.0 {
-            Repr::Empty => RawValue::from_string("[]".to_owned()),
-            Repr::Json(text) => RawValue::from_string(text.into()),
-        }
-        .expect("arguments are valid JSON")
+        RawValue::from_string(self.into_text().into()).expect("arguments are valid JSON")
     }
 
     /// Moves the text out, for a [`Response`](crate::Response) that echoes the arguments.
@@ -96,6 +125,19 @@ impl Args {
         match self.0 {
             Repr::Empty => "[]".into(),
             Repr::Json(text) => text,
+            Repr::Wire(text) => text.get().into(),
+        }
+    }
+}
+
+/// A clone is its owner's to keep: arguments still in their line are copied out of it, so a
+/// clone never keeps the read buffer alive.
+impl Clone for Args {
+    fn clone(&self) -> Self {
+        match &self.0 {
+            Repr::Empty => Args::empty(),
+            Repr::Json(text) => Args(Repr::Json(text.clone())),
+            Repr::Wire(text) => Args(Repr::Json(text.get().into())),
         }
     }
 }
@@ -155,10 +197,61 @@ impl Default for Args {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::wire::ChunkMark;
 
     fn raw(json: &str) -> Box<RawValue> {
         RawValue::from_string(json.to_string()).unwrap()
+    }
+
+    /// Arguments left in `line` (whose `text` they are), and the chunk's mark.
+    fn in_line(line: &'static str, text: std::ops::Range<usize>) -> (Args, ChunkMark) {
+        let bytes = Bytes::from_static(line.as_bytes());
+        let chunk = ChunkMark::default();
+        let wire = Line {
+            bytes: &bytes,
+            chunk: &chunk,
+        };
+        (Args::from_wire(&line[text], Some(wire)), chunk)
+    }
+
+    #[test]
+    fn arguments_in_their_line_read_as_any_others() {
+        let (args, _chunk) = in_line(r#"["m",["a",1]]"#, 5..12);
+        assert!(args.in_line());
+        let same = Args::new(&("a", 1)).unwrap();
+        assert_eq!(args.get(), r#"["a",1]"#);
+        assert_eq!(args, same);
+        assert_ne!(args, Args::empty());
+        assert_eq!(args.deserialize::<(String, u8)>().unwrap(), ("a".into(), 1));
+        assert_eq!(format!("{args:?}"), format!("{same:?}"));
+        assert_eq!(args.into_raw().get(), r#"["a",1]"#);
+        let (args, _chunk) = in_line(r#"["m",["a",1]]"#, 5..12);
+        assert_eq!(&*args.into_text(), r#"["a",1]"#);
+    }
+
+    #[test]
+    fn arguments_read_from_a_line_are_copied_unless_given_it() {
+        let args = Args::from_wire("[1]", None);
+        assert!(!args.in_line());
+        assert_eq!(args.get(), "[1]");
+    }
+
+    #[test]
+    fn a_clone_or_a_detached_copy_does_not_hold_the_line() {
+        let (args, chunk) = in_line(r#"["m",[2]]"#, 5..8);
+        let watch = chunk.watch();
+        drop(chunk);
+        let clone = args.clone();
+        assert!(!clone.in_line());
+        assert_eq!(clone, args);
+        let detached = args.detached();
+        assert!(!watch.is_held(), "neither copy holds the chunk");
+        assert!(!detached.in_line());
+        assert_eq!((clone.get(), detached.get()), ("[2]", "[2]"));
+        assert!(!Args::empty().detached().in_line());
     }
 
     #[test]

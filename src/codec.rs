@@ -1,15 +1,18 @@
 //! [`FrameCodec`]: bytes from the stream to [`Frame`]s. Encoding is [`Frame::encode`]'s.
 //!
 //! Each line is parsed where it lies in the read buffer (no copy, no `String` per line), then
-//! the buffer moves past it. Every per-frame fault is an item instead of an error, because
-//! `FramedRead` ends the stream after any decoder error and one bad line must never close a
-//! connection.
+//! the buffer moves past it. A connection's own reader goes further: it splits each line off
+//! its buffer, and the frame's arguments or result stay in it (see `connection::read_buf`);
+//! frames decoded through [`Decoder`] copy them, so they never keep the caller's buffer.
+//! Every per-frame fault is an item instead of an error, because `FramedRead` ends the
+//! stream after any decoder error and one bad line must never close a connection.
 
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;
 
 use crate::error::{code, RpcError};
 use crate::frame::{Frame, InvalidFrame, MethodNames};
+use crate::wire::{ChunkMark, Line};
 
 /// The default maximum length of one line, terminator excluded: 8 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 * 1024 * 1024;
@@ -72,14 +75,15 @@ impl FrameCodec {
         )
     }
 
-    /// Parses one line without its `\n`; `None` for an empty line.
-    fn parse_line(&mut self, line: &[u8]) -> Option<Decoded> {
+    /// Parses one line without its `\n`; `None` for an empty line. With `wire` (the bytes
+    /// `line` lies in), the frame's arguments or result stay in them.
+    fn parse_line(&mut self, line: &[u8], wire: Option<Line<'_>>) -> Option<Decoded> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             return None;
         }
         Some(match std::str::from_utf8(line) {
-            Ok(line) => Frame::parse_with(line, Some(&mut self.methods)),
+            Ok(line) => Frame::parse_with(line, Some(&mut self.methods), wire),
             Err(_) => Err(InvalidFrame::new(
                 None,
                 RpcError::new(code::PARSE_ERROR, "parse error: line is not valid UTF-8"),
@@ -102,6 +106,23 @@ impl Decoder for FrameCodec {
     type Error = std::io::Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, std::io::Error> {
+        self.decode_from(buf, None)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, std::io::Error> {
+        self.decode_eof_from(buf, None)
+    }
+}
+
+impl FrameCodec {
+    /// As [`Decoder::decode`]; with `chunk`, each line is split off `buf` and the frame's
+    /// arguments or result stay in it, marked as held with `chunk` (the reader's count of the
+    /// chunks frames hold).
+    pub(crate) fn decode_from(
+        &mut self,
+        buf: &mut BytesMut,
+        chunk: Option<&ChunkMark>,
+    ) -> Result<Option<Decoded>, std::io::Error> {
         loop {
             // A line of `max_frame_size` bytes has its `\n` one byte further.
             let read_to = buf.len().min(self.max_frame_size.saturating_add(1));
@@ -125,8 +146,23 @@ impl Decoder for FrameCodec {
                 }
                 (false, Some(end)) => {
                     self.searched = 0;
-                    let item = self.parse_line(&buf[..end]);
-                    buf.advance(end + 1);
+                    let item = match chunk {
+                        Some(chunk) => {
+                            let bytes = buf.split_to(end + 1).freeze();
+                            self.parse_line(
+                                &bytes[..end],
+                                Some(Line {
+                                    bytes: &bytes,
+                                    chunk,
+                                }),
+                            )
+                        }
+                        None => {
+                            let item = self.parse_line(&buf[..end], None);
+                            buf.advance(end + 1);
+                            item
+                        }
+                    };
                     if let Some(item) = item {
                         return Ok(Some(item));
                     }
@@ -144,8 +180,13 @@ impl Decoder for FrameCodec {
         }
     }
 
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, std::io::Error> {
-        if let Some(item) = self.decode(buf)? {
+    /// As [`Decoder::decode_eof`], with `chunk` as for [`FrameCodec::decode_from`].
+    pub(crate) fn decode_eof_from(
+        &mut self,
+        buf: &mut BytesMut,
+        chunk: Option<&ChunkMark>,
+    ) -> Result<Option<Decoded>, std::io::Error> {
+        if let Some(item) = self.decode_from(buf, chunk)? {
             return Ok(Some(item));
         }
         // A line without its terminator is never dispatched: the peer died mid-frame.
@@ -193,19 +234,26 @@ mod tests {
         for f in &frames {
             f.encode(&mut wire);
         }
-        for chunk in [1, 2, 3, 7, 64, wire.len()] {
-            let mut codec = FrameCodec::new(64);
-            let mut buf = BytesMut::new();
-            let mut got = Vec::new();
-            for piece in wire.chunks(chunk) {
-                buf.extend_from_slice(piece);
-                got.extend(
-                    decode_all(&mut codec, &mut buf)
-                        .into_iter()
-                        .map(Result::unwrap),
+        // Copying the arguments out of the buffer, and leaving them in it.
+        let mark = ChunkMark::default();
+        for shared in [None, Some(&mark)] {
+            for chunk in [1, 2, 3, 7, 64, wire.len()] {
+                let mut codec = FrameCodec::new(64);
+                let mut buf = BytesMut::new();
+                let mut got = Vec::new();
+                for piece in wire.chunks(chunk) {
+                    buf.extend_from_slice(piece);
+                    while let Some(item) = codec.decode_from(&mut buf, shared).unwrap() {
+                        got.push(item.unwrap());
+                    }
+                }
+                assert_eq!(
+                    got,
+                    frames,
+                    "chunk size {chunk}, shared {}",
+                    shared.is_some()
                 );
             }
-            assert_eq!(got, frames, "chunk size {chunk}");
         }
     }
 
@@ -220,6 +268,45 @@ mod tests {
         let a = method(codec.decode(&mut buf).unwrap());
         let b = method(codec.decode(&mut buf).unwrap());
         assert!(std::sync::Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn with_a_chunk_arguments_and_results_stay_in_their_line() {
+        let mut codec = FrameCodec::default();
+        let chunk = ChunkMark::default();
+        let watch = chunk.watch();
+        let mut buf = BytesMut::from("[\"ping\",[1]]\r\n\n[3,{\"r\":2}]\n[\"po");
+        let start = buf.as_ptr() as usize;
+        let within = |text: &str| (start..start + 40).contains(&(text.as_ptr() as usize));
+        let args = match codec.decode_from(&mut buf, Some(&chunk)).unwrap() {
+            Some(Ok(Frame::Notification { args, .. })) => args,
+            other => panic!("{other:?}"),
+        };
+        assert!(args.in_line() && within(args.get()), "not copied");
+        assert_eq!(args, Args::new(&(1,)).unwrap());
+        let result = match codec.decode_from(&mut buf, Some(&chunk)).unwrap() {
+            Some(Ok(Frame::Reply { result, .. })) => result.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert!(result.in_line() && within(result.get()));
+        assert_eq!(result.get(), r#"{"r":2}"#);
+        assert!(codec.decode_from(&mut buf, Some(&chunk)).unwrap().is_none());
+        assert_eq!(&buf[..], b"[\"po", "the unfinished line stays");
+        drop(chunk);
+        drop(args);
+        assert!(watch.is_held(), "the result holds the chunk");
+        drop(result);
+        assert!(!watch.is_held());
+    }
+
+    #[test]
+    fn without_a_chunk_frames_keep_nothing_of_the_buffer() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::from("[\"ping\",[1]]\n");
+        match codec.decode(&mut buf).unwrap() {
+            Some(Ok(Frame::Notification { args, .. })) => assert!(!args.in_line()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

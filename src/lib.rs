@@ -45,6 +45,7 @@
 //! | module | role |
 //! | --- | --- |
 //! | `error` | [`Error`] (this crate's failures), [`RpcError`] (the error in a reply), the one map from tower errors to codes |
+//! | `wire` | the text of incoming frames, left in the read buffer's chunk it arrived in (no copy) |
 //! | `args`, `response` | [`Args`] and [`Response`]: raw JSON, parsed only by the handler or caller that knows its type |
 //! | `frame` | [`Frame`]: the one place that knows the JSON shape, and the one encoder |
 //! | [`codec`] | [`FrameCodec`](codec::FrameCodec): lines with a maximum length to frames |
@@ -249,6 +250,7 @@ mod response;
 mod router;
 mod server;
 pub mod transport;
+mod wire;
 // Above the server: it mounts connections and calls in an axum app.
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

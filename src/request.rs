@@ -40,6 +40,10 @@ impl Deadline {
 /// On the receiving side the connection builds one from every incoming call and hands it to the
 /// bound service; on the calling side [`Caller`](crate::Caller) and
 /// [`Notifier`](crate::Notifier) take one and write it to the peer.
+///
+/// The arguments of an incoming request stay in the connection's read buffer, and keep a
+/// chunk of it (at most 32 KiB) alive as long as the request lives. A service that keeps
+/// arguments beyond its call should keep [`Request::take_args`] (a copy), not the request.
 pub struct Request {
     /// Shared, so error reports can keep the name without copying it.
     method: Arc<str>,
@@ -123,8 +127,12 @@ impl Request {
     }
 
     /// Takes the arguments out, leaving `[]`.
+    ///
+    /// They are the caller's to keep: the arguments of an incoming call are copied out of
+    /// the connection's read buffer here (reading them through [`Request::args`] costs no
+    /// copy).
     pub fn take_args(&mut self) -> Args {
-        std::mem::take(&mut self.args)
+        std::mem::take(&mut self.args).detached()
     }
 
     /// The id of an incoming call; `None` for a notification (and for an outgoing request
@@ -278,6 +286,24 @@ mod tests {
         assert!(req.extensions().get::<User>().is_none());
         req.extensions_mut().insert(User("ada"));
         assert_eq!(req.extensions().get::<User>(), Some(&User("ada")));
+    }
+
+    #[test]
+    fn taken_arguments_are_a_copy_of_their_own() {
+        let text = r#"["m",[1,2]]"#;
+        let bytes = bytes::Bytes::from_static(text.as_bytes());
+        let chunk = crate::wire::ChunkMark::default();
+        let watch = chunk.watch();
+        let line = crate::wire::Line {
+            bytes: &bytes,
+            chunk: &chunk,
+        };
+        let mut req = Request::from_parts("m", Args::from_wire(&text[5..10], Some(line)));
+        drop(chunk);
+        assert!(req.args().in_line(), "read where they are");
+        let args = req.take_args();
+        assert!(!args.in_line() && !watch.is_held());
+        assert_eq!((args.get(), req.args().get()), ("[1,2]", "[]"));
     }
 
     #[test]

@@ -8,18 +8,25 @@ use serde_json::value::RawValue;
 
 use crate::args::Args;
 use crate::error::{Error, Kind, RpcError};
+use crate::wire::{Line, WireText};
 
 /// The result of a call, still as JSON: what a handler answered, or what a peer replied.
-#[derive(Clone)]
+///
+/// A reply a typed call (`Connection::call`) reads is deserialized where it arrived, in the
+/// connection's read buffer; one handed out whole (by [`Caller`](crate::Caller)) is a copy
+/// of its own, as is a `clone`.
 pub struct Response(Repr);
 
 /// `null` is by far the most common result (every notification handler's), so it costs no
 /// allocation.
-#[derive(Clone)]
 enum Repr {
     Null,
     /// Valid JSON text, by construction (serialized here, or checked where it was read).
     Json(Box<str>),
+    /// Valid JSON text, checked where it was read, still in its line. It keeps the read chunk
+    /// alive, so it never reaches code that may keep it (see [`Response::detached`]); the
+    /// reader bounds the chunks such replies hold while their callers are yet to read them.
+    Wire(WireText),
 }
 
 impl Response {
@@ -46,14 +53,38 @@ impl Response {
         Response::json(crate::args::one_line(raw).into())
     }
 
-    /// Raw JSON read from a line, which cannot hold a line break.
-    pub(crate) fn from_wire(text: &str) -> Self {
-        Response::json(text.into())
+    /// Raw JSON read from a line, which cannot hold a line break: with the line's bytes,
+    /// left where it is.
+    pub(crate) fn from_wire(text: &str, line: Option<Line<'_>>) -> Self {
+        match line {
+            Some(line) => Response(Repr::Wire(line.text(text))),
+            None => Response::json(text.into()),
+        }
+    }
+
+    /// The result in memory of its own: text still in its line is copied out, so whoever
+    /// keeps the result does not keep the read buffer.
+    pub(crate) fn detached(self) -> Self {
+        match self.0 {
+            Repr::Wire(text) => Response::json(text.get().into()),
+            _ => self,
+        }
+    }
+
+    /// Whether the text is still in its line.
+    #[cfg(test)]
+    pub(crate) fn in_line(&self) -> bool {
+        matches!(self.0, Repr::Wire(_))
     }
 
     /// Deserializes the result.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_str(self.get()).map_err(|e| Error::new(Kind::Decode).with_source(e))
+        match &self.0 {
+            // The parser reads bytes as well: no separate UTF-8 check of the whole text.
+            Repr::Wire(text) => serde_json::from_slice(text.as_bytes()),
+            _ => serde_json::from_str(self.get()),
+        }
+        .map_err(|e| Error::new(Kind::Decode).with_source(e))
     }
 
     /// The JSON text.
@@ -61,6 +92,7 @@ impl Response {
         match &self.0 {
             Repr::Null => RawValue::NULL.get(),
             Repr::Json(text) => text,
+            Repr::Wire(text) => text.get(),
         }
     }
 
@@ -71,6 +103,21 @@ impl Response {
             Repr::Json(text) => {
                 RawValue::from_string(text.into()).expect("a response is valid JSON")
             }
+            Repr::Wire(text) => {
+                RawValue::from_string(text.get().to_owned()).expect("a response is valid JSON")
+            }
+        }
+    }
+}
+
+/// A clone is its owner's to keep: a result still in its line is copied out of it, so a clone
+/// never keeps the read buffer alive.
+impl Clone for Response {
+    fn clone(&self) -> Self {
+        match &self.0 {
+            Repr::Null => Response::null(),
+            Repr::Json(text) => Response::json(text.clone()),
+            Repr::Wire(text) => Response::json(text.get().into()),
         }
     }
 }
@@ -198,6 +245,35 @@ mod tests {
         assert_ne!(Response::new(&1).unwrap(), Response::new(&2).unwrap());
         assert_ne!(Response::null(), Response::new(&0).unwrap());
         assert_eq!(Response::null(), Response::new(&()).unwrap());
+    }
+
+    #[test]
+    fn a_result_in_its_line_reads_as_any_other_and_copies_are_its_own() {
+        let text = r#"[7,{"a":[1]}]"#;
+        let bytes = bytes::Bytes::from_static(text.as_bytes());
+        let chunk = crate::wire::ChunkMark::default();
+        let watch = chunk.watch();
+        let wire = Line {
+            bytes: &bytes,
+            chunk: &chunk,
+        };
+        let reply = Response::from_wire(&text[3..12], Some(wire));
+        drop(chunk);
+        assert!(reply.in_line());
+        let same = Response::new(&serde_json::json!({"a": [1]})).unwrap();
+        assert_eq!(reply, same);
+        assert_eq!(reply.get(), r#"{"a":[1]}"#);
+        assert_eq!(format!("{reply:?}"), "Response(9 bytes)");
+        let parsed: serde_json::Value = reply.deserialize().unwrap();
+        assert_eq!(parsed["a"][0], 1);
+        let clone = reply.clone();
+        assert!(!clone.in_line() && clone == reply);
+        assert!(watch.is_held());
+        let detached = reply.detached();
+        assert!(!detached.in_line() && !watch.is_held());
+        assert_eq!(detached.into_raw().get(), r#"{"a":[1]}"#);
+        assert!(!Response::from_wire("1", None).in_line());
+        assert!(!Response::null().detached().in_line());
     }
 
     #[test]

@@ -241,10 +241,10 @@ impl ResponseFuture {
     }
 }
 
-impl Future for ResponseFuture {
-    type Output = Result<Response, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+impl ResponseFuture {
+    /// The reply as it arrived, possibly still in the read buffer: for a caller that reads it
+    /// at once and drops it (`Connection::call`), so it costs no copy.
+    pub(super) fn poll_wire(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response, Error>> {
         match &mut self.state {
             State::Waiting {
                 rx,
@@ -266,6 +266,16 @@ impl Future for ResponseFuture {
                 .take()
                 .expect("ResponseFuture polled after completion"))),
         }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response, Error>;
+
+    /// The reply is handed out whole, and may be kept: it is copied out of the read buffer.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_wire(cx)
+            .map(|reply| reply.map(Response::detached))
     }
 }
 

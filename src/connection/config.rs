@@ -79,6 +79,11 @@ impl Config {
     /// keeps its share until it is answered) before the reader stops reading (backpressure).
     /// While there is room, the reader keeps reading, so replies to this side's own calls are
     /// never stuck behind inbound work. Default 4 MiB.
+    ///
+    /// The arguments and results of incoming frames are read where they arrived, in the
+    /// connection's read buffer, which keeps each read chunk (at most 32 KiB) alive while a
+    /// frame of it waits, runs or is yet to be read by its caller. The chunks frames hold are
+    /// bounded by this amount too: past it, frames are copied out of the buffer instead.
     pub fn inbound_buffer(mut self, bytes: usize) -> Self {
         self.inbound_buffer = bytes.clamp(1024, u32::MAX as usize);
         self

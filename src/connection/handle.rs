@@ -122,7 +122,11 @@ impl Connection {
                 _ = tokio::time::sleep(timeout) => return Err(Error::new(Kind::Timeout)),
             },
         }
-        reply.await?.deserialize()
+        let mut reply = reply;
+        // Read where it arrived: the reply is dropped once deserialized.
+        std::future::poll_fn(|cx| reply.poll_wire(cx))
+            .await?
+            .deserialize()
     }
 
     /// Closes with a reason: new calls are refused with `error`, calls in flight are answered,

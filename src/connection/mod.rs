@@ -13,6 +13,7 @@
 //! | `call` | the calling side as tower services: [`Caller`], [`Notifier`], [`ResponseFuture`] |
 //! | `config`, `events`, `lifecycle` | limits; what is reported; the stages of a connection |
 //! | `reader` | bytes to frames; replies to the pending table, calls to the inbox |
+//! | `read_buf` | the chunks read into, which frames refer to instead of copying, and their bound |
 //! | `inbox` | the request policy: `$/cancel`, reserved names, duplicate ids, deadlines, budget |
 //! | `queue` | the calls waiting for the dispatcher, in wire order |
 //! | `budget` | the counted limits the reader and the dispatcher wait on |
@@ -39,6 +40,7 @@ mod lifecycle;
 mod outbox;
 mod pending;
 mod queue;
+mod read_buf;
 mod reader;
 mod writer;
 

@@ -5,12 +5,11 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
-use tokio_util::codec::Decoder;
 
 use super::inbox::Inbox;
 use super::pending::Delivery;
+use super::read_buf::ReadBuf;
 use super::{Event, Shared};
 use crate::codec::{Decoded, FrameCodec};
 use crate::error::{code, Error, Kind, RpcError};
@@ -19,9 +18,9 @@ use crate::transport::Transport;
 
 /// Bytes offered to a read while the peer sends a lot (the last read brought at least
 /// [`READ_SMALL`]).
-const READ_CHUNK: usize = 16_384;
+pub(super) const READ_CHUNK: usize = 16_384;
 /// Bytes offered to a read while the peer sends little: one frame at a time, say.
-const READ_SMALL: usize = 512;
+pub(super) const READ_SMALL: usize = 512;
 
 /// How much to offer the next read, from what the last one brought.
 fn next_read(last: usize) -> usize {
@@ -32,20 +31,12 @@ fn next_read(last: usize) -> usize {
     }
 }
 
-/// A big frame may have grown the buffer: once it is empty, do not keep that memory, however
-/// busy the peer (a peer sending in bulk would otherwise keep up to `max_frame_size` here).
-fn shrink_if_grown(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
-        *buf = BytesMut::new();
-    }
-}
-
 /// Whether to give the buffer back if the next read has to wait: it holds no partial line,
 /// it is larger than a quiet connection needs (a busy spell or a big frame grew it), and the
 /// peer has gone quiet (the next read is offered [`READ_SMALL`]). A busy peer keeps its
 /// buffer, so it is not taken again for every read.
-fn give_back_before_waiting(buf: &BytesMut, offer: usize) -> bool {
-    offer == READ_SMALL && buf.is_empty() && buf.capacity() > READ_SMALL
+fn give_back_before_waiting(buf: &ReadBuf, offer: usize) -> bool {
+    offer == READ_SMALL && buf.get().is_empty() && buf.is_larger_than(READ_SMALL)
 }
 
 /// Reads until the stream ends or the connection goes away. Returns the read half after the
@@ -60,7 +51,10 @@ pub(super) async fn run<T: Transport>(
     shared: &Shared,
 ) -> Option<T::Read> {
     let mut codec = FrameCodec::new(shared.config.max_frame_size);
-    let mut buf = BytesMut::new();
+    // Frames refer to the chunks they were read in while their calls wait or run, or until
+    // the caller reads the reply: as much again as the inbound buffer at most, however the
+    // peer spreads its frames over chunks (see `read_buf`).
+    let mut buf = ReadBuf::new(shared.config.inbound_buffer);
     let mut offer = READ_SMALL;
     // Whether the last byte read left a line unfinished (a partial frame, or an oversized one
     // being discarded).
@@ -71,7 +65,7 @@ pub(super) async fn run<T: Transport>(
                 break 'reading false;
             }
         }
-        shrink_if_grown(&mut buf);
+        buf.shrink_if_grown();
         if give_back_before_waiting(&buf, offer) {
             let mut readable = std::pin::pin!(T::readable(&read));
             // Bytes already there (a busy peer): read them into the buffer at hand.
@@ -79,7 +73,7 @@ pub(super) async fn run<T: Transport>(
                 std::future::poll_fn(|cx| Poll::Ready(readable.as_mut().poll(cx).is_pending()))
                     .await;
             if waiting {
-                buf = BytesMut::new();
+                buf.give_back();
                 inbox.release_memory();
                 shared.outgoing.release_memory();
                 let ready = tokio::select! {
@@ -96,7 +90,7 @@ pub(super) async fn run<T: Transport>(
                 }
             }
         }
-        buf.reserve(offer);
+        buf.make_room(offer);
         let read_result = tokio::select! {
             biased;
             _ = shared.lifecycle.aborted() => break false,
@@ -109,7 +103,7 @@ pub(super) async fn run<T: Transport>(
                 stalled(shared);
                 break false;
             }
-            r = read.read_buf(&mut buf) => r,
+            r = read.read_buf(buf.get_mut().0) => r,
         };
         match read_result {
             Ok(0) => {
@@ -123,7 +117,7 @@ pub(super) async fn run<T: Transport>(
             }
             Ok(n) => {
                 offer = next_read(n);
-                mid_line = buf.last() != Some(&b'\n');
+                mid_line = buf.get().last() != Some(&b'\n');
             }
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::ConnectionReset {
@@ -154,14 +148,15 @@ fn stalled(shared: &Shared) {
 
 fn decode(
     codec: &mut FrameCodec,
-    buf: &mut BytesMut,
+    buf: &mut ReadBuf,
     eof: bool,
     shared: &Shared,
 ) -> Option<Decoded> {
+    let (buf, chunk) = buf.get_mut();
     let result = if eof {
-        codec.decode_eof(buf)
+        codec.decode_eof_from(buf, chunk)
     } else {
-        codec.decode(buf)
+        codec.decode_from(buf, chunk)
     };
     match result {
         Ok(item) => item,
@@ -215,23 +210,43 @@ async fn handle(item: Decoded, inbox: &mut Inbox, shared: &Shared) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Args, Connection, Request, Router};
 
-    #[test]
-    fn a_grown_buffer_is_given_back_once_empty_even_while_the_peer_is_busy() {
-        let mut buf = BytesMut::with_capacity(4 * READ_CHUNK + 1);
-        buf.extend_from_slice(b"partial");
-        shrink_if_grown(&mut buf);
-        assert_eq!(&buf[..], b"partial", "a buffer holding bytes is kept");
-        buf.clear();
-        shrink_if_grown(&mut buf);
-        assert_eq!(buf.capacity(), 0);
-        let mut kept = BytesMut::with_capacity(4 * READ_CHUNK);
-        shrink_if_grown(&mut kept);
-        assert_eq!(
-            kept.capacity(),
-            4 * READ_CHUNK,
-            "up to four reads' worth is kept"
+    /// End to end: where the arguments and results of incoming frames are read in the buffer,
+    /// and where they are copied for code that may keep them.
+    #[tokio::test]
+    async fn frames_are_read_in_the_buffer_and_copied_where_they_may_be_kept() {
+        use tower::{Service, ServiceExt};
+        let server = Router::new()
+            .route("typed", |x: String| async move { x })
+            .route("args", |args: Args| async move { args.in_line() })
+            .fallback_service(tower::service_fn(|req: Request| async move {
+                Ok::<_, std::convert::Infallible>(
+                    crate::Response::new(&req.args().in_line()).unwrap(),
+                )
+            }));
+        let (client, _server) = Connection::builder()
+            .pair(Connection::builder().service(server))
+            .unwrap();
+        let echoed: String = client.call("typed", ("x",)).await.unwrap();
+        assert_eq!(echoed, "x");
+        let kept: bool = client.call("args", (1,)).await.unwrap();
+        assert!(!kept, "a handler taking Args gets a copy");
+        let seen: bool = client.call("other", (1,)).await.unwrap();
+        assert!(
+            seen,
+            "a service reads the request's arguments in the buffer"
         );
+        let mut caller = client.caller();
+        let reply = caller
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new("typed", ("y",)).unwrap())
+            .await
+            .unwrap();
+        assert!(!reply.in_line(), "a reply handed out is a copy");
+        assert_eq!(reply.deserialize::<String>().unwrap(), "y");
     }
 
     #[test]
@@ -245,25 +260,31 @@ mod tests {
     #[test]
     fn only_a_quiet_peers_empty_buffer_larger_than_a_quiet_one_is_given_back() {
         let quiet = READ_SMALL;
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // A buffer in a chunk of `size` bytes.
+        let chunk = |size: usize| {
+            let mut buf = ReadBuf::new(1 << 20);
+            buf.make_room(size);
+            buf
+        };
+        let mut buf = chunk(READ_CHUNK);
         assert!(give_back_before_waiting(&buf, quiet));
         assert!(
             !give_back_before_waiting(&buf, READ_CHUNK),
             "a busy peer keeps it"
         );
-        buf.extend_from_slice(b"[\"partial");
+        buf.get_mut().0.extend_from_slice(b"[\"partial");
         assert!(
             !give_back_before_waiting(&buf, quiet),
             "a partial line is kept"
         );
-        assert!(!give_back_before_waiting(
-            &BytesMut::with_capacity(READ_SMALL),
-            quiet
-        ));
-        assert!(give_back_before_waiting(
-            &BytesMut::with_capacity(READ_SMALL + 1),
-            quiet
-        ));
-        assert!(!give_back_before_waiting(&BytesMut::new(), quiet));
+        assert!(!give_back_before_waiting(&chunk(READ_SMALL), quiet));
+        assert!(give_back_before_waiting(&chunk(READ_SMALL + 1), quiet));
+        assert!(!give_back_before_waiting(&chunk(0), quiet));
+        // What counts is the chunk, not the room left in it after the frames split off.
+        let mut buf = chunk(READ_CHUNK);
+        buf.get_mut().0.extend_from_slice(&[b'x'; READ_CHUNK]);
+        drop(buf.get_mut().0.split_to(READ_CHUNK));
+        assert_eq!(buf.get().capacity(), 0);
+        assert!(give_back_before_waiting(&buf, quiet));
     }
 }

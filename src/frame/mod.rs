@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use crate::args::{write_args, Args};
 use crate::error::{code, truncate, Error, RpcError};
 use crate::response::Response;
+use crate::wire::Line;
 
 mod scan;
 
@@ -107,13 +108,16 @@ impl Frame {
     /// assert_eq!((bad.id, bad.error.code), (Some(7), -32600));
     /// ```
     pub fn parse(line: &str) -> Result<Frame, InvalidFrame> {
-        Frame::parse_with(line, None)
+        Frame::parse_with(line, None, None)
     }
 
-    /// As [`Frame::parse`], sharing method names seen before instead of allocating each.
+    /// As [`Frame::parse`], sharing method names seen before instead of allocating each, and
+    /// with `wire` (the bytes `line` lies in) leaving the arguments or result in the line
+    /// instead of copying them.
     pub(crate) fn parse_with(
         line: &str,
         methods: Option<&mut MethodNames>,
+        wire: Option<Line<'_>>,
     ) -> Result<Frame, InvalidFrame> {
         let parts = match scan::split(line) {
             Some(parts) => {
@@ -124,7 +128,7 @@ impl Frame {
             }
             None => Parts::by_serde(line)?,
         };
-        parts.into_frame(methods)
+        parts.into_frame(methods, wire)
     }
 
     /// Appends the frame's line, terminator included, to `buf`.
@@ -337,10 +341,14 @@ impl<'a> Parts<'a> {
         self.items[i].unwrap_or("")
     }
 
-    fn into_frame(self, methods: Option<&mut MethodNames>) -> Result<Frame, InvalidFrame> {
+    fn into_frame(
+        self,
+        methods: Option<&mut MethodNames>,
+        wire: Option<Line<'_>>,
+    ) -> Result<Frame, InvalidFrame> {
         match self.get(0).as_bytes().first() {
-            Some(b'"') => self.into_call(methods),
-            Some(b'0'..=b'9' | b'-') => self.into_reply(),
+            Some(b'"') => self.into_call(methods, wire),
+            Some(b'0'..=b'9' | b'-') => self.into_reply(wire),
             Some(b'n') if self.len == 3 && self.get(1) == "null" => {
                 let error =
                     parse_error_object(self.get(2)).map_err(|e| InvalidFrame::new(None, e))?;
@@ -353,7 +361,11 @@ impl<'a> Parts<'a> {
         }
     }
 
-    fn into_call(self, methods: Option<&mut MethodNames>) -> Result<Frame, InvalidFrame> {
+    fn into_call(
+        self,
+        methods: Option<&mut MethodNames>,
+        wire: Option<Line<'_>>,
+    ) -> Result<Frame, InvalidFrame> {
         let id = if self.len >= 3 {
             Some(parse_id(self.get(2)).map_err(|e| InvalidFrame::new(None, e))?)
         } else {
@@ -380,7 +392,7 @@ impl<'a> Parts<'a> {
         if !args.starts_with('[') {
             return Err(invalid("args (element 1) must be an array"));
         }
-        let args = Args::from_wire(args);
+        let args = Args::from_wire(args, wire);
         let Some(id) = id else {
             return Ok(Frame::Notification { method, args });
         };
@@ -399,11 +411,11 @@ impl<'a> Parts<'a> {
         })
     }
 
-    fn into_reply(self) -> Result<Frame, InvalidFrame> {
+    fn into_reply(self, wire: Option<Line<'_>>) -> Result<Frame, InvalidFrame> {
         // A reply is never answered, so a malformed one carries no id to reply to.
         let id = parse_id(self.get(0)).map_err(|e| InvalidFrame::new(None, e))?;
         let result = match self.len {
-            2 => Ok(Response::from_wire(self.get(1))),
+            2 => Ok(Response::from_wire(self.get(1), wire)),
             3 if self.get(1) == "null" => {
                 Err(parse_error_object(self.get(2)).unwrap_or_else(|e| {
                     RpcError::invalid_frame(format!("malformed error reply: {e}"))

@@ -294,3 +294,47 @@ impl<H: Handler<M>, M: 'static> ErasedHandler for Erased<H, M> {
         Box::pin(self.handler.call(req))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::wire::{ChunkMark, Line};
+
+    /// A typed handler parses its arguments when called and drops the request before its
+    /// future runs: a slow handler does not keep the read buffer its call arrived in.
+    #[tokio::test]
+    async fn a_typed_handler_lets_go_of_the_request_before_it_runs() {
+        let text = r#"["m",["a",1]]"#;
+        let bytes = bytes::Bytes::from_static(text.as_bytes());
+        let chunk = ChunkMark::default();
+        let watch = chunk.watch();
+        let line = Line {
+            bytes: &bytes,
+            chunk: &chunk,
+        };
+        let req = Request::from_parts("m", Args::from_wire(&text[5..12], Some(line)));
+        drop(chunk);
+        let go = Arc::new(Notify::new());
+        let handler = {
+            let go = go.clone();
+            move |x: String, i: u64| {
+                let go = go.clone();
+                async move {
+                    go.notified().await;
+                    format!("{x}{i}")
+                }
+            }
+        };
+        let running = Handler::<Params<(), (String, u64)>>::call(&handler, req);
+        assert!(
+            !watch.is_held(),
+            "the request is gone before the handler runs"
+        );
+        go.notify_one();
+        assert_eq!(running.await.unwrap().get(), r#""a1""#);
+    }
+}

@@ -1,0 +1,261 @@
+//! The reader's buffer: bytes are read into chunks, and the frames decoded from a chunk refer
+//! to it for their arguments and results instead of copying them out.
+//!
+//! A frame that refers to a chunk keeps the whole chunk alive, however small the frame. So
+//! only small chunks are shared, the chunks frames still hold are counted, and past a bound
+//! (about the inbound buffer's worth) frames are copied out of their line as before, until
+//! frames let go. A chunk no frame refers to any more is read into again.
+
+use bytes::BytesMut;
+
+use super::reader::READ_CHUNK;
+use crate::wire::{ChunkMark, ChunkWatch};
+
+/// The largest chunk frames may refer to: a busy read with a partial line before it. A
+/// longer line grows its chunk further; frames from such a chunk are copied, so a big chunk
+/// is never held by the small frames read after the big one.
+const SHARED_CHUNK: usize = 2 * READ_CHUNK;
+
+/// A chunk larger than this (a big frame grew it) is not kept once empty.
+const GROWN: usize = 4 * READ_CHUNK;
+
+pub(super) struct ReadBuf {
+    /// What has been read and not decoded yet, and the room after it.
+    buf: BytesMut,
+    /// The size of the chunk `buf` lies in: `buf.capacity()` counts only what is left after
+    /// the lines split off before it.
+    chunk: usize,
+    /// Set while frames decoded from the current chunk may refer to it; they share the mark.
+    mark: Option<ChunkMark>,
+    /// The chunks left behind that frames still referred to, watched without holding them.
+    held: Vec<ChunkWatch>,
+    /// How many chunks frames may hold before frames are copied instead.
+    max_held: usize,
+}
+
+impl ReadBuf {
+    /// A buffer whose frames hold at most about `budget` bytes of chunks besides the current
+    /// one (the connection's inbound buffer: as much again as the calls it counts).
+    pub(super) fn new(budget: usize) -> Self {
+        ReadBuf {
+            buf: BytesMut::new(),
+            chunk: 0,
+            mark: None,
+            held: Vec::new(),
+            max_held: budget / SHARED_CHUNK,
+        }
+    }
+
+    /// The bytes read and not decoded yet.
+    pub(super) fn get(&self) -> &BytesMut {
+        &self.buf
+    }
+
+    /// The buffer, to read into (after [`ReadBuf::make_room`]), and the mark frames decoded
+    /// from it share if they may refer to it.
+    pub(super) fn get_mut(&mut self) -> (&mut BytesMut, Option<&ChunkMark>) {
+        (&mut self.buf, self.mark.as_ref())
+    }
+
+    /// Makes room for a read of `offer` bytes. A tail of at least a quarter of that is read
+    /// into as it is: the frames before it may still refer to the chunk, which then could not
+    /// be reused. Otherwise the chunk is reused if nothing refers to it any more, or a new one
+    /// is taken (twice the unfinished line, if that is more: a long line arriving in pieces is
+    /// copied a bounded number of times).
+    pub(super) fn make_room(&mut self, offer: usize) {
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare > 0 && spare >= offer / 4 {
+            return;
+        }
+        if !self.buf.try_reclaim(offer) {
+            let len = self.buf.len();
+            let mut next = BytesMut::with_capacity((len + offer).max(2 * len));
+            next.extend_from_slice(&self.buf);
+            self.retire(next);
+        }
+        // Chunks frames let go of are forgotten first.
+        self.held.retain(ChunkWatch::is_held);
+        let share = self.chunk <= SHARED_CHUNK && self.held.len() < self.max_held;
+        match (&self.mark, share) {
+            (None, true) => self.mark = Some(ChunkMark::default()),
+            // The chunk was reclaimed: nothing refers to it, so its mark can be dropped or
+            // kept for the frames to come.
+            (Some(_), false) => self.mark = None,
+            _ => {}
+        }
+    }
+
+    /// A big frame may have grown the chunk: once the buffer is empty, do not keep that
+    /// memory, however busy the peer (a peer sending in bulk would otherwise keep up to
+    /// `max_frame_size` here). Frames never hold such a chunk (they are copied out of it).
+    pub(super) fn shrink_if_grown(&mut self) {
+        if self.buf.is_empty() && self.chunk > GROWN {
+            self.retire(BytesMut::new());
+        }
+    }
+
+    /// Whether the chunk is larger than `quiet`, what a quiet connection needs (a busy spell
+    /// or a big frame grew it).
+    pub(super) fn is_larger_than(&self, quiet: usize) -> bool {
+        self.chunk > quiet
+    }
+
+    /// The peer went quiet: keep no chunk, and no room to watch chunks if none is held.
+    pub(super) fn give_back(&mut self) {
+        self.retire(BytesMut::new());
+        self.held.retain(ChunkWatch::is_held);
+        if self.held.is_empty() {
+            self.held = Vec::new();
+        }
+    }
+
+    /// Replaces the chunk with `next`, watching the old one if frames still refer to it.
+    fn retire(&mut self, next: BytesMut) {
+        self.buf = next;
+        self.chunk = self.buf.capacity();
+        if let Some(mark) = self.mark.take() {
+            if mark.is_shared() {
+                self.held.push(mark.watch());
+            }
+        }
+    }
+
+    /// How many chunks left behind frames still refer to.
+    #[cfg(test)]
+    fn held(&mut self) -> usize {
+        self.held.retain(ChunkWatch::is_held);
+        self.held.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::connection::reader::READ_SMALL;
+
+    /// Reads `bytes` as a read would, after making room for `offer`.
+    fn read(buf: &mut ReadBuf, offer: usize, bytes: &[u8]) {
+        buf.make_room(offer);
+        let room = buf.get().capacity() - buf.get().len();
+        assert!(bytes.len() <= room, "{} bytes offered {room}", bytes.len());
+        buf.get_mut().0.extend_from_slice(bytes);
+    }
+
+    /// Splits a line off as the codec does when frames may refer to the chunk: what a frame
+    /// keeps.
+    fn line(buf: &mut ReadBuf, len: usize) -> (Bytes, ChunkMark) {
+        let (bytes, mark) = buf.get_mut();
+        let mark = mark.expect("frames may refer to the chunk").clone();
+        (bytes.split_to(len).freeze(), mark)
+    }
+
+    #[test]
+    fn a_chunk_nothing_refers_to_is_read_into_again() {
+        let mut buf = ReadBuf::new(1 << 20);
+        read(&mut buf, READ_SMALL, &[b'x'; 400]);
+        let at = buf.get().as_ptr();
+        drop(line(&mut buf, 400));
+        // Room for 112 bytes is less than a quarter of the offer: the chunk is reclaimed.
+        read(&mut buf, READ_SMALL, b"y");
+        assert_eq!(buf.get().as_ptr(), at, "the same chunk");
+        assert_eq!(buf.chunk, READ_SMALL);
+        assert_eq!(buf.held(), 0);
+    }
+
+    #[test]
+    fn a_tail_worth_a_read_is_read_into_while_frames_refer_to_the_chunk() {
+        let mut buf = ReadBuf::new(1 << 20);
+        read(&mut buf, READ_SMALL, &[b'x'; 100]);
+        let frame = line(&mut buf, 100);
+        let at = buf.get().as_ptr();
+        read(&mut buf, READ_SMALL, b"y");
+        assert_eq!(
+            buf.get().as_ptr(),
+            at,
+            "read after the frame, in the same chunk"
+        );
+        assert_eq!(buf.held(), 0, "the chunk is still the current one");
+        drop(frame);
+    }
+
+    #[test]
+    fn a_chunk_frames_refer_to_is_left_to_them_and_counted_until_they_let_go() {
+        let mut buf = ReadBuf::new(1 << 20);
+        read(&mut buf, READ_SMALL, &[b'x'; 500]);
+        let frame = line(&mut buf, 499);
+        // The unfinished line moves to a new chunk; the old one stays with the frame.
+        read(&mut buf, READ_SMALL, b"y");
+        assert_eq!(&buf.get()[..], b"xy");
+        assert_eq!(buf.held(), 1);
+        assert_eq!(&frame.0[..], &[b'x'; 499][..]);
+        drop(frame);
+        assert_eq!(buf.held(), 0, "given back when the frame is dropped");
+    }
+
+    #[test]
+    fn frames_are_copied_once_they_hold_the_budget() {
+        let mut buf = ReadBuf::new(2 * SHARED_CHUNK);
+        let mut frames = Vec::new();
+        for _ in 0..2 {
+            read(&mut buf, READ_CHUNK, &[b'x'; READ_CHUNK]);
+            frames.push(line(&mut buf, READ_CHUNK));
+        }
+        read(&mut buf, READ_CHUNK, &[b'x'; READ_CHUNK]);
+        assert_eq!(buf.held(), 2);
+        assert!(
+            buf.get_mut().1.is_none(),
+            "two chunks held: frames are copied"
+        );
+        // Copied lines are only skipped in the buffer.
+        bytes::Buf::advance(buf.get_mut().0, READ_CHUNK);
+        frames.pop();
+        read(&mut buf, READ_CHUNK, b"x");
+        assert!(
+            buf.get_mut().1.is_some(),
+            "one let go: frames refer to their chunk again"
+        );
+        assert_eq!(buf.held(), 1);
+    }
+
+    #[test]
+    fn a_grown_chunk_is_given_back_once_empty_even_while_the_peer_is_busy() {
+        let mut buf = ReadBuf::new(1 << 20);
+        // A long line arriving in pieces grows the chunk; frames never hold such a chunk.
+        while buf.get().len() <= GROWN {
+            read(&mut buf, READ_CHUNK, &[b'x'; READ_CHUNK]);
+        }
+        assert!(buf.chunk > GROWN && buf.mark.is_none());
+        buf.shrink_if_grown();
+        assert!(buf.chunk > GROWN, "a buffer holding bytes is kept");
+        buf.get_mut().0.clear();
+        buf.shrink_if_grown();
+        assert_eq!((buf.chunk, buf.get().capacity()), (0, 0));
+        // Up to four reads' worth is kept.
+        read(&mut buf, READ_CHUNK, &[b'x'; READ_CHUNK]);
+        read(&mut buf, READ_CHUNK, &[b'x'; READ_CHUNK]);
+        buf.get_mut().0.clear();
+        assert!(
+            buf.chunk > READ_CHUNK && buf.chunk <= GROWN,
+            "{}",
+            buf.chunk
+        );
+        buf.shrink_if_grown();
+        assert!(buf.chunk > READ_CHUNK);
+    }
+
+    #[test]
+    fn giving_back_keeps_no_chunk_and_still_counts_what_frames_hold() {
+        let mut buf = ReadBuf::new(1 << 20);
+        read(&mut buf, READ_SMALL, b"[1]\n");
+        let frame = line(&mut buf, 4);
+        buf.give_back();
+        assert_eq!((buf.chunk, buf.get().capacity()), (0, 0));
+        assert_eq!(buf.held(), 1);
+        drop(frame);
+        assert_eq!(buf.held(), 0);
+        buf.give_back();
+        assert_eq!(buf.held.capacity(), 0, "no room kept to watch chunks");
+    }
+}
