@@ -17,11 +17,11 @@ use crate::wire::{Line, WireText};
 /// of its own, as is a `clone`.
 pub struct Response(Repr);
 
-/// `null` is by far the most common result (every notification handler's), so it costs no
-/// allocation.
+/// Two forms, so a `Response` is 40 bytes (see `Args`' representation).
 enum Repr {
-    Null,
-    /// Valid JSON text, by construction (serialized here, or checked where it was read).
+    /// Valid JSON text, by construction (serialized here, or checked where it was read);
+    /// empty for `null`, by far the most common result (every notification handler's), which
+    /// then costs no allocation.
     Json(Box<str>),
     /// Valid JSON text, checked where it was read, still in its line. It keeps the read chunk
     /// alive, so it never reaches code that may keep it (see [`Response::detached`]); the
@@ -39,7 +39,7 @@ impl Response {
 
     /// `null`, the result of a handler that returns nothing.
     pub fn null() -> Self {
-        Response(Repr::Null)
+        Response(Repr::Json(Box::default()))
     }
 
     fn json(text: Box<str>) -> Self {
@@ -51,6 +51,16 @@ impl Response {
     /// Pretty-printed JSON is fine: line breaks become spaces, so a reply stays one line.
     pub fn from_raw(raw: Box<RawValue>) -> Self {
         Response::json(crate::args::one_line(raw).into())
+    }
+
+    /// The length of the JSON text, without the UTF-8 check [`Response::get`] makes of text
+    /// still in its line.
+    pub(crate) fn text_len(&self) -> usize {
+        match &self.0 {
+            Repr::Json(text) if text.is_empty() => 4,
+            Repr::Json(text) => text.len(),
+            Repr::Wire(text) => text.as_bytes().len(),
+        }
     }
 
     /// Raw JSON read from a line, which cannot hold a line break: with the line's bytes,
@@ -90,7 +100,7 @@ impl Response {
     /// The JSON text.
     pub fn get(&self) -> &str {
         match &self.0 {
-            Repr::Null => RawValue::NULL.get(),
+            Repr::Json(text) if text.is_empty() => RawValue::NULL.get(),
             Repr::Json(text) => text,
             Repr::Wire(text) => text.get(),
         }
@@ -99,7 +109,7 @@ impl Response {
     /// The raw JSON value.
     pub fn into_raw(self) -> Box<RawValue> {
         match self.0 {
-            Repr::Null => RawValue::NULL.to_owned(),
+            Repr::Json(text) if text.is_empty() => RawValue::NULL.to_owned(),
             Repr::Json(text) => {
                 RawValue::from_string(text.into()).expect("a response is valid JSON")
             }
@@ -115,7 +125,6 @@ impl Response {
 impl Clone for Response {
     fn clone(&self) -> Self {
         match &self.0 {
-            Repr::Null => Response::null(),
             Repr::Json(text) => Response::json(text.clone()),
             Repr::Wire(text) => Response::json(text.get().into()),
         }
@@ -263,6 +272,7 @@ mod tests {
         let same = Response::new(&serde_json::json!({"a": [1]})).unwrap();
         assert_eq!(reply, same);
         assert_eq!(reply.get(), r#"{"a":[1]}"#);
+        assert_eq!((reply.text_len(), Response::null().text_len()), (9, 4));
         assert_eq!(format!("{reply:?}"), "Response(9 bytes)");
         let parsed: serde_json::Value = reply.deserialize().unwrap();
         assert_eq!(parsed["a"][0], 1);

@@ -189,9 +189,9 @@ impl Frame {
     pub(crate) fn payload_len(&self) -> usize {
         match self {
             Frame::Notification { method, args } | Frame::Request { method, args, .. } => {
-                method.len() + args.get().len()
+                method.len() + args.text_len()
             }
-            Frame::Reply { result: Ok(v), .. } => v.get().len(),
+            Frame::Reply { result: Ok(v), .. } => v.text_len(),
             Frame::Reply { result: Err(e), .. } | Frame::ConnectionError(e) => e.message.len(),
         }
     }
