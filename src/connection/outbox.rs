@@ -9,6 +9,10 @@
 //! ones. The charge ends when the writer takes the buffer, except for what a large buffer holds
 //! beyond one write ([`WRITE_CHUNK`]), which stays charged until it is written: the bytes
 //! waiting for the peer stay about the budget, as they were with a queue of lines.
+//!
+//! Encoding runs under the lock (that is what keeps it to one copy): the arguments' `Serialize`
+//! must not send on the same connection, and a large frame holds the writer back while it is
+//! encoded, as its copy did before.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
