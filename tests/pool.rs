@@ -427,9 +427,14 @@ async fn shutdown_finishes_calls_in_flight_then_leaves_no_child_process() {
 
     let released = Instant::now();
     for conn in &conns {
-        within("release", conn.post_message("release", ()))
-            .await
-            .unwrap();
+        // Once the held call has its reply, the shutdown goes on and may end the other worker
+        // before this loop reaches it: a release that finds its connection closed is fine.
+        // The held call finishing, below, is what shows the release reached its worker.
+        let posted = within("release", conn.post_message("release", ())).await;
+        assert!(
+            posted.as_ref().map_or_else(Error::is_closed, |()| true),
+            "{posted:?}"
+        );
     }
     let pid = within("the call in flight", held)
         .await
