@@ -167,6 +167,13 @@ mod tests {
     }
 
     #[test]
+    fn arguments_are_equal_only_when_their_json_is() {
+        assert_eq!(Args::new(&(1,)).unwrap(), Args::new(&(1,)).unwrap());
+        assert_ne!(Args::new(&(1,)).unwrap(), Args::new(&(2,)).unwrap());
+        assert_ne!(Args::new(&(1,)).unwrap(), Args::empty());
+    }
+
+    #[test]
     fn empty_arguments_read_as_an_empty_array_every_way() {
         let empty = Args::empty();
         assert_eq!(empty.get(), "[]");
