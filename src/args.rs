@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -164,9 +165,13 @@ pub(crate) fn one_line(raw: Box<RawValue>) -> Box<RawValue> {
 /// Writes `args` as the arguments array of a frame being encoded into `line`.
 ///
 /// `null` (from `()`) becomes `[]`; anything else that is not an array is refused.
-pub(crate) fn write_args<T: Serialize + ?Sized>(line: &mut Vec<u8>, args: &T) -> Result<(), Error> {
+pub(crate) fn write_args<T: Serialize + ?Sized>(
+    line: &mut BytesMut,
+    args: &T,
+) -> Result<(), Error> {
     let start = line.len();
-    serde_json::to_writer(&mut *line, args).map_err(|e| Error::new(Kind::Encode).with_source(e))?;
+    serde_json::to_writer((&mut *line).writer(), args)
+        .map_err(|e| Error::new(Kind::Encode).with_source(e))?;
     match line.get(start) {
         Some(b'[') => Ok(()),
         _ if &line[start..] == b"null" => {
@@ -263,6 +268,13 @@ mod tests {
         assert!(!detached.in_line());
         assert_eq!((clone.get(), detached.get()), ("[2]", "[2]"));
         assert!(!Args::empty().detached().in_line());
+    }
+
+    #[test]
+    fn arguments_are_equal_only_when_their_json_is() {
+        assert_eq!(Args::new(&(1,)).unwrap(), Args::new(&(1,)).unwrap());
+        assert_ne!(Args::new(&(1,)).unwrap(), Args::new(&(2,)).unwrap());
+        assert_ne!(Args::new(&(1,)).unwrap(), Args::empty());
     }
 
     #[test]

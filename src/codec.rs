@@ -228,6 +228,19 @@ mod tests {
     }
 
     #[test]
+    fn a_line_of_exactly_max_frame_size_may_wait_for_its_newline() {
+        // The line's bytes arrive first, its `\n` in a later read: it is not too large yet.
+        let line = br#"["ping",[1]]"#;
+        let mut codec = FrameCodec::new(line.len());
+        let mut buf = BytesMut::from(&line[..]);
+        assert!(decode_all(&mut codec, &mut buf).is_empty());
+        buf.extend_from_slice(b"\n");
+        let got = decode_all(&mut codec, &mut buf);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].is_ok(), "{got:?}");
+    }
+
+    #[test]
     fn any_split_of_a_stream_decodes_to_the_same_frames() {
         let mut wire = BytesMut::new();
         let frames: Vec<Frame> = (0..20).map(ping).collect();

@@ -36,8 +36,8 @@
 //! ```text
 //! read half -> codec (bytes -> Frame) -> Frame -+-> reply -> pending table -> the caller's future
 //!                                               +-> call  -> inbox (policy) -> Request -> [your tower layers] -> Router -> handler
-//! handler result -> reply Frame -> line (bytes) -> bounded outbox -> one writer task -> write half
-//! caller -> Caller (a tower::Service) -> pending table (id) -> line -> outbox -> writer
+//! handler result -> reply Frame -> encoded into the bounded outbox's buffer -> one writer task -> write half
+//! caller -> Caller (a tower::Service) -> pending table (id) -> encoded into the outbox -> writer
 //! ```
 //!
 //! Modules, from the wire up; each uses only those above it (no cycles):

@@ -286,8 +286,7 @@ async fn drive<T: Transport>(
         if shared.lifecycle.is_draining() {
             let _ = shared
                 .outgoing
-                .send_control(Frame::ConnectionError(shared.farewell()))
-                .await;
+                .send_control(Frame::ConnectionError(shared.farewell()));
         }
         shared.lifecycle.end();
     };

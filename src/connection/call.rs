@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tower::Service;
 
 use super::outbox::OutboxPoller;
@@ -20,7 +20,9 @@ use crate::request::Request;
 use crate::response::Response;
 
 impl Shared {
-    /// Registers a call and builds its frame; the caller then queues the frame.
+    /// Registers a call: its id, and the future of its reply. The caller then queues the
+    /// frame (registered first, so the reply cannot come before it), or gives the future up
+    /// with [`ResponseFuture::unsent`].
     ///
     /// A call with a timeout fails locally with a timeout error when it passes (and the peer,
     /// told the same deadline as `meta.timeout_ms`, gives up too). A timeout that has passed
@@ -28,8 +30,7 @@ impl Shared {
     pub(super) fn start_call(
         self: &Arc<Self>,
         timeout: Option<Duration>,
-        encode: impl FnOnce(u64) -> Result<Vec<u8>, Error>,
-    ) -> Result<(Vec<u8>, ResponseFuture), Error> {
+    ) -> Result<(u64, ResponseFuture), Error> {
         if self.lifecycle.is_ending() {
             return Err(Error::closed());
         }
@@ -37,8 +38,6 @@ impl Shared {
             return Err(Error::new(Kind::Timeout));
         }
         let id = self.next_call_id();
-        let line = encode(id)?;
-        self.check_line(&line)?;
         let (tx, rx) = oneshot::channel();
         self.pending.insert(id, tx)?;
         // Inside an outgoing trace span, this ties the span to the call's id.
@@ -56,19 +55,17 @@ impl Shared {
                 deadline,
             },
         };
-        Ok((line, reply))
+        Ok((id, reply))
     }
 
     /// [`Shared::start_call`] for a [`Request`], whose `meta.timeout_ms` is the explicit
     /// timeout; an inherited deadline may shorten it.
-    fn start_request(
-        self: &Arc<Self>,
-        mut req: Request,
-    ) -> Result<(Vec<u8>, ResponseFuture), Error> {
+    fn start_request(self: &Arc<Self>, mut req: Request) -> Result<(Frame, ResponseFuture), Error> {
         let explicit = req.meta().timeout_ms.map(Duration::from_millis);
         let timeout = deadline::effective(explicit);
         req.meta_mut().timeout_ms = timeout.map(deadline::to_millis);
-        self.start_call(timeout, |id| Ok(self.outgoing.encode(&req.into_call(id))))
+        let (id, reply) = self.start_call(timeout)?;
+        Ok((req.into_call(id), reply))
     }
 }
 
@@ -90,16 +87,9 @@ impl Drop for CallGuard {
             method: CANCEL_METHOD.into(),
             args: Args::new(&(self.id,)).expect("an id serializes"),
         };
-        match self.shared.outgoing.try_send_control(cancel) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(cancel)) => {
-                // Drop cannot wait; a full queue gets the cancel from a task.
-                let outgoing = self.shared.outgoing.clone();
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move { outgoing.send_control(cancel).await });
-                }
-            }
-        }
+        // Not charged, so never refused for room: Drop cannot wait. It fails only once the
+        // writer is gone, and then there is no peer to tell.
+        let _ = self.shared.outgoing.send_control(cancel);
     }
 }
 
@@ -155,16 +145,26 @@ impl Service<Request> for Caller {
     }
 
     fn call(&mut self, req: Request) -> ResponseFuture {
-        let (line, reply) = match self.shared.start_request(req) {
+        let (frame, reply) = match self.shared.start_request(req) {
             Ok(started) => started,
             Err(e) => {
                 self.outgoing.abort();
                 return ResponseFuture::failed(e);
             }
         };
-        match self.outgoing.send(line) {
+        let shared = &self.shared;
+        let sent = self.outgoing.send(|buf| {
+            shared.checked(buf, |buf| {
+                frame.encode(buf);
+                Ok(())
+            })
+        });
+        match sent {
             Ok(()) => reply,
-            Err(_) => ResponseFuture::failed(Error::closed()),
+            Err(e) => {
+                reply.unsent();
+                ResponseFuture::failed(e)
+            }
         }
     }
 }
@@ -209,7 +209,10 @@ impl Service<Request> for Notifier {
             self.shared.check_size(&frame)
         };
         std::future::ready(match result {
-            Ok(()) => self.outgoing.send(self.shared.outgoing.encode(&frame)),
+            Ok(()) => self.outgoing.send(|buf| {
+                frame.encode(buf);
+                Ok(())
+            }),
             Err(e) => {
                 self.outgoing.abort();
                 Err(e)
@@ -237,6 +240,15 @@ impl ResponseFuture {
     pub(super) fn failed(error: Error) -> Self {
         ResponseFuture {
             state: State::Failed(Some(error)),
+        }
+    }
+
+    /// Gives up a call whose frame was never queued: it is forgotten, with nothing to cancel
+    /// at the peer.
+    pub(super) fn unsent(mut self) {
+        if let State::Waiting { guard, .. } = &mut self.state {
+            guard.armed = false;
+            guard.shared.pending.remove(guard.id);
         }
     }
 }

@@ -62,7 +62,9 @@ impl Config {
 
     /// How many bytes of outgoing frames may wait for the writer (default 8 MiB); senders wait
     /// while it is spent, so a peer that stops reading costs at most this much memory here.
-    /// A frame larger than the whole budget is charged the whole budget.
+    /// A sender is let in while the queue is under the budget and is charged its whole
+    /// frame, so the queue may exceed the budget by one frame, and a frame larger than the
+    /// whole budget still gets through.
     pub fn outgoing_buffer(mut self, bytes: usize) -> Self {
         self.outgoing_buffer = bytes.clamp(1024, u32::MAX as usize);
         self

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -11,7 +12,7 @@ use tower::Service;
 
 use super::{deadline, BoundService, Caller, Events, Notifier, Shared};
 use crate::error::{BoxError, Error, Kind, RpcError};
-use crate::frame::{call_line, Meta};
+use crate::frame::{encode_call, Meta};
 use crate::handler::FromContext;
 use crate::peer::PeerInfo;
 use crate::request::Request;
@@ -47,8 +48,8 @@ impl Connection {
     /// `args` must serialize to a JSON array: a tuple such as `(x, time)`, `(x,)` for one
     /// argument, or `()` for none. Waits while the outgoing queue is full.
     pub async fn post_message(&self, method: &str, args: impl Serialize) -> Result<(), Error> {
-        let line = self.notification_line(method, &args)?;
-        self.shared.outgoing.send_line(line).await
+        let notification = self.notification(method, args)?;
+        self.shared.outgoing.send_with(notification).await
     }
 
     /// As [`post_message`](Connection::post_message), without waiting: fails with
@@ -56,23 +57,25 @@ impl Connection {
     /// such as a server's per-connection factory greeting a new peer before anything is read
     /// from it.
     pub fn try_post_message(&self, method: &str, args: impl Serialize) -> Result<(), Error> {
-        let line = self.notification_line(method, &args)?;
-        self.shared.outgoing.try_send_line(line)
+        let notification = self.notification(method, args)?;
+        self.shared.outgoing.try_send_with(notification)
     }
 
-    fn notification_line(&self, method: &str, args: &impl Serialize) -> Result<Vec<u8>, Error> {
+    /// What encodes the notification into the outgoing buffer (it owns `args`, so a future
+    /// that holds it needs only `args: Send`).
+    fn notification<'a, T: Serialize + 'a>(
+        &'a self,
+        method: &'a str,
+        args: T,
+    ) -> Result<impl FnOnce(&mut BytesMut) -> Result<(), Error> + 'a, Error> {
         if self.shared.lifecycle.is_ending() {
             return Err(Error::closed());
         }
-        let line = call_line(
-            self.shared.outgoing.line_buffer(),
-            method,
-            args,
-            None,
-            &Meta::default(),
-        )?;
-        self.shared.check_line(&line)?;
-        Ok(line)
+        Ok(move |buf: &mut BytesMut| {
+            self.shared.checked(buf, |buf| {
+                encode_call(buf, method, &args, None, &Meta::default())
+            })
+        })
     }
 
     /// Calls `method` on the peer and waits for its reply.
@@ -111,16 +114,23 @@ impl Connection {
         let meta = Meta {
             timeout_ms: timeout.map(deadline::to_millis),
         };
-        let (line, reply) = self.shared.start_call(timeout, |id| {
-            let line = self.shared.outgoing.line_buffer();
-            call_line(line, method, &args, Some(id), &meta)
-        })?;
-        match timeout {
-            None => self.shared.outgoing.send_line(line).await?,
+        let (id, reply) = self.shared.start_call(timeout)?;
+        let send = self.shared.outgoing.send_with(move |buf| {
+            self.shared
+                .checked(buf, |buf| encode_call(buf, method, &args, Some(id), &meta))
+        });
+        let sent = match timeout {
+            None => send.await,
             Some(timeout) => tokio::select! {
-                sent = self.shared.outgoing.send_line(line) => sent?,
-                _ = tokio::time::sleep(timeout) => return Err(Error::new(Kind::Timeout)),
+                sent = send => sent,
+                _ = tokio::time::sleep(timeout) => Err(Error::new(Kind::Timeout)),
             },
+        };
+        // A frame never queued (no room before the deadline, too large, the connection
+        // ended) needs no `$/cancel`.
+        if let Err(e) = sent {
+            reply.unsent();
+            return Err(e);
         }
         let mut reply = reply;
         // Read where it arrived: the reply is dropped once deserialized.

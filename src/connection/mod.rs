@@ -47,6 +47,7 @@ mod writer;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use bytes::BytesMut;
 use tokio::sync::{broadcast, watch};
 
 use crate::error::{code, Error, RpcError};
@@ -73,7 +74,7 @@ const CANCEL_METHOD: &str = "$/cancel";
 pub(crate) struct Shared {
     config: Config,
     peer: PeerInfo,
-    /// Frames for the writer; bounded, so senders feel backpressure.
+    /// Frames for the writer, encoded into its buffer; bounded, so senders feel backpressure.
     outgoing: Outbox,
     /// This side's calls waiting for replies.
     pending: Pending,
@@ -174,6 +175,18 @@ impl Shared {
     fn check_line(&self, line: &[u8]) -> Result<(), Error> {
         // The terminator does not count, as on the receiving side.
         self.check_len(line.len().saturating_sub(1))
+    }
+
+    /// Appends the line `encode` writes to `buf`, refusing one the peer would discard (the
+    /// outbox then takes it out again).
+    fn checked(
+        &self,
+        buf: &mut BytesMut,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let start = buf.len();
+        encode(buf)?;
+        self.check_line(&buf[start..])
     }
 
     fn check_len(&self, len: usize) -> Result<(), Error> {

@@ -1,271 +1,498 @@
-//! The outgoing queue: bounded in frames (a channel) and in bytes (a semaphore), so a peer that
-//! stops reading holds its senders back instead of growing memory.
+//! The outgoing queue: one write buffer that senders encode their frames into, under a short
+//! lock, and that the writer takes whole, leaving an empty one in its place. A frame is encoded
+//! once, in wire order, and never copied before it is written.
 //!
-//! A frame is charged `min(its payload, the byte budget)` until the writer has encoded it.
+//! The buffer is bounded in frames and in bytes, so a peer that stops reading holds its
+//! senders back instead of growing memory. A sender is let in while the buffer is under both
+//! limits and is then charged its whole frame: the buffer may overshoot the byte budget by one
+//! frame, which lets a frame larger than the budget through without starving it behind small
+//! ones. The charge ends when the writer takes the buffer, except for what a large buffer holds
+//! beyond one write ([`WRITE_CHUNK`]), which stays charged until it is written: the bytes
+//! waiting for the peer stay about the budget, as they were with a queue of lines.
+//!
+//! Encoding runs under the lock (that is what keeps it to one copy): the arguments' `Serialize`
+//! must not send on the same connection, and a large frame holds the writer back while it is
+//! encoded, as its copy did before.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
-use tokio_util::sync::{PollSemaphore, PollSender};
+use bytes::BytesMut;
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 
 use crate::error::{Error, Kind};
 use crate::frame::Frame;
 
-/// An encoded frame in the queue, with its share of the byte budget. Frames are encoded by
-/// their senders, so the writer only gathers bytes.
-pub(crate) struct Queued {
-    pub(crate) line: Vec<u8>,
-    /// Released when the writer has encoded the frame.
-    _bytes: Option<OwnedSemaphorePermit>,
-}
+/// The most the writer hands the stream at once; a taken buffer larger than this stays
+/// charged beyond it until written.
+pub(super) const WRITE_CHUNK: usize = 65_536;
+/// A buffer that grew beyond this is freed once written instead of kept for the next frames,
+/// so a connection that was busy once does not keep the memory (1,000 connections x a large
+/// buffer adds up).
+const KEEP: usize = 16_384;
 
-/// The writer's end of the queue, and where it gives back the line buffers it is done with.
-pub(crate) struct Receiver {
-    pub(crate) queue: mpsc::Receiver<Queued>,
-    pub(crate) spare: SpareLines,
-}
-
+/// The senders' end: cheap to clone, one per connection in `Shared`.
 #[derive(Clone)]
 pub(crate) struct Outbox {
-    slots: mpsc::Sender<Queued>,
-    bytes: Arc<Semaphore>,
+    queue: Arc<Queue>,
+}
+
+/// The writer's end. Dropping it (the writer is gone) fails every send from then on.
+pub(crate) struct Receiver {
+    queue: Arc<Queue>,
+}
+
+struct Queue {
+    state: Mutex<State>,
+    /// Woken when room may have freed (the writer took the buffer, a reservation was given
+    /// back) or the writer is gone; only when a sender is waiting (`State::waited`).
+    room: Arc<Notify>,
+    /// `Config::outgoing_queue`.
+    frames: usize,
+    /// `Config::outgoing_buffer`.
     budget: usize,
-    spare: SpareLines,
+}
+
+#[derive(Default)]
+struct State {
+    /// Encoded frames waiting for the writer, in the order they were sent.
+    buf: BytesMut,
+    /// An empty buffer the writer gave back, put in place of `buf` when the writer takes it:
+    /// the two alternate, so a busy connection encodes without allocating.
+    spare: BytesMut,
+    /// Charged frames in `buf`; control frames are not counted.
+    frames: usize,
+    /// Bytes of the charged frames in `buf`.
+    bytes: usize,
+    /// Bytes the writer has taken but not written, beyond one write.
+    held: usize,
+    /// Frames reserved by ready pollers, one frame and one byte each.
+    reserved: usize,
+    /// Set when the writer ends or is gone: sends fail from then on.
+    closed: bool,
+    /// A sender found no room since room last freed: whoever frees room wakes `Queue::room`.
+    waited: bool,
+    /// The writer, waiting for frames.
+    writer: Option<std::task::Waker>,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing is left half done under the lock: a panicking encoder's line is taken out.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a sender may add a frame now: `Ok(false)` when over a limit, `Err` once the
+    /// writer is gone.
+    fn has_room(&self, state: &State) -> Result<bool, Error> {
+        if state.closed {
+            return Err(Error::closed());
+        }
+        Ok(state.frames + state.reserved < self.frames
+            && state.bytes + state.held + state.reserved < self.budget)
+    }
+
+    /// Unlocks, then wakes the senders waiting for room, if any.
+    fn room_freed(&self, mut state: MutexGuard<'_, State>) {
+        let waited = std::mem::take(&mut state.waited);
+        drop(state);
+        if waited {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Locks the state once there is room for a frame; `Err` once the writer is gone.
+    async fn room(&self) -> Result<MutexGuard<'_, State>, Error> {
+        loop {
+            if let Some(state) = self.admit(false)? {
+                return Ok(state);
+            }
+            // Made before the second look, so room freed after that look wakes it.
+            let notified = self.room.notified();
+            if let Some(state) = self.admit(true)? {
+                return Ok(state);
+            }
+            notified.await;
+        }
+    }
+
+    /// The state, locked, if there is room for a frame now; if not and `wait`, asks for a
+    /// wake-up when room frees.
+    fn admit(&self, wait: bool) -> Result<Option<MutexGuard<'_, State>>, Error> {
+        let mut state = self.lock();
+        if self.has_room(&state)? {
+            return Ok(Some(state));
+        }
+        state.waited |= wait;
+        Ok(None)
+    }
+
+    /// Appends one line to the buffer, under the lock (so frames keep their order), and wakes
+    /// the writer. A line that `encode` fails on (or panics in) is taken out again.
+    fn append(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        charged: bool,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let start = state.buf.len();
+        let line = Unfinished {
+            buf: &mut state.buf,
+            start,
+        };
+        encode(line.buf)?;
+        std::mem::forget(line);
+        if charged {
+            state.frames += 1;
+            state.bytes += state.buf.len() - start;
+        }
+        let writer = state.writer.take();
+        drop(state);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        Ok(())
+    }
+}
+
+/// A line being encoded into the buffer: taken out again unless finished (`mem::forget`), so
+/// an encoding error or a panicking `Serialize` leaves no broken frame for the writer.
+struct Unfinished<'a> {
+    buf: &'a mut BytesMut,
+    start: usize,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.buf.truncate(self.start);
+    }
 }
 
 impl Outbox {
     pub(crate) fn new(frames: usize, budget: usize) -> (Self, Receiver) {
-        let (slots, queue) = mpsc::channel(frames);
-        let spare = SpareLines::default();
-        (
-            Outbox {
-                slots,
-                bytes: Arc::new(Semaphore::new(budget)),
-                budget,
-                spare: spare.clone(),
-            },
-            Receiver { queue, spare },
-        )
+        let queue = Arc::new(Queue {
+            state: Mutex::default(),
+            room: Arc::new(Notify::new()),
+            frames,
+            budget,
+        });
+        let receiver = Receiver {
+            queue: queue.clone(),
+        };
+        (Outbox { queue }, receiver)
     }
 
-    /// An empty buffer to encode a frame into: one the writer gave back when there is one.
-    pub(crate) fn line_buffer(&self) -> Vec<u8> {
-        self.spare.take()
-    }
-
-    /// Frees the spare line buffers: for a connection gone quiet.
+    /// Frees the buffers while nothing is queued: for a connection gone quiet.
     pub(crate) fn release_memory(&self) {
-        self.spare.clear();
+        let mut state = self.queue.lock();
+        if state.buf.is_empty() {
+            state.buf = BytesMut::new();
+        }
+        state.spare = BytesMut::new();
     }
 
-    /// The frame's line, in a buffer of the writer's when there is one.
-    pub(crate) fn encode(&self, frame: &Frame) -> Vec<u8> {
-        let mut line = self.line_buffer();
-        frame.write(&mut line);
-        line
-    }
-
-    fn cost(&self, line: &[u8]) -> u32 {
-        line.len().clamp(1, self.budget) as u32
-    }
-
-    /// Queues a frame, waiting for room in bytes and then in frames.
+    /// Queues a frame, waiting for room.
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), Error> {
-        self.send_line(self.encode(&frame)).await
-    }
-
-    /// Queues an encoded frame, waiting for room in bytes and then in frames.
-    pub(crate) async fn send_line(&self, line: Vec<u8>) -> Result<(), Error> {
-        let bytes = self
-            .bytes
-            .clone()
-            .acquire_many_owned(self.cost(&line))
-            .await;
-        let bytes = bytes.map_err(|_| Error::closed())?;
-        let queued = Queued {
-            line,
-            _bytes: Some(bytes),
-        };
-        self.slots.send(queued).await.map_err(|_| Error::closed())
-    }
-
-    /// Queues an encoded frame if there is room now, in bytes and in frames.
-    pub(crate) fn try_send_line(&self, line: Vec<u8>) -> Result<(), Error> {
-        let full = || Error::new(Kind::Full);
-        let bytes = match self.bytes.clone().try_acquire_many_owned(self.cost(&line)) {
-            Ok(bytes) => bytes,
-            Err(TryAcquireError::Closed) => return Err(Error::closed()),
-            Err(TryAcquireError::NoPermits) => return Err(full()),
-        };
-        let queued = Queued {
-            line,
-            _bytes: Some(bytes),
-        };
-        self.slots.try_send(queued).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => full(),
-            mpsc::error::TrySendError::Closed(_) => Error::closed(),
+        self.send_with(|buf| {
+            frame.encode(buf);
+            Ok(())
         })
+        .await
     }
 
-    /// Queues a small control frame (`$/cancel`, a connection error) without waiting; it is
-    /// not charged, so it cannot be starved by the budget.
-    pub(crate) fn try_send_control(
+    /// Queues the one line `encode` appends, waiting for room; nothing is queued if it fails.
+    pub(crate) async fn send_with(
         &self,
-        frame: Frame,
-    ) -> Result<(), mpsc::error::TrySendError<Frame>> {
-        match self.slots.try_reserve() {
-            Ok(slot) => {
-                slot.send(Queued {
-                    line: self.encode(&frame),
-                    _bytes: None,
-                });
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(())) => Err(mpsc::error::TrySendError::Full(frame)),
-            Err(mpsc::error::TrySendError::Closed(())) => {
-                Err(mpsc::error::TrySendError::Closed(frame))
-            }
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let state = self.queue.room().await?;
+        self.queue.append(state, true, encode)
+    }
+
+    /// As [`Outbox::send_with`] if there is room now; [`Kind::Full`] if not.
+    pub(crate) fn try_send_with(
+        &self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        match self.queue.admit(false)? {
+            Some(state) => self.queue.append(state, true, encode),
+            None => Err(Error::new(Kind::Full)),
         }
     }
 
-    /// As [`Outbox::try_send_control`], waiting for a frame slot.
-    pub(crate) async fn send_control(&self, frame: Frame) -> Result<(), Error> {
-        let queued = Queued {
-            line: self.encode(&frame),
-            _bytes: None,
-        };
-        self.slots.send(queued).await.map_err(|_| Error::closed())
+    /// Queues a small control frame (`$/cancel`, a connection error) at once: it is not
+    /// charged, so neither limit can starve it. Fails only once the writer is gone.
+    pub(crate) fn send_control(&self, frame: Frame) -> Result<(), Error> {
+        let state = self.queue.lock();
+        if state.closed {
+            return Err(Error::closed());
+        }
+        self.queue.append(state, false, |buf| {
+            frame.encode(buf);
+            Ok(())
+        })
     }
 
     pub(crate) fn poller(&self) -> OutboxPoller {
         OutboxPoller {
-            slots: PollSender::new(self.slots.clone()),
-            bytes: PollSemaphore::new(self.bytes.clone()),
-            held: None,
-            budget: self.budget,
+            queue: self.queue.clone(),
+            held: false,
+            waiting: None,
         }
     }
 }
 
-/// Line buffers the writer has copied out, kept for the next frames so that most frames cost
-/// no allocation. Small ones only, so a connection keeps at most `KEPT * LARGEST` (8 KiB)
-/// here, and only after it was busy.
-#[derive(Clone, Default)]
-pub(crate) struct SpareLines(Arc<Mutex<Vec<Vec<u8>>>>);
-
-impl SpareLines {
-    const KEPT: usize = 64;
-    /// Buffers that grew larger (a big frame) are freed instead.
-    const LARGEST: usize = 128;
-    /// The capacity of a new buffer: room for a typical small frame.
-    const NEW: usize = 96;
-
-    fn take(&self) -> Vec<u8> {
-        let spare = self.0.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        spare.unwrap_or_else(|| Vec::with_capacity(Self::NEW))
+impl Receiver {
+    /// Gives back `buf`, the writer's buffer once written, and puts the frames queued since in
+    /// it, waiting for some.
+    pub(crate) async fn take(&self, buf: &mut BytesMut) {
+        poll_fn(|cx| self.poll_take(cx, buf)).await
     }
 
-    fn clear(&self) {
-        let spare = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
-        drop(spare);
+    fn poll_take(&self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<()> {
+        let mut state = self.queue.lock();
+        give_back(&mut state, buf);
+        if state.buf.is_empty() {
+            match &mut state.writer {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                writer => *writer = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        self.take_locked(&mut state, buf);
+        self.queue.room_freed(state);
+        Poll::Ready(())
     }
 
-    /// Keeps `line`, emptied, if it is small and there is room; frees it otherwise.
-    pub(crate) fn give_back(&self, mut line: Vec<u8>) {
-        if line.capacity() > Self::LARGEST {
-            return;
+    /// Swaps the queued frames into `buf` (empty); their charge ends.
+    fn take_locked(&self, state: &mut State, buf: &mut BytesMut) {
+        let spare = std::mem::take(&mut state.spare);
+        *buf = std::mem::replace(&mut state.buf, spare);
+        state.frames = 0;
+        state.bytes = 0;
+        state.held = buf.len().saturating_sub(WRITE_CHUNK);
+    }
+
+    /// The writer has written all but `left` bytes of what it took: the charge of what it
+    /// holds beyond one write shrinks with it.
+    pub(crate) fn written(&self, left: usize) {
+        let mut state = self.queue.lock();
+        let held = left.saturating_sub(WRITE_CHUNK);
+        if held < state.held {
+            state.held = held;
+            self.queue.room_freed(state);
         }
-        let mut spare = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if spare.len() < Self::KEPT {
-            line.clear();
-            spare.push(line);
+    }
+
+    /// Ending: refuses further frames and puts those queued in `buf` (empty), to be written
+    /// last.
+    pub(crate) fn close(&self, buf: &mut BytesMut) {
+        let mut state = self.queue.lock();
+        state.closed = true;
+        // Senders waiting for room now fail.
+        state.waited = true;
+        if !state.buf.is_empty() {
+            self.take_locked(&mut state, buf);
         }
+        self.queue.room_freed(state);
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let mut state = self.queue.lock();
+        state.closed = true;
+        state.waited = true;
+        // Nothing will write what is left.
+        state.buf = BytesMut::new();
+        state.spare = BytesMut::new();
+        self.queue.room_freed(state);
+    }
+}
+
+/// Keeps the writer's emptied buffer for the next frames, unless a big write grew it or both
+/// places are taken.
+fn give_back(state: &mut State, buf: &mut BytesMut) {
+    let mut buf = std::mem::take(buf);
+    if buf.capacity() == 0 || buf.capacity() > KEEP {
+        return;
+    }
+    buf.clear();
+    if state.buf.capacity() == 0 {
+        state.buf = buf;
+    } else if state.spare.capacity() == 0 {
+        state.spare = buf;
     }
 }
 
 /// The queue as `poll_ready`/`call` for tower services.
 ///
-/// `poll_ready` waits until the byte budget has room and a frame slot is free; `send` then
-/// charges the frame, taking what is left of the budget if the frame is larger than that: the
-/// budget may be exceeded by the one frame each ready service holds.
+/// `poll_ready` waits until there is room and reserves one frame (and one byte of the
+/// budget); `send` then queues the frame whatever its size: the limits may be exceeded by the
+/// one frame each ready service holds. Clones start with nothing reserved; dropping a ready
+/// poller gives its reservation back.
 pub(crate) struct OutboxPoller {
-    slots: PollSender<Queued>,
-    bytes: PollSemaphore,
-    held: Option<OwnedSemaphorePermit>,
-    budget: usize,
+    queue: Arc<Queue>,
+    /// Whether `poll_ready` reserved a frame that `send` has not used yet.
+    held: bool,
+    /// Woken when room may have freed; boxed only by a poller that had to wait.
+    waiting: Option<Pin<Box<OwnedNotified>>>,
 }
 
 impl Clone for OutboxPoller {
     fn clone(&self) -> Self {
         OutboxPoller {
-            slots: self.slots.clone(),
-            bytes: self.bytes.clone(),
-            held: None,
-            budget: self.budget,
+            queue: self.queue.clone(),
+            held: false,
+            waiting: None,
         }
     }
 }
 
 impl OutboxPoller {
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.held.is_none() {
-            match ready!(self.bytes.poll_acquire(cx)) {
-                Some(permit) => self.held = Some(permit),
-                None => return Poll::Ready(Err(Error::closed())),
+        if self.held {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(waiting) = &mut self.waiting {
+            ready!(waiting.as_mut().poll(cx));
+            self.waiting = None;
+        }
+        if self.try_reserve(false)? {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            // Made before the second look, so room freed after that look wakes this poller.
+            let mut notified = Box::pin(self.queue.room.clone().notified_owned());
+            if self.try_reserve(true)? {
+                return Poll::Ready(Ok(()));
+            }
+            if notified.as_mut().poll(cx).is_pending() {
+                self.waiting = Some(notified);
+                return Poll::Pending;
             }
         }
-        self.slots.poll_reserve(cx).map_err(|_| Error::closed())
     }
 
-    pub(crate) fn send(&mut self, line: Vec<u8>) -> Result<(), Error> {
-        let mut bytes = self.held.take().ok_or_else(Error::closed)?;
-        let want = line.len().clamp(1, self.budget) - 1;
-        let semaphore = self.bytes.clone_inner();
-        let more = want.min(semaphore.available_permits()) as u32;
-        if let Ok(extra) = semaphore.try_acquire_many_owned(more) {
-            bytes.merge(extra);
-        }
-        let queued = Queued {
-            line,
-            _bytes: Some(bytes),
+    /// Reserves a frame if there is room now (see [`Queue::admit`]).
+    fn try_reserve(&mut self, wait: bool) -> Result<bool, Error> {
+        let Some(mut state) = self.queue.admit(wait)? else {
+            return Ok(false);
         };
-        self.slots.send_item(queued).map_err(|_| Error::closed())
+        state.reserved += 1;
+        self.held = true;
+        Ok(true)
     }
 
+    /// Queues the one line `encode` appends, using the frame `poll_ready` reserved.
+    pub(crate) fn send(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if !self.held {
+            return Err(Error::closed());
+        }
+        self.held = false;
+        let mut state = self.queue.lock();
+        state.reserved -= 1;
+        if state.closed {
+            return Err(Error::closed());
+        }
+        self.queue.append(state, true, encode)
+    }
+
+    /// Gives back what `poll_ready` reserved, if anything.
     pub(crate) fn abort(&mut self) {
-        self.held = None;
-        self.slots.abort_send();
+        if std::mem::take(&mut self.held) {
+            let mut state = self.queue.lock();
+            state.reserved -= 1;
+            self.queue.room_freed(state);
+        }
+    }
+}
+
+impl Drop for OutboxPoller {
+    fn drop(&mut self) {
+        self.abort();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::future::poll_fn;
 
     const BUDGET: usize = 4096;
 
-    #[tokio::test]
-    async fn a_frame_is_charged_its_bytes_until_the_writer_takes_it() {
-        let (outbox, mut rx) = Outbox::new(8, BUDGET);
-        let mut poller = outbox.poller();
-        poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
-        poller.send(vec![b'x'; 3000]).unwrap();
-        assert_eq!(outbox.bytes.available_permits(), BUDGET - 3000);
-        let queued = rx.queue.recv().await.unwrap();
-        assert_eq!(queued.line.len(), 3000);
-        drop(queued);
-        assert_eq!(outbox.bytes.available_permits(), BUDGET);
+    fn line(len: usize) -> impl FnOnce(&mut BytesMut) -> Result<(), Error> {
+        move |buf| {
+            buf.extend_from_slice(&vec![b'x'; len - 1]);
+            buf.extend_from_slice(b"\n");
+            Ok(())
+        }
+    }
+
+    fn charged(outbox: &Outbox) -> (usize, usize) {
+        let state = outbox.queue.lock();
+        (
+            state.frames + state.reserved,
+            state.bytes + state.held + state.reserved,
+        )
     }
 
     #[tokio::test]
-    async fn a_frame_larger_than_the_budget_takes_what_is_left() {
-        let (outbox, _rx) = Outbox::new(8, BUDGET);
+    async fn a_frame_is_charged_its_bytes_until_the_writer_takes_it() {
+        let (outbox, rx) = Outbox::new(8, BUDGET);
         let mut poller = outbox.poller();
         poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
-        poller.send(vec![b'x'; 3 * BUDGET]).unwrap();
-        assert_eq!(outbox.bytes.available_permits(), 0);
+        assert_eq!(charged(&outbox), (1, 1));
+        poller.send(line(3000)).unwrap();
+        assert_eq!(charged(&outbox), (1, 3000));
+        let mut buf = BytesMut::new();
+        rx.take(&mut buf).await;
+        assert_eq!(buf.len(), 3000);
+        assert_eq!(charged(&outbox), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_budget_gets_in_while_there_is_room() {
+        let (outbox, rx) = Outbox::new(8, BUDGET);
+        outbox.try_send_with(line(100)).unwrap();
+        outbox.try_send_with(line(3 * BUDGET)).unwrap();
+        assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
+        let mut buf = BytesMut::new();
+        rx.take(&mut buf).await;
+        assert_eq!(buf.len(), 100 + 3 * BUDGET);
+        // Taken, but mostly beyond one write: charged until written.
+        assert_eq!(charged(&outbox).1, 0);
+        let mut big = BytesMut::new();
+        outbox.try_send_with(line(3 * WRITE_CHUNK)).unwrap();
+        rx.take(&mut big).await;
+        assert_eq!(charged(&outbox), (0, 2 * WRITE_CHUNK));
+        assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
+        rx.written(WRITE_CHUNK + 10);
+        assert_eq!(charged(&outbox), (0, 10));
+        outbox.try_send_with(line(1)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiting_sender_is_woken_when_the_writer_takes_the_buffer() {
+        let (outbox, rx) = Outbox::new(1, BUDGET);
+        outbox.try_send_with(line(10)).unwrap();
+        let second = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send_with(line(20)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        let mut buf = BytesMut::new();
+        rx.take(&mut buf).await;
+        second.await.unwrap().unwrap();
+        buf.clear();
+        rx.take(&mut buf).await;
+        assert_eq!(buf.len(), 20);
     }
 
     #[tokio::test]
@@ -273,61 +500,87 @@ mod tests {
         let (outbox, _rx) = Outbox::new(1, BUDGET);
         let mut poller = outbox.poller();
         poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
-        assert_eq!(outbox.bytes.available_permits(), BUDGET - 1);
+        assert_eq!(charged(&outbox), (1, 1));
+        assert!(outbox.try_send_with(line(2)).unwrap_err().is_overloaded());
+        // A clone has nothing reserved.
+        let mut clone = poller.clone();
+        assert!(clone.send(line(2)).is_err());
         poller.abort();
-        assert_eq!(outbox.bytes.available_permits(), BUDGET);
-        // The one frame slot is free again: another sender gets it.
-        outbox.try_send_line(b"x\n".to_vec()).unwrap();
+        assert_eq!(charged(&outbox), (0, 0));
+        // The one frame is free again: another sender gets it.
+        outbox.try_send_with(line(2)).unwrap();
+        // A poller dropped while ready gives its frame back too.
+        let (outbox, _rx) = Outbox::new(1, BUDGET);
+        let mut poller = outbox.poller();
+        poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
+        drop(poller);
+        assert_eq!(charged(&outbox), (0, 0));
     }
 
     #[tokio::test]
     async fn try_send_refuses_when_frames_or_bytes_are_spent() {
-        let (outbox, mut rx) = Outbox::new(2, BUDGET);
-        outbox.try_send_line(vec![b'x'; 10]).unwrap();
-        outbox.try_send_line(vec![b'x'; 10]).unwrap();
-        assert!(outbox
-            .try_send_line(vec![b'x'; 10])
-            .unwrap_err()
-            .is_overloaded());
-        rx.queue.recv().await.unwrap();
-        rx.queue.recv().await.unwrap();
-        outbox.try_send_line(vec![b'x'; BUDGET]).unwrap();
-        assert!(outbox
-            .try_send_line(vec![b'x'; 1])
-            .unwrap_err()
-            .is_overloaded());
+        let (outbox, rx) = Outbox::new(2, BUDGET);
+        outbox.try_send_with(line(10)).unwrap();
+        outbox.try_send_with(line(10)).unwrap();
+        assert!(outbox.try_send_with(line(10)).unwrap_err().is_overloaded());
+        // Control frames are not charged.
+        outbox
+            .send_control(Frame::ConnectionError(crate::RpcError::internal("x")))
+            .unwrap();
+        let mut buf = BytesMut::new();
+        rx.take(&mut buf).await;
+        assert!(buf.ends_with(b"]\n") && buf.starts_with(&[b'x'; 9]));
+        outbox.try_send_with(line(BUDGET)).unwrap();
+        assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
+        buf.clear();
+        rx.take(&mut buf).await;
+        outbox.try_send_with(line(1)).unwrap();
         drop(rx);
-        assert!(outbox.try_send_line(vec![b'x'; 1]).is_err());
+        assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
+        assert!(outbox.send_with(line(1)).await.unwrap_err().is_closed());
     }
 
     #[test]
-    fn spare_lines_come_back_empty_small_and_few() {
-        let spare = SpareLines::default();
-        spare.give_back(Vec::with_capacity(SpareLines::LARGEST + 1));
-        assert_eq!(spare.0.lock().unwrap().len(), 0, "a large buffer is freed");
-        for _ in 0..SpareLines::KEPT + 10 {
-            spare.give_back(b"[\"ping\",[]]\n".to_vec());
-        }
-        assert_eq!(spare.0.lock().unwrap().len(), SpareLines::KEPT);
-        let line = spare.take();
-        assert!(
-            line.is_empty() && line.capacity() > 0,
-            "a kept buffer, emptied"
-        );
-        for _ in 1..SpareLines::KEPT {
-            spare.take();
-        }
-        assert_eq!(
-            spare.take().capacity(),
-            SpareLines::NEW,
-            "a new one once none is left"
-        );
-        spare.give_back(Vec::with_capacity(8));
-        spare.clear();
-        assert_eq!(
-            spare.0.lock().unwrap().capacity(),
-            0,
-            "a quiet connection keeps none"
-        );
+    fn a_failed_encoding_leaves_nothing_queued() {
+        let (outbox, _rx) = Outbox::new(8, BUDGET);
+        outbox.try_send_with(line(4)).unwrap();
+        let failed = outbox.try_send_with(|buf| {
+            buf.extend_from_slice(b"[\"half");
+            Err(Error::new(Kind::Encode))
+        });
+        assert!(failed.is_err());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            outbox.try_send_with(|buf| {
+                buf.extend_from_slice(b"[\"half");
+                panic!("a Serialize that panics")
+            })
+        }));
+        assert!(panicked.is_err());
+        let state = outbox.queue.lock();
+        assert_eq!((&state.buf[..], state.frames), (&b"xxx\n"[..], 1));
+    }
+
+    #[tokio::test]
+    async fn buffers_alternate_and_a_quiet_connection_keeps_none() {
+        let (outbox, rx) = Outbox::new(8, BUDGET);
+        let mut buf = BytesMut::new();
+        outbox.try_send_with(line(10)).unwrap();
+        rx.take(&mut buf).await;
+        let first = buf.as_ptr();
+        outbox.try_send_with(line(10)).unwrap();
+        // Given back and taken again at once: the writer holds the second buffer.
+        rx.take(&mut buf).await;
+        assert_ne!(buf.as_ptr(), first);
+        outbox.try_send_with(line(10)).unwrap();
+        assert_eq!(outbox.queue.lock().buf.as_ptr(), first, "no allocation");
+        // A buffer that grew beyond KEEP is freed once written.
+        let mut grown = BytesMut::with_capacity(KEEP + 1);
+        give_back(&mut outbox.queue.lock(), &mut grown);
+        assert_eq!(outbox.queue.lock().spare.capacity(), 0);
+        rx.take(&mut buf).await;
+        drop(std::mem::take(&mut buf));
+        outbox.release_memory();
+        let state = outbox.queue.lock();
+        assert_eq!((state.buf.capacity(), state.spare.capacity()), (0, 0));
     }
 }

@@ -97,6 +97,12 @@ impl Pending {
         }
     }
 
+    /// Removes a call whose frame was never sent: no reply can come for it.
+    pub(crate) fn remove(&self, id: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.calls.remove(&id);
+    }
+
     /// Gives up on a call; `true` if it was still waiting.
     pub(crate) fn forget(&self, id: u64) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -141,9 +141,7 @@ fn stalled(shared: &Shared) {
         "partial frame timeout: no byte for {timeout:?} in the middle of a line"
     ));
     shared.error(Error::protocol(why.clone()));
-    let _ = shared
-        .outgoing
-        .try_send_control(Frame::ConnectionError(why));
+    let _ = shared.outgoing.send_control(Frame::ConnectionError(why));
 }
 
 fn decode(

@@ -1,90 +1,59 @@
-//! The writer: the one task that writes to the stream. It takes every queued frame at once and
-//! writes them with one system call where it can.
+//! The writer: the one task that writes to the stream. It takes every queued frame at once
+//! (the outbox's whole buffer) and writes them with one system call where it can.
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::outbox::Receiver;
+use super::outbox::{Receiver, WRITE_CHUNK};
 use super::Shared;
 use crate::error::Error;
 
-/// Frames taken from the queue per batch.
-const BATCH: usize = 256;
-/// Bytes gathered before a write; larger batches are written as they fill.
-const WRITE_CHUNK: usize = 65_536;
-/// A buffer that grew beyond this is given back after its write, so a connection that was
-/// busy once does not keep the memory (1,000 connections x a large buffer adds up).
-const KEEP: usize = 16_384;
-
-/// Drops a buffer that grew beyond [`KEEP`].
-fn give_back_if_grown(buf: &mut BytesMut) {
-    if buf.capacity() > KEEP {
-        *buf = BytesMut::new();
-    }
-}
-
 pub(super) async fn run<W: AsyncWrite + Unpin>(mut write: W, queue: Receiver, shared: Arc<Shared>) {
-    let Receiver {
-        mut queue,
-        spare: spare_lines,
-    } = queue;
+    // Empty while waiting: the buffer is given back to the outbox before each wait, so a
+    // quiet connection's memory is the outbox's to free.
     let mut buf = BytesMut::new();
     loop {
-        let first = tokio::select! {
+        let taken = tokio::select! {
             biased;
             _ = shared.lifecycle.aborted() => return,
-            queued = queue.recv() => queued,
-            _ = shared.lifecycle.ended() => None,
+            () = queue.take(&mut buf) => true,
+            _ = shared.lifecycle.ended() => false,
         };
-        let Some(first) = first else {
+        if !taken {
             break;
-        };
-        // Everything queued by now, up to a batch, goes out in one write; no vector holds
-        // the batch, so a connection keeps nothing of a busy spell but its write buffer.
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(queued) = next {
-            buf.extend_from_slice(&queued.line);
-            // Dropping the rest of `queued` returns its bytes to the budget: they are in `buf`.
-            spare_lines.give_back(queued.line);
-            taken += 1;
-            if buf.len() >= WRITE_CHUNK && !flush(&mut write, &mut buf, &shared).await {
-                return;
-            }
-            next = if taken < BATCH {
-                queue.try_recv().ok()
-            } else {
-                None
-            };
         }
-        if !flush(&mut write, &mut buf, &shared).await {
+        if !flush(&mut write, &mut buf, &queue, &shared).await {
             return;
         }
-        give_back_if_grown(&mut buf);
     }
     // Ending: write what is queued, refuse the rest, then shut down the write side.
-    queue.close();
-    while let Ok(queued) = queue.try_recv() {
-        buf.extend_from_slice(&queued.line);
-    }
-    if flush(&mut write, &mut buf, &shared).await {
+    queue.close(&mut buf);
+    if flush(&mut write, &mut buf, &queue, &shared).await {
         let _ = write.shutdown().await;
     }
 }
 
 /// Writes the buffer and flushes the stream (a no-op for sockets; TLS and buffered streams
-/// need it); `false` after a failure, which tears the connection down.
-async fn flush<W: AsyncWrite + Unpin>(write: &mut W, buf: &mut BytesMut, shared: &Shared) -> bool {
+/// need it), leaving the buffer empty; `false` after a failure, which tears the connection
+/// down.
+async fn flush<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    buf: &mut BytesMut,
+    queue: &Receiver,
+    shared: &Shared,
+) -> bool {
     if buf.is_empty() {
         return true;
     }
     let result = tokio::select! {
         biased;
         _ = shared.lifecycle.aborted() => return false,
-        r = write_and_flush(write, buf) => r,
+        r = write_and_flush(write, buf, queue) => r,
     };
+    // Cleared, not advanced: the buffer keeps its whole capacity for the next frames.
+    buf.clear();
     match result {
         Ok(()) => true,
         Err(e) => {
@@ -96,34 +65,34 @@ async fn flush<W: AsyncWrite + Unpin>(write: &mut W, buf: &mut BytesMut, shared:
             } else {
                 tracing::debug!(connection = shared.id(), error = %e, "diarrhoea: peer went away");
             }
-            buf.clear();
             shared.lifecycle.abort();
             false
         }
     }
 }
 
+/// Writes `buf` at most [`WRITE_CHUNK`] at a time, telling the outbox as it goes: what a large
+/// batch holds beyond one write stays charged to the budget until it is written.
 async fn write_and_flush<W: AsyncWrite + Unpin>(
     write: &mut W,
-    buf: &mut BytesMut,
+    buf: &[u8],
+    queue: &Receiver,
 ) -> std::io::Result<()> {
-    write.write_all_buf(buf).await?;
+    let mut written = 0;
+    while written < buf.len() {
+        let end = buf.len().min(written + WRITE_CHUNK);
+        write.write_all(&buf[written..end]).await?;
+        written = end;
+        if buf.len() > WRITE_CHUNK {
+            queue.written(buf.len() - written);
+        }
+    }
     write.flush().await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_buffer_that_grew_beyond_keep_is_given_back() {
-        let mut kept = BytesMut::with_capacity(KEEP);
-        give_back_if_grown(&mut kept);
-        assert_eq!(kept.capacity(), KEEP);
-        let mut grown = BytesMut::with_capacity(KEEP + 1);
-        give_back_if_grown(&mut grown);
-        assert_eq!(grown.capacity(), 0);
-    }
 
     /// A stream that never has anything to read and whose writes wait until it is opened,
     /// then take everything they are handed: it records how much each write was handed.
@@ -202,8 +171,8 @@ mod tests {
         panic!("never: {what}");
     }
 
-    /// Large frames queued together are written as the buffer fills, one write each, not
-    /// gathered into one write: the writer's buffer holds about WRITE_CHUNK, not a batch.
+    /// Large frames queued together are written a chunk at a time, not handed to the stream
+    /// in one write: at most about WRITE_CHUNK of a batch is written uncharged.
     #[tokio::test(flavor = "current_thread")]
     async fn large_frames_are_written_as_the_buffer_fills() {
         const LARGE: usize = 100_000;
@@ -225,7 +194,8 @@ mod tests {
         let written = || gate.state().writes.iter().sum::<usize>();
         until("every frame is written", || written() > 4 * LARGE).await;
         let writes = gate.state().writes.clone();
-        // Under WRITE_CHUNK gathered, then one frame (its line is LARGE and a few bytes).
+        // At most WRITE_CHUNK (the bound the queue of lines had: under WRITE_CHUNK gathered,
+        // then one frame of LARGE and a few bytes).
         let most = writes.iter().max().copied().unwrap_or(0);
         assert!(
             most < WRITE_CHUNK + LARGE + 64,

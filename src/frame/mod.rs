@@ -5,6 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::{BufMut, BytesMut};
 use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -131,18 +132,14 @@ impl Frame {
         parts.into_frame(methods, wire)
     }
 
-    /// Appends the frame's line, terminator included, to `buf`.
-    pub fn encode<B: bytes::BufMut>(&self, buf: &mut B) {
-        buf.put_slice(&self.to_line());
-    }
-
-    /// Appends the frame's line to `line`: the one encoder of frames.
-    pub(crate) fn write(&self, line: &mut Vec<u8>) {
+    /// Appends the frame's line, terminator included, to `buf`: the one encoder of frames.
+    /// A connection encodes straight into its write buffer, with no line of its own.
+    pub fn encode<B: BufMut>(&self, buf: &mut B) {
         match self {
             Frame::Notification { method, args } => {
-                open_call(line, method);
-                line.extend_from_slice(args.get().as_bytes());
-                close_call(line, None, &Meta::default());
+                open_call(buf, method);
+                buf.put_slice(args.get().as_bytes());
+                close_call(buf, None, &Meta::default());
             }
             Frame::Request {
                 method,
@@ -150,29 +147,29 @@ impl Frame {
                 id,
                 meta,
             } => {
-                open_call(line, method);
-                line.extend_from_slice(args.get().as_bytes());
-                close_call(line, Some(*id), meta);
+                open_call(buf, method);
+                buf.put_slice(args.get().as_bytes());
+                close_call(buf, Some(*id), meta);
             }
             Frame::Reply { id, result } => {
-                line.push(b'[');
-                json(line, id);
+                buf.put_u8(b'[');
+                json(buf, id);
                 match result {
                     Ok(value) => {
-                        line.push(b',');
-                        line.extend_from_slice(value.get().as_bytes());
+                        buf.put_u8(b',');
+                        buf.put_slice(value.get().as_bytes());
                     }
                     Err(error) => {
-                        line.extend_from_slice(b",null,");
-                        json(line, error);
+                        buf.put_slice(b",null,");
+                        json(buf, error);
                     }
                 }
-                line.extend_from_slice(b"]\n");
+                buf.put_slice(b"]\n");
             }
             Frame::ConnectionError(error) => {
-                line.extend_from_slice(b"[null,null,");
-                json(line, error);
-                line.extend_from_slice(b"]\n");
+                buf.put_slice(b"[null,null,");
+                json(buf, error);
+                buf.put_slice(b"]\n");
             }
         }
     }
@@ -180,7 +177,7 @@ impl Frame {
     /// The frame's line, terminator included, in a buffer of its own.
     pub(crate) fn to_line(&self) -> Vec<u8> {
         let mut line = Vec::with_capacity(self.payload_len() + 48);
-        self.write(&mut line);
+        self.encode(&mut line);
         line
     }
 
@@ -198,15 +195,15 @@ impl Frame {
 }
 
 /// Serializes a `str`, an integer or the error struct into memory, which cannot fail.
-fn json<T: Serialize + ?Sized>(line: &mut Vec<u8>, value: &T) {
-    serde_json::to_writer(line, value).expect("in-memory JSON serialization");
+fn json<B: BufMut, T: Serialize + ?Sized>(buf: &mut B, value: &T) {
+    serde_json::to_writer(buf.writer(), value).expect("in-memory JSON serialization");
 }
 
 /// Encodes a notification `["method",[args...]]`, or with an id a request
 /// `["method",[args...],id(,meta)]`: the one encoder of calls, used for typed arguments
 /// straight from the caller (no intermediate `Args` or `Frame`) and for [`Frame::encode`].
 pub(crate) fn encode_call<T: Serialize + ?Sized>(
-    line: &mut Vec<u8>,
+    line: &mut BytesMut,
     method: &str,
     args: &T,
     id: Option<u64>,
@@ -219,35 +216,23 @@ pub(crate) fn encode_call<T: Serialize + ?Sized>(
 }
 
 /// `["method",`: what comes before a call's arguments.
-fn open_call(line: &mut Vec<u8>, method: &str) {
-    line.push(b'[');
-    json(line, method);
-    line.push(b',');
+fn open_call<B: BufMut>(buf: &mut B, method: &str) {
+    buf.put_u8(b'[');
+    json(buf, method);
+    buf.put_u8(b',');
 }
 
 /// What comes after a call's arguments: `]` for a notification, `,id(,meta)]` for a request.
-fn close_call(line: &mut Vec<u8>, id: Option<u64>, meta: &Meta) {
+fn close_call<B: BufMut>(buf: &mut B, id: Option<u64>, meta: &Meta) {
     if let Some(id) = id {
-        line.push(b',');
-        json(line, &id);
+        buf.put_u8(b',');
+        json(buf, &id);
         if !meta.is_empty() {
-            line.push(b',');
-            json(line, meta);
+            buf.put_u8(b',');
+            json(buf, meta);
         }
     }
-    line.extend_from_slice(b"]\n");
-}
-
-/// [`encode_call`] into `line`, an empty buffer.
-pub(crate) fn call_line<T: Serialize + ?Sized>(
-    mut line: Vec<u8>,
-    method: &str,
-    args: &T,
-    id: Option<u64>,
-    meta: &Meta,
-) -> Result<Vec<u8>, Error> {
-    encode_call(&mut line, method, args, id, meta)?;
-    Ok(line)
+    buf.put_slice(b"]\n");
 }
 
 /// The method names a connection saw last, shared by the frames that repeat them: a peer

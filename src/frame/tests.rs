@@ -272,3 +272,27 @@ fn ids_read_without_serde_json_read_as_serde_json_reads_them() {
         assert_eq!(parse_id(raw).ok(), by_serde(raw), "{raw:?}");
     }
 }
+
+#[test]
+fn the_payload_length_counts_the_method_and_the_arguments() {
+    let frame = Frame::Notification {
+        method: "ping".into(),
+        args: Args::new(&("abc",)).unwrap(),
+    };
+    assert_eq!(frame.payload_len(), "ping".len() + r#"["abc"]"#.len());
+}
+
+#[test]
+fn only_null_null_error_is_a_connection_error() {
+    let error = r#"{"code":-32600,"message":"x"}"#;
+    assert!(matches!(
+        Frame::parse(&format!("[null,null,{error}]")),
+        Ok(Frame::ConnectionError(_))
+    ));
+    for line in [
+        format!("[null,1,{error}]"),
+        format!("[null,null,{error},1]"),
+    ] {
+        assert!(Frame::parse(&line).is_err(), "{line}");
+    }
+}

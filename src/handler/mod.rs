@@ -298,6 +298,7 @@ impl<H: Handler<M>, M: 'static> ErasedHandler for Erased<H, M> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use tokio::sync::Notify;
 
@@ -336,5 +337,43 @@ mod tests {
         );
         go.notify_one();
         assert_eq!(running.await.unwrap().get(), r#""a1""#);
+    }
+
+    #[test]
+    fn missing_trailing_arguments_read_as_null() {
+        let args = Args::new(&(1,)).unwrap();
+        let (a, b): (i64, Option<i64>) = parse_args(&args, 2).unwrap();
+        assert_eq!((a, b), (1, None));
+        let args = Args::new(&(1, 2)).unwrap();
+        assert!(
+            parse_args::<(i64,)>(&args, 1).is_err(),
+            "one argument too many"
+        );
+    }
+
+    #[test]
+    fn no_positional_parameters_take_only_an_empty_array_unless_a_context_reads_them() {
+        let empty = Request::new("m", ()).unwrap();
+        let one = Request::new("m", (1,)).unwrap();
+        assert!(<() as Positional>::parse(&empty, 0).is_ok());
+        assert!(
+            <() as Positional>::parse(&one, 0).is_err(),
+            "[1] for no parameters"
+        );
+        // One context parameter (`Args`, say) sees the arguments itself.
+        assert!(<() as Positional>::parse(&one, 1).is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_optional_deadline_is_the_requests_own() {
+        let mut req = Request::new("m", ()).unwrap();
+        assert_eq!(<Option<Deadline>>::from_request(&mut req).unwrap(), None);
+        let deadline = Deadline(tokio::time::Instant::now() + Duration::from_secs(60));
+        req.set_deadline(deadline);
+        assert_eq!(
+            <Option<Deadline>>::from_request(&mut req).unwrap(),
+            Some(deadline)
+        );
+        assert!(deadline.remaining() > Duration::from_secs(30));
     }
 }

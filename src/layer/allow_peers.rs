@@ -245,6 +245,14 @@ mod tests {
         }
     }
 
+    /// `fut`, failing the test instead of waiting forever when a request goes where it should
+    /// not (the mock service never answers on its own).
+    async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(5), fut)
+            .await
+            .unwrap_or_else(|_| panic!("still waiting after 5 s: {what}"))
+    }
+
     fn request_from(cred: Option<crate::peer::Credentials>) -> Request {
         let mut req = Request::new("hello", ()).unwrap();
         req.set_peer(PeerInfo {
@@ -262,10 +270,15 @@ mod tests {
             mock::spawn_layer::<Request, Response, _>(AllowPeersLayer::own_uid().unwrap());
         assert!(service.poll_ready().is_ready());
         let fut = service.call(request_from(Some(cred)));
-        let (req, send) = handle.next_request().await.unwrap();
+        let (req, send) = bounded(
+            "the request to reach the inner service",
+            handle.next_request(),
+        )
+        .await
+        .unwrap();
         assert_eq!(req.method(), "hello");
         send.send_response(Response::null());
-        assert_eq!(fut.await.unwrap(), Response::null());
+        assert_eq!(bounded("the reply", fut).await.unwrap(), Response::null());
     }
 
     #[tokio::test]
@@ -277,7 +290,7 @@ mod tests {
         let (mut service, mut handle) = mock::spawn_layer::<Request, Response, _>(layer);
         for req in [request_from(Some(cred)), request_from(None)] {
             assert!(service.poll_ready().is_ready());
-            let error = service.call(req).await.unwrap_err();
+            let error = bounded("the refusal", service.call(req)).await.unwrap_err();
             let rpc = RpcError::from_box_error(error);
             assert_eq!(rpc.code, -31001, "the code the docs give");
             assert!(rpc.message.starts_with("peer not allowed"), "{rpc}");
