@@ -126,10 +126,8 @@ impl FrameCodec {
         loop {
             // A line of `max_frame_size` bytes has its `\n` one byte further.
             let read_to = buf.len().min(self.max_frame_size.saturating_add(1));
-            let end = buf[self.searched..read_to]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|at| self.searched + at);
+            let end =
+                memchr::memchr(b'\n', &buf[self.searched..read_to]).map(|at| self.searched + at);
             match (self.discarding, end) {
                 (true, Some(end)) => {
                     buf.advance(end + 1);

@@ -218,7 +218,14 @@ pub(crate) fn encode_call<T: Serialize + ?Sized>(
 /// `["method",`: what comes before a call's arguments.
 fn open_call<B: BufMut>(buf: &mut B, method: &str) {
     buf.put_u8(b'[');
-    json(buf, method);
+    if scan::is_plain(method) {
+        // Nothing to escape (the usual method name): no serializer for it.
+        buf.put_u8(b'"');
+        buf.put_slice(method.as_bytes());
+        buf.put_u8(b'"');
+    } else {
+        json(buf, method);
+    }
     buf.put_u8(b',');
 }
 
