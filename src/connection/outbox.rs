@@ -208,8 +208,16 @@ impl Outbox {
         &self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let state = self.queue.room().await?;
-        self.queue.append(state, true, encode)
+        if let Some(state) = self.queue.admit(false)? {
+            return self.queue.append(state, true, encode);
+        }
+        // Boxed: waiting for room is the rare path, and its state would make every sender's
+        // future (a handler's, say, which is moved into a box of its own) larger.
+        Box::pin(async move {
+            let state = self.queue.room().await?;
+            self.queue.append(state, true, encode)
+        })
+        .await
     }
 
     /// As [`Outbox::send_with`] if there is room now; [`Kind::Full`] if not.
