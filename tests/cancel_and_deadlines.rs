@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 async fn raw_setup(config: Config, router: Router) -> (TestServer, RawPeer) {
     let server = TestServer::builder().config(config).start(router);
@@ -336,4 +336,33 @@ async fn a_late_reply_to_a_call_given_up_on_is_not_a_warning() {
         "{}",
         describe_event(&event)
     );
+}
+
+#[tokio::test]
+async fn a_call_dropped_after_its_reply_came_sends_no_cancel() {
+    let (_dir, path) = socket_path();
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (accepted, client) = tokio::join!(listener.accept(), Connection::connect(&path));
+    let mut peer = RawPeer::over(accepted.unwrap().0);
+    let client = client.unwrap();
+    let mut caller = client.caller();
+    let reply = caller
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new("m", ()).unwrap());
+    let request = peer.recv().await;
+    let id = request[2].as_u64().unwrap();
+    peer.send(format!("[{id},1]\n")).await;
+    // The reply is stored for the call (no longer waiting), never taken.
+    within("the reply to arrive", async {
+        while client.pending_calls() != 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    drop(reply);
+    // The peer answered: nothing to cancel. The next line it reads is this notification.
+    client.post_message("after", ()).await.unwrap();
+    assert_eq!(peer.recv().await, json!(["after", []]));
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tower::Service;
 
 use super::outbox::OutboxPoller;
@@ -38,8 +37,7 @@ impl Shared {
             return Err(Error::new(Kind::Timeout));
         }
         let id = self.next_call_id();
-        let (tx, rx) = oneshot::channel();
-        self.pending.insert(id, tx)?;
+        self.pending.insert(id)?;
         // Inside an outgoing trace span, this ties the span to the call's id.
         tracing::debug!(connection = self.id(), id, "diarrhoea: call");
         let guard = CallGuard {
@@ -49,11 +47,7 @@ impl Shared {
         };
         let deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
         let reply = ResponseFuture {
-            state: State::Waiting {
-                rx,
-                guard,
-                deadline,
-            },
+            state: State::Waiting { guard, deadline },
         };
         Ok((id, reply))
     }
@@ -70,7 +64,8 @@ impl Shared {
 }
 
 /// Forgets a call whose future is dropped (or timed out) before its reply came, and tells the
-/// peer with `["$/cancel",[id]]` so it can stop working on it.
+/// peer with `["$/cancel",[id]]` so it can stop working on it. A reply that came but was not
+/// taken goes with its entry, and nothing is sent: the peer is done with the call.
 struct CallGuard {
     shared: Arc<Shared>,
     id: u64,
@@ -221,15 +216,15 @@ impl Service<Request> for Notifier {
     }
 }
 
-/// The reply to one outgoing call. Dropping it forgets the call (and sends the peer
-/// `$/cancel`).
+/// The reply to one outgoing call. Dropping it before the reply comes forgets the call (and
+/// sends the peer `$/cancel`).
 pub struct ResponseFuture {
     state: State,
 }
 
 enum State {
     Waiting {
-        rx: oneshot::Receiver<Result<Response, Error>>,
+        /// Holds the call's id, whose entry in the pending table is the call's slot.
         guard: CallGuard,
         deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     },
@@ -258,15 +253,11 @@ impl ResponseFuture {
     /// at once and drops it (`Connection::call`), so it costs no copy.
     pub(super) fn poll_wire(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response, Error>> {
         match &mut self.state {
-            State::Waiting {
-                rx,
-                guard,
-                deadline,
-            } => {
-                if let Poll::Ready(result) = Pin::new(rx).poll(cx) {
-                    // The entry was removed by whoever answered.
+            State::Waiting { guard, deadline } => {
+                if let Poll::Ready(result) = guard.shared.pending.poll_reply(guard.id, cx) {
+                    // Taking the reply removed the entry: nothing left to forget.
                     guard.armed = false;
-                    return Poll::Ready(result.unwrap_or_else(|_| Err(Error::closed())));
+                    return Poll::Ready(result);
                 }
                 // On timeout the guard stays armed: it forgets the call and cancels it at the peer.
                 match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {

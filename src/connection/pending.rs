@@ -1,19 +1,18 @@
 //! The pending table: this side's calls waiting for their replies, keyed by id.
 //!
-//! A caller that drops its future removes its entry (see `CallGuard`); a connection that
-//! ends fails every waiter with a closed error, so nothing waits forever.
+//! Each entry is its call's slot, so a call needs no channel of its own: the reader stores the
+//! reply there and wakes the caller, whose future takes it. A caller that drops its future
+//! removes its entry, answered or not (see `CallGuard`); a connection that ends fails every
+//! waiter with a closed error, so nothing waits forever.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-
-use tokio::sync::oneshot;
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use crate::error::Error;
 use crate::response::Response;
-
-pub(crate) type ReplySender = oneshot::Sender<Result<Response, Error>>;
 
 #[derive(Default)]
 pub(crate) struct Pending {
@@ -24,13 +23,28 @@ pub(crate) struct Pending {
 
 #[derive(Default)]
 struct Inner {
-    calls: HashMap<u64, ReplySender, OwnIds>,
+    /// Every call started and not yet let go of by its future.
+    calls: HashMap<u64, Slot, OwnIds>,
     /// Calls given up on (dropped, timed out) whose reply may still be on its way: such a
     /// reply is expected, not a peer's mistake. Bounded, oldest forgotten first.
     forgotten: HashSet<u64, OwnIds>,
     forgotten_order: VecDeque<u64>,
     /// Set once the reader has stopped: no reply can arrive any more.
     closed: bool,
+}
+
+/// One call's state, from its start until its future takes the reply or is dropped.
+///
+/// Wakers and replies taken out of the table are dropped after the lock is released: dropping
+/// a waker runs the executor's code, which may drop a task and with it another call's future,
+/// whose guard locks this table.
+enum Slot {
+    /// No reply yet; the waker of the task that last polled the call's future, if any has.
+    Waiting(Option<Waker>),
+    /// The reply, or the closed error. The error is boxed because every entry is as large as
+    /// its largest state: 48 bytes instead of 104 (an `Error`), for the rare error reply's
+    /// allocation.
+    Done(Result<Response, Box<Error>>),
 }
 
 /// Hashes this side's own call ids. They count up from 1 and only this side adds them (a
@@ -67,68 +81,117 @@ pub(crate) enum Delivery {
     Delivered,
     /// Its caller had given up: dropped quietly.
     Late,
-    /// No call of this side has that id.
+    /// No call of this side is waiting under that id.
     Unknown,
 }
 
 impl Pending {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Registers a call; fails if the connection can no longer receive replies.
-    pub(crate) fn insert(&self, id: u64, tx: ReplySender) -> Result<(), Error> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+    pub(crate) fn insert(&self, id: u64) -> Result<(), Error> {
+        let mut inner = self.lock();
         if inner.closed {
             return Err(Error::closed());
         }
-        inner.calls.insert(id, tx);
+        inner.calls.insert(id, Slot::Waiting(None));
         Ok(())
     }
 
-    /// Delivers a reply to its waiting caller.
+    /// Stores a reply in its call's slot and wakes the caller.
     pub(crate) fn complete(&self, id: u64, result: Result<Response, Error>) -> Delivery {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match inner.calls.remove(&id) {
-            Some(tx) => {
-                drop(inner);
-                // A caller that gave up in the meantime has dropped its receiver: that is fine.
-                let _ = tx.send(result);
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        match inner.calls.get_mut(&id) {
+            Some(slot) if matches!(slot, Slot::Waiting(_)) => {
+                let waiting = std::mem::replace(slot, Slot::Done(result.map_err(Box::new)));
+                drop(guard);
+                if let Slot::Waiting(Some(waker)) = waiting {
+                    waker.wake();
+                }
                 Delivery::Delivered
             }
+            // A second reply to a call whose first is not yet taken: the first stands.
+            Some(_) => Delivery::Unknown,
             None if inner.forgotten.remove(&id) => Delivery::Late,
             None => Delivery::Unknown,
         }
     }
 
-    /// Removes a call whose frame was never sent: no reply can come for it.
-    pub(crate) fn remove(&self, id: u64) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.calls.remove(&id);
+    /// The reply, once it is there; until then, wakes `cx` when it comes. Removes the entry
+    /// when it hands the reply out.
+    pub(crate) fn poll_reply(
+        &self,
+        id: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response, Error>> {
+        let mut inner = self.lock();
+        if let Some(Slot::Waiting(waker)) = inner.calls.get_mut(&id) {
+            // The same task polls again and again: its waker is cloned once.
+            if waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                return Poll::Pending;
+            }
+            let old = waker.replace(cx.waker().clone());
+            drop(inner);
+            drop(old);
+            return Poll::Pending;
+        }
+        match inner.calls.remove(&id) {
+            Some(Slot::Done(result)) => Poll::Ready(result.map_err(|e| *e)),
+            // Only the call's own future removes its entry: a poll after it took the reply.
+            _ => Poll::Ready(Err(Error::closed())),
+        }
     }
 
-    /// Gives up on a call; `true` if it was still waiting.
+    /// Removes a call whose frame was never sent: no reply can come for it.
+    pub(crate) fn remove(&self, id: u64) {
+        // The lock is released at the end of the statement, before the slot is dropped.
+        let _slot = self.lock().calls.remove(&id);
+    }
+
+    /// Gives up on a call; `true` if it was still waiting. An answered call's entry goes too,
+    /// with its reply: it expects nothing more.
     pub(crate) fn forget(&self, id: u64) -> bool {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.calls.remove(&id).is_none() {
-            return false;
-        }
-        if inner.forgotten_order.len() == FORGOTTEN {
-            if let Some(oldest) = inner.forgotten_order.pop_front() {
-                inner.forgotten.remove(&oldest);
+        let mut inner = self.lock();
+        let slot = inner.calls.remove(&id);
+        let waiting = matches!(slot, Some(Slot::Waiting(_)));
+        if waiting {
+            if inner.forgotten_order.len() == FORGOTTEN {
+                if let Some(oldest) = inner.forgotten_order.pop_front() {
+                    inner.forgotten.remove(&oldest);
+                }
             }
+            inner.forgotten.insert(id);
+            inner.forgotten_order.push_back(id);
         }
-        inner.forgotten.insert(id);
-        inner.forgotten_order.push_back(id);
-        true
+        drop(inner);
+        drop(slot);
+        waiting
     }
 
     /// Fails every waiting call and refuses new ones.
     pub(crate) fn close(&self) {
-        let calls = {
-            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let wakers: Vec<Waker> = {
+            let mut inner = self.lock();
             inner.closed = true;
             self.closed.store(true, Ordering::Release);
-            std::mem::take(&mut inner.calls)
+            inner
+                .calls
+                .values_mut()
+                .filter_map(|slot| match slot {
+                    Slot::Waiting(waker) => {
+                        let waker = waker.take();
+                        *slot = Slot::Done(Err(Box::new(Error::closed())));
+                        waker
+                    }
+                    Slot::Done(_) => None,
+                })
+                .collect()
         };
-        for (_, tx) in calls {
-            let _ = tx.send(Err(Error::closed()));
+        for waker in wakers {
+            waker.wake();
         }
     }
 
@@ -137,36 +200,156 @@ impl Pending {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// How many calls are waiting.
+    /// How many calls are waiting (answered ones not yet taken are not). Walks the table: it
+    /// is for diagnostics.
     pub(crate) fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.lock()
             .calls
-            .len()
+            .values()
+            .filter(|slot| matches!(slot, Slot::Waiting(_)))
+            .count()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::task::Wake;
+
     use super::*;
 
-    fn waiting(pending: &Pending, id: u64) -> oneshot::Receiver<Result<Response, Error>> {
-        let (tx, rx) = oneshot::channel();
-        pending.insert(id, tx).unwrap();
-        rx
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn poll(pending: &Pending, id: u64, wakes: &Arc<Wakes>) -> Poll<Result<Response, Error>> {
+        let waker = Waker::from(wakes.clone());
+        pending.poll_reply(id, &mut Context::from_waker(&waker))
+    }
+
+    /// Entries in the table, waiting or not.
+    fn entries(pending: &Pending) -> usize {
+        pending.lock().calls.len()
     }
 
     #[test]
     fn replies_reach_their_caller_once() {
         let pending = Pending::default();
-        let mut rx = waiting(&pending, 1);
+        let wakes = Arc::new(Wakes::default());
+        pending.insert(1).unwrap();
+        assert!(poll(&pending, 1, &wakes).is_pending());
         assert_eq!(pending.len(), 1);
+        // The reply comes between two polls: it waits in the slot, and the caller is woken.
         assert!(matches!(
             pending.complete(1, Ok(Response::null())),
             Delivery::Delivered
         ));
-        assert_eq!(rx.try_recv().unwrap().unwrap(), Response::null());
+        assert_eq!(wakes.count(), 1);
+        assert_eq!(pending.len(), 0, "answered is not waiting");
+        assert_eq!(entries(&pending), 1, "until the caller takes it");
+        match poll(&pending, 1, &wakes) {
+            Poll::Ready(reply) => assert_eq!(reply.unwrap(), Response::null()),
+            Poll::Pending => panic!("the reply is there"),
+        }
+        assert_eq!(entries(&pending), 0);
+        assert!(matches!(
+            pending.complete(1, Ok(Response::null())),
+            Delivery::Unknown
+        ));
+        assert!(!pending.forget(1));
+    }
+
+    #[test]
+    fn a_reply_before_the_first_poll_is_taken_by_it() {
+        let pending = Pending::default();
+        let wakes = Arc::new(Wakes::default());
+        pending.insert(1).unwrap();
+        assert!(matches!(
+            pending.complete(1, Ok(Response::null())),
+            Delivery::Delivered
+        ));
+        assert!(matches!(poll(&pending, 1, &wakes), Poll::Ready(Ok(_))));
+        assert_eq!(wakes.count(), 0);
+        assert_eq!(entries(&pending), 0);
+    }
+
+    #[test]
+    fn the_last_task_to_poll_is_the_one_woken() {
+        let pending = Pending::default();
+        let (first, second) = (Arc::new(Wakes::default()), Arc::new(Wakes::default()));
+        pending.insert(1).unwrap();
+        assert!(poll(&pending, 1, &first).is_pending());
+        assert!(poll(&pending, 1, &first).is_pending());
+        assert!(poll(&pending, 1, &second).is_pending());
+        pending.complete(1, Ok(Response::null()));
+        assert_eq!((first.count(), second.count()), (0, 1));
+    }
+
+    #[test]
+    fn a_second_reply_to_an_answered_call_is_unknown_and_changes_nothing() {
+        let pending = Pending::default();
+        let wakes = Arc::new(Wakes::default());
+        pending.insert(1).unwrap();
+        pending.complete(1, Ok(Response::null()));
+        let other = Err(Error::closed());
+        assert!(matches!(pending.complete(1, other), Delivery::Unknown));
+        assert!(matches!(poll(&pending, 1, &wakes), Poll::Ready(Ok(_))));
+    }
+
+    #[test]
+    fn an_answered_call_dropped_before_it_takes_its_reply_leaves_nothing() {
+        let pending = Pending::default();
+        pending.insert(1).unwrap();
+        pending.complete(1, Ok(Response::null()));
+        // Not waiting: nothing to cancel at the peer, no late reply to expect.
+        assert!(!pending.forget(1));
+        assert_eq!(entries(&pending), 0);
+        assert!(matches!(
+            pending.complete(1, Ok(Response::null())),
+            Delivery::Unknown
+        ));
+    }
+
+    #[test]
+    fn a_reply_after_the_call_is_forgotten_is_late_once() {
+        let pending = Pending::default();
+        let wakes = Arc::new(Wakes::default());
+        pending.insert(1).unwrap();
+        assert!(poll(&pending, 1, &wakes).is_pending());
+        assert!(pending.forget(1));
+        assert_eq!(entries(&pending), 0);
+        assert!(matches!(
+            pending.complete(1, Ok(Response::null())),
+            Delivery::Late
+        ));
+        assert_eq!(wakes.count(), 0);
+        assert_eq!(entries(&pending), 0, "a late reply is not stored");
+        assert!(matches!(
+            pending.complete(1, Ok(Response::null())),
+            Delivery::Unknown
+        ));
+    }
+
+    #[test]
+    fn an_unsent_call_is_removed_without_being_remembered() {
+        let pending = Pending::default();
+        pending.insert(1).unwrap();
+        pending.remove(1);
+        assert_eq!(entries(&pending), 0);
+        assert!(!pending.forget(1));
         assert!(matches!(
             pending.complete(1, Ok(Response::null())),
             Delivery::Unknown
@@ -178,7 +361,7 @@ mod tests {
         let pending = Pending::default();
         let ids = 1..=(FORGOTTEN as u64 + 1);
         for id in ids.clone() {
-            let _rx = waiting(&pending, id);
+            pending.insert(id).unwrap();
             assert!(pending.forget(id));
             assert!(!pending.forget(id), "forgotten once");
         }
@@ -203,11 +386,26 @@ mod tests {
     #[test]
     fn closing_fails_every_waiter_and_refuses_new_calls() {
         let pending = Pending::default();
-        let mut rx = waiting(&pending, 7);
+        let wakes = Arc::new(Wakes::default());
+        pending.insert(7).unwrap();
+        assert!(poll(&pending, 7, &wakes).is_pending());
+        // Never polled: failed all the same, for its first poll.
+        pending.insert(9).unwrap();
+        // Answered before the end: keeps its reply.
+        pending.insert(10).unwrap();
+        pending.complete(10, Ok(Response::null()));
         pending.close();
-        assert!(rx.try_recv().unwrap().unwrap_err().is_closed());
-        let (tx, _rx) = oneshot::channel();
-        assert!(pending.insert(8, tx).unwrap_err().is_closed());
+        assert!(pending.is_closed());
+        assert_eq!(wakes.count(), 1, "the waiter is woken");
         assert_eq!(pending.len(), 0);
+        assert!(pending.insert(8).unwrap_err().is_closed());
+        for id in [7, 9] {
+            match poll(&pending, id, &wakes) {
+                Poll::Ready(reply) => assert!(reply.unwrap_err().is_closed(), "id {id}"),
+                Poll::Pending => panic!("id {id} waits after the end"),
+            }
+        }
+        assert!(matches!(poll(&pending, 10, &wakes), Poll::Ready(Ok(_))));
+        assert_eq!(entries(&pending), 0);
     }
 }
