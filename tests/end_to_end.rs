@@ -355,6 +355,11 @@ async fn oversized_outgoing_frames_fail_before_they_are_sent() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(diarrhoea::code::FRAME_TOO_LARGE), "{err}");
+    assert_eq!(
+        client.pending_calls(),
+        0,
+        "a call never sent is not waiting"
+    );
     assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
 }
 

@@ -151,6 +151,21 @@ impl Pending {
 mod tests {
     use super::*;
 
+    #[test]
+    fn own_ids_hash_apart_and_other_input_still_hashes() {
+        use std::hash::BuildHasher;
+        let hashes: HashSet<u64> = (1..=1000u64)
+            .map(|id| OwnIds::default().hash_one(id))
+            .collect();
+        assert_eq!(hashes.len(), 1000);
+        let bytes = |input: &[u8]| {
+            let mut hasher = IdHasher::default();
+            hasher.write(input);
+            hasher.finish()
+        };
+        assert_ne!(bytes(&[1, 2]), bytes(&[2, 1]));
+    }
+
     fn waiting(pending: &Pending, id: u64) -> oneshot::Receiver<Result<Response, Error>> {
         let (tx, rx) = oneshot::channel();
         pending.insert(id, tx).unwrap();
