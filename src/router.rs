@@ -211,6 +211,57 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::code;
+    use tower::ServiceExt;
+
+    /// The method it was called with, as a tower service would answer.
+    fn echo_method() -> tower::util::BoxCloneSyncService<Request, Response, BoxError> {
+        tower::util::BoxCloneSyncService::new(tower::service_fn(|req: Request| async move {
+            Ok::<_, BoxError>(Response::new(req.method()).expect("a string serializes"))
+        }))
+    }
+
+    async fn answer(router: &Router, method: &str) -> Result<String, i64> {
+        match router
+            .clone()
+            .oneshot(Request::new(method, ()).unwrap())
+            .await
+        {
+            Ok(reply) => Ok(reply.get().to_owned()),
+            Err(e) => Err(RpcError::from_box_error(e).code),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_kind_of_route_answers_its_methods_and_only_those() {
+        let router = Router::new()
+            .route("typed", || async { 7 })
+            .route_service("service", echo_method());
+        assert!(router.has_route("typed") && router.has_route("service"));
+        assert!(!router.has_route("other"));
+        assert_eq!(answer(&router, "typed").await, Ok("7".to_owned()));
+        assert_eq!(
+            answer(&router, "service").await,
+            Ok(r#""service""#.to_owned())
+        );
+        assert_eq!(answer(&router, "other").await, Err(code::METHOD_NOT_FOUND));
+
+        let handler_fallback = router.clone().fallback(|| async { "fallback" });
+        assert!(
+            !handler_fallback.has_route("other"),
+            "a fallback is no route"
+        );
+        assert_eq!(
+            answer(&handler_fallback, "other").await,
+            Ok(r#""fallback""#.to_owned())
+        );
+        let service_fallback = router.fallback_service(echo_method());
+        assert_eq!(
+            answer(&service_fallback, "other").await,
+            Ok(r#""other""#.to_owned())
+        );
+        assert_eq!(answer(&service_fallback, "typed").await, Ok("7".to_owned()));
+    }
 
     #[test]
     fn fnv1a_matches_the_published_vectors() {

@@ -355,7 +355,61 @@ async fn oversized_outgoing_frames_fail_before_they_are_sent() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(diarrhoea::code::FRAME_TOO_LARGE), "{err}");
+    assert_eq!(
+        client.pending_calls(),
+        0,
+        "a call never sent is not waiting"
+    );
     assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_reply_or_a_notifier_frame_too_large_for_the_peer_is_refused() {
+    // The server sends frames of at most 1024 bytes: a longer reply becomes an error reply.
+    let router = Router::new().route("big", |n: usize| async move { "x".repeat(n) });
+    let (client, _server) = Connection::builder()
+        .pair(
+            Connection::builder()
+                .config(Config::new().max_frame_size(1024))
+                .service(router),
+        )
+        .unwrap();
+    let err = client.call::<String>("big", (2048,)).await.unwrap_err();
+    assert_eq!(err.code(), Some(diarrhoea::code::FRAME_TOO_LARGE), "{err}");
+    assert!(error_chain(&err).contains("reply"), "{err}");
+    assert_eq!(client.call::<String>("big", (10,)).await.unwrap().len(), 10);
+
+    // The notifier service refuses before anything is queued.
+    let (small, _peer) = Connection::builder()
+        .config(Config::new().max_frame_size(1024))
+        .pair(Connection::builder())
+        .unwrap();
+    let mut notifier = small.notifier();
+    let err = notifier
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new("m", ("x".repeat(2048),)).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(diarrhoea::code::FRAME_TOO_LARGE), "{err}");
+}
+
+#[tokio::test]
+async fn call_ids_count_up_from_one() {
+    let (near, far) = tokio::net::UnixStream::pair().unwrap();
+    let client = Connection::builder().serve_connection(near);
+    let mut peer = RawPeer::over(far);
+    for expected in 1..=3 {
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.call::<u64>("m", ()).await }
+        });
+        let line = peer.recv().await;
+        assert_eq!(line[2], expected, "{line}");
+        peer.send(format!("[{expected},{expected}]\n")).await;
+        assert_eq!(call.await.unwrap().unwrap(), expected);
+    }
 }
 
 #[tokio::test]

@@ -58,6 +58,7 @@ fn router(notes: mpsc::UnboundedSender<String>) -> Router {
             let http = peer.http().expect("an HTTP peer");
             json!({
                 "user": http.get::<User>().map(|u| u.0.clone()),
+                "in_extensions": http.extensions().get::<User>().is_some(),
                 "loopback": http.addr().is_some_and(|a| a.ip().is_loopback()),
             })
         })
@@ -242,7 +243,7 @@ async fn the_hosts_auth_and_the_peer_address_reach_handlers() {
     assert_eq!(status, 200);
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap(),
-        json!({"user": "ada", "loopback": true})
+        json!({"user": "ada", "in_extensions": true, "loopback": true})
     );
 }
 

@@ -231,3 +231,17 @@ impl std::fmt::Display for ErrorChain<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_error_names_its_whole_chain() {
+        let inner = std::io::Error::other("disk on fire");
+        let error = Error::io(inner).with_context("reading");
+        let logged = ErrorChain(&error).to_string();
+        assert!(logged.starts_with(&error.to_string()), "{logged}");
+        assert!(logged.ends_with(": disk on fire"), "{logged}");
+    }
+}

@@ -548,6 +548,42 @@ mod tests {
         assert!(outbox.send_with(line(1)).await.unwrap_err().is_closed());
     }
 
+    #[tokio::test]
+    async fn each_frame_is_charged_its_own_length_beside_a_reservation() {
+        let (outbox, _rx) = Outbox::new(8, BUDGET);
+        let mut poller = outbox.poller();
+        poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
+        // Room is judged with the reservation counted in, whatever is queued.
+        outbox.try_send_with(line(10)).unwrap();
+        outbox.try_send_with(line(20)).unwrap();
+        assert_eq!(charged(&outbox), (3, 31));
+    }
+
+    #[tokio::test]
+    async fn closing_hands_the_writer_what_is_queued_and_refuses_the_rest() {
+        let (outbox, rx) = Outbox::new(8, BUDGET);
+        outbox.try_send_with(line(10)).unwrap();
+        let mut buf = BytesMut::new();
+        rx.close(&mut buf);
+        assert_eq!(buf.len(), 10, "the queued frame is written last");
+        assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
+        // Closing with nothing queued hands over nothing.
+        let (outbox, rx) = Outbox::new(8, BUDGET);
+        let mut buf = BytesMut::new();
+        rx.close(&mut buf);
+        assert!(buf.is_empty());
+        assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
+    }
+
+    #[test]
+    fn a_written_buffer_of_up_to_keep_bytes_is_kept() {
+        let (outbox, _rx) = Outbox::new(8, BUDGET);
+        let mut kept = BytesMut::with_capacity(KEEP);
+        assert_eq!(kept.capacity(), KEEP);
+        give_back(&mut outbox.queue.lock(), &mut kept);
+        assert_eq!(outbox.queue.lock().buf.capacity(), KEEP);
+    }
+
     #[test]
     fn a_failed_encoding_leaves_nothing_queued() {
         let (outbox, _rx) = Outbox::new(8, BUDGET);

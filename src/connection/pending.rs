@@ -219,6 +219,21 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn own_ids_hash_apart_and_other_input_still_hashes() {
+        use std::hash::BuildHasher;
+        let hashes: HashSet<u64> = (1..=1000u64)
+            .map(|id| OwnIds::default().hash_one(id))
+            .collect();
+        assert_eq!(hashes.len(), 1000);
+        let bytes = |input: &[u8]| {
+            let mut hasher = IdHasher::default();
+            hasher.write(input);
+            hasher.finish()
+        };
+        assert_ne!(bytes(&[1, 2]), bytes(&[2, 1]));
+    }
+
     /// A waker that counts its wakes.
     #[derive(Default)]
     struct Wakes(AtomicUsize);

@@ -132,6 +132,13 @@ fn malformed_lines_are_classified() {
         assert_eq!(e.error.code, code::INVALID_FRAME, "{line}");
         assert_eq!(e.id, None, "{line}");
     }
+    // What the peer is told names what a frame must be.
+    let e = invalid("{}");
+    assert!(
+        e.error.message.contains("expected a JSON array"),
+        "{}",
+        e.error.message
+    );
 }
 
 #[test]

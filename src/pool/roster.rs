@@ -227,6 +227,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_change_wakes_a_balancer_waiting_for_one() {
+        let roster = Roster::new();
+        let mut discovery = roster.discover(|w| w.key);
+        let waiting = tokio::spawn(async move { key_of(&next(&mut discovery).await) });
+        // It finds no worker and waits, its waker registered.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished());
+        roster.join(worker(7));
+        let change = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the join")
+            .expect("no panic");
+        assert_eq!(change, (true, 7));
+    }
+
+    #[tokio::test]
     async fn the_stream_ends_with_the_roster() {
         let roster = Roster::new();
         let mut discovery = roster.discover(|w| w.key);
