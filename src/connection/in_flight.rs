@@ -4,14 +4,73 @@
 //! A request is answered exactly once, by whoever removes its entry: its task when it
 //! finishes, a `$/cancel` (which also aborts the task), or an expired deadline.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry as Slot, HashMap, RandomState};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
-pub(crate) struct InFlight(Mutex<HashMap<u64, Entry>>);
+pub(crate) struct InFlight(Mutex<HashMap<u64, Entry, PeerIds>>);
+
+/// Hashes the peer's request ids with a folded multiply (the two halves of a 128-bit
+/// product, xored) under a random key per table, as `foldhash` (hashbrown's default) hashes
+/// integers: about a tenth of SipHash's cost. The ids are the peer's to choose, so the key
+/// keeps a peer from aiming them at one bucket without learning it; and the table holds only
+/// what the inbound buffer admits.
+#[derive(Clone)]
+struct PeerIds {
+    key: u64,
+    multiplier: u64,
+}
+
+impl Default for PeerIds {
+    fn default() -> Self {
+        // std's random hashing keys, drawn once per table.
+        let random = RandomState::new();
+        PeerIds {
+            key: random.hash_one(0x243f_6a88_85a3_08d3_u64),
+            // Odd, so the product keeps every bit of the id.
+            multiplier: random.hash_one(0x1319_8a2e_0370_7344_u64) | 1,
+        }
+    }
+}
+
+impl BuildHasher for PeerIds {
+    type Hasher = PeerIdHasher;
+
+    fn build_hasher(&self) -> PeerIdHasher {
+        PeerIdHasher {
+            state: self.key,
+            multiplier: self.multiplier,
+        }
+    }
+}
+
+struct PeerIdHasher {
+    state: u64,
+    multiplier: u64,
+}
+
+impl Hasher for PeerIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; any other input still hashes, byte by byte.
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        let product = u128::from(self.state ^ id) * u128::from(self.multiplier);
+        // Both halves: the high one carries what the low bits of the id alone cannot.
+        self.state = (product as u64) ^ ((product >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
+}
 
 #[derive(Default)]
 struct Entry {
@@ -45,18 +104,19 @@ pub(crate) enum Cancelled {
 }
 
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry, PeerIds>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a request; `false` if the id is already in flight.
     pub(crate) fn insert(&self, id: u64) -> bool {
-        let mut map = self.lock();
-        if map.contains_key(&id) {
-            return false;
+        match self.lock().entry(id) {
+            Slot::Occupied(_) => false,
+            Slot::Vacant(slot) => {
+                slot.insert(Entry::default());
+                true
+            }
         }
-        map.insert(id, Entry::default());
-        true
     }
 
     /// The request's cancellation token, made on first use; an already cancelled token for a
@@ -121,7 +181,28 @@ impl InFlight {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
+
+    #[test]
+    fn peer_ids_spread_over_the_buckets_whatever_bits_they_differ_in() {
+        let ids = PeerIds::default();
+        // Buckets are picked by the low bits: ids that differ only in their low bits, or only
+        // in their high ones, still land apart.
+        for ids_of in [|i: u64| i, |i: u64| i << 32, |i: u64| i << 53] {
+            let buckets: HashSet<u64> = (1..=256).map(|i| ids.hash_one(ids_of(i)) & 1023).collect();
+            assert!(buckets.len() > 200, "{} of 256 buckets", buckets.len());
+        }
+        // Each table has keys of its own.
+        assert_ne!(ids.hash_one(7_u64), PeerIds::default().hash_one(7_u64));
+        let bytes = |input: &[u8]| {
+            let mut hasher = ids.build_hasher();
+            hasher.write(input);
+            hasher.finish()
+        };
+        assert_ne!(bytes(&[1, 2]), bytes(&[2, 1]));
+    }
 
     #[test]
     fn an_id_is_in_flight_once() {
