@@ -628,3 +628,11 @@ mod tests {
         assert_eq!((state.buf.capacity(), state.spare.capacity()), (0, 0));
     }
 }
+
+#[cfg(test)]
+impl Receiver {
+    /// Bytes the writer has taken and not written, beyond one write, still charged.
+    pub(super) fn held(&self) -> usize {
+        self.queue.lock().held
+    }
+}

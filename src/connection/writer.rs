@@ -171,6 +171,63 @@ mod tests {
         panic!("never: {what}");
     }
 
+    /// Records, at each write, what the outbox still charges for the batch being written.
+    struct Charges<'a> {
+        queue: &'a Receiver,
+        seen: Vec<usize>,
+    }
+
+    impl AsyncWrite for Charges<'_> {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let held = self.queue.held();
+            self.seen.push(held);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What a batch holds beyond one write stays charged, and shrinks as each chunk goes out.
+    #[tokio::test]
+    async fn a_large_batch_is_charged_until_each_chunk_is_written() {
+        let (outbox, queue) = super::super::outbox::Outbox::new(8, usize::MAX);
+        let len = 3 * WRITE_CHUNK + 10;
+        outbox
+            .try_send_with(|buf| {
+                buf.extend_from_slice(&vec![b'x'; len]);
+                Ok(())
+            })
+            .unwrap();
+        let mut buf = BytesMut::new();
+        queue.take(&mut buf).await;
+        let mut charges = Charges {
+            queue: &queue,
+            seen: Vec::new(),
+        };
+        write_and_flush(&mut charges, &buf, &queue).await.unwrap();
+        assert_eq!(
+            charges.seen,
+            [2 * WRITE_CHUNK + 10, WRITE_CHUNK + 10, 10, 0]
+        );
+        assert_eq!(queue.held(), 0);
+    }
+
     /// Large frames queued together are written a chunk at a time, not handed to the stream
     /// in one write: at most about WRITE_CHUNK of a batch is written uncharged.
     #[tokio::test(flavor = "current_thread")]
