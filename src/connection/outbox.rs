@@ -434,6 +434,13 @@ mod tests {
 
     const BUDGET: usize = 4096;
 
+    impl Receiver {
+        /// Bytes the writer has taken and not written, beyond one write, still charged.
+        pub(crate) fn held(&self) -> usize {
+            self.queue.lock().held
+        }
+    }
+
     fn line(len: usize) -> impl FnOnce(&mut BytesMut) -> Result<(), Error> {
         move |buf| {
             buf.extend_from_slice(&vec![b'x'; len - 1]);
@@ -626,13 +633,5 @@ mod tests {
         outbox.release_memory();
         let state = outbox.queue.lock();
         assert_eq!((state.buf.capacity(), state.spare.capacity()), (0, 0));
-    }
-}
-
-#[cfg(test)]
-impl Receiver {
-    /// Bytes the writer has taken and not written, beyond one write, still charged.
-    pub(super) fn held(&self) -> usize {
-        self.queue.lock().held
     }
 }
