@@ -98,6 +98,13 @@ impl Drop for Share {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails a test whose waits never end, instead of hanging it (a broken queue, say).
+    async fn bounded(test: impl std::future::Future<Output = ()>) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), test)
+            .await
+            .expect("the test waited 10 s for something that never happened");
+    }
     use std::time::Duration;
 
     #[test]
@@ -117,24 +124,27 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_waiter_wakes_when_enough_is_given_back() {
-        let budget = Budget::new(10);
-        let first = budget.try_take(7).unwrap();
-        let second = budget.try_take(3).unwrap();
-        let waiter = tokio::spawn({
-            let budget = budget.clone();
-            async move { budget.take(5).await.units }
-        });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(!waiter.is_finished());
-        drop(second);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(!waiter.is_finished(), "3 free is not enough for 5");
-        drop(first);
-        assert_eq!(waiter.await.unwrap(), 5);
-        assert_eq!(
-            budget.used(),
-            0,
-            "the waiter's share was dropped with its task"
-        );
+        bounded(async {
+            let budget = Budget::new(10);
+            let first = budget.try_take(7).unwrap();
+            let second = budget.try_take(3).unwrap();
+            let waiter = tokio::spawn({
+                let budget = budget.clone();
+                async move { budget.take(5).await.units }
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(!waiter.is_finished());
+            drop(second);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(!waiter.is_finished(), "3 free is not enough for 5");
+            drop(first);
+            assert_eq!(waiter.await.unwrap(), 5);
+            assert_eq!(
+                budget.used(),
+                0,
+                "the waiter's share was dropped with its task"
+            );
+        })
+        .await;
     }
 }

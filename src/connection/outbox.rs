@@ -432,6 +432,13 @@ impl Drop for OutboxPoller {
 mod tests {
     use super::*;
 
+    /// Fails a test whose waits never end, instead of hanging it (a broken queue, say).
+    async fn bounded(test: impl std::future::Future<Output = ()>) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), test)
+            .await
+            .expect("the test waited 10 s for something that never happened");
+    }
+
     const BUDGET: usize = 4096;
 
     impl Receiver {
@@ -459,127 +466,148 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_is_charged_its_bytes_until_the_writer_takes_it() {
-        let (outbox, rx) = Outbox::new(8, BUDGET);
-        let mut poller = outbox.poller();
-        poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
-        assert_eq!(charged(&outbox), (1, 1));
-        poller.send(line(3000)).unwrap();
-        assert_eq!(charged(&outbox), (1, 3000));
-        let mut buf = BytesMut::new();
-        rx.take(&mut buf).await;
-        assert_eq!(buf.len(), 3000);
-        assert_eq!(charged(&outbox), (0, 0));
+        bounded(async {
+            let (outbox, rx) = Outbox::new(8, BUDGET);
+            let mut poller = outbox.poller();
+            poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
+            assert_eq!(charged(&outbox), (1, 1));
+            poller.send(line(3000)).unwrap();
+            assert_eq!(charged(&outbox), (1, 3000));
+            let mut buf = BytesMut::new();
+            rx.take(&mut buf).await;
+            assert_eq!(buf.len(), 3000);
+            assert_eq!(charged(&outbox), (0, 0));
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn a_frame_larger_than_the_budget_gets_in_while_there_is_room() {
-        let (outbox, rx) = Outbox::new(8, BUDGET);
-        outbox.try_send_with(line(100)).unwrap();
-        outbox.try_send_with(line(3 * BUDGET)).unwrap();
-        assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
-        let mut buf = BytesMut::new();
-        rx.take(&mut buf).await;
-        assert_eq!(buf.len(), 100 + 3 * BUDGET);
-        // Taken, but mostly beyond one write: charged until written.
-        assert_eq!(charged(&outbox).1, 0);
-        let mut big = BytesMut::new();
-        outbox.try_send_with(line(3 * WRITE_CHUNK)).unwrap();
-        rx.take(&mut big).await;
-        assert_eq!(charged(&outbox), (0, 2 * WRITE_CHUNK));
-        assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
-        rx.written(WRITE_CHUNK + 10);
-        assert_eq!(charged(&outbox), (0, 10));
-        outbox.try_send_with(line(1)).unwrap();
+        bounded(async {
+            let (outbox, rx) = Outbox::new(8, BUDGET);
+            outbox.try_send_with(line(100)).unwrap();
+            outbox.try_send_with(line(3 * BUDGET)).unwrap();
+            assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
+            let mut buf = BytesMut::new();
+            rx.take(&mut buf).await;
+            assert_eq!(buf.len(), 100 + 3 * BUDGET);
+            // Taken, but mostly beyond one write: charged until written.
+            assert_eq!(charged(&outbox).1, 0);
+            let mut big = BytesMut::new();
+            outbox.try_send_with(line(3 * WRITE_CHUNK)).unwrap();
+            rx.take(&mut big).await;
+            assert_eq!(charged(&outbox), (0, 2 * WRITE_CHUNK));
+            assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
+            rx.written(WRITE_CHUNK + 10);
+            assert_eq!(charged(&outbox), (0, 10));
+            outbox.try_send_with(line(1)).unwrap();
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn a_waiting_sender_is_woken_when_the_writer_takes_the_buffer() {
-        let (outbox, rx) = Outbox::new(1, BUDGET);
-        outbox.try_send_with(line(10)).unwrap();
-        let second = tokio::spawn({
-            let outbox = outbox.clone();
-            async move { outbox.send_with(line(20)).await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!second.is_finished());
-        let mut buf = BytesMut::new();
-        rx.take(&mut buf).await;
-        second.await.unwrap().unwrap();
-        buf.clear();
-        rx.take(&mut buf).await;
-        assert_eq!(buf.len(), 20);
+        bounded(async {
+            let (outbox, rx) = Outbox::new(1, BUDGET);
+            outbox.try_send_with(line(10)).unwrap();
+            let second = tokio::spawn({
+                let outbox = outbox.clone();
+                async move { outbox.send_with(line(20)).await }
+            });
+            tokio::task::yield_now().await;
+            assert!(!second.is_finished());
+            let mut buf = BytesMut::new();
+            rx.take(&mut buf).await;
+            second.await.unwrap().unwrap();
+            buf.clear();
+            rx.take(&mut buf).await;
+            assert_eq!(buf.len(), 20);
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn abort_gives_back_what_poll_ready_reserved() {
-        let (outbox, _rx) = Outbox::new(1, BUDGET);
-        let mut poller = outbox.poller();
-        poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
-        assert_eq!(charged(&outbox), (1, 1));
-        assert!(outbox.try_send_with(line(2)).unwrap_err().is_overloaded());
-        // A clone has nothing reserved.
-        let mut clone = poller.clone();
-        assert!(clone.send(line(2)).is_err());
-        poller.abort();
-        assert_eq!(charged(&outbox), (0, 0));
-        // The one frame is free again: another sender gets it.
-        outbox.try_send_with(line(2)).unwrap();
-        // A poller dropped while ready gives its frame back too.
-        let (outbox, _rx) = Outbox::new(1, BUDGET);
-        let mut poller = outbox.poller();
-        poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
-        drop(poller);
-        assert_eq!(charged(&outbox), (0, 0));
+        bounded(async {
+            let (outbox, _rx) = Outbox::new(1, BUDGET);
+            let mut poller = outbox.poller();
+            poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
+            assert_eq!(charged(&outbox), (1, 1));
+            assert!(outbox.try_send_with(line(2)).unwrap_err().is_overloaded());
+            // A clone has nothing reserved.
+            let mut clone = poller.clone();
+            assert!(clone.send(line(2)).is_err());
+            poller.abort();
+            assert_eq!(charged(&outbox), (0, 0));
+            // The one frame is free again: another sender gets it.
+            outbox.try_send_with(line(2)).unwrap();
+            // A poller dropped while ready gives its frame back too.
+            let (outbox, _rx) = Outbox::new(1, BUDGET);
+            let mut poller = outbox.poller();
+            poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
+            drop(poller);
+            assert_eq!(charged(&outbox), (0, 0));
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn try_send_refuses_when_frames_or_bytes_are_spent() {
-        let (outbox, rx) = Outbox::new(2, BUDGET);
-        outbox.try_send_with(line(10)).unwrap();
-        outbox.try_send_with(line(10)).unwrap();
-        assert!(outbox.try_send_with(line(10)).unwrap_err().is_overloaded());
-        // Control frames are not charged.
-        outbox
-            .send_control(Frame::ConnectionError(crate::RpcError::internal("x")))
-            .unwrap();
-        let mut buf = BytesMut::new();
-        rx.take(&mut buf).await;
-        assert!(buf.ends_with(b"]\n") && buf.starts_with(&[b'x'; 9]));
-        outbox.try_send_with(line(BUDGET)).unwrap();
-        assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
-        buf.clear();
-        rx.take(&mut buf).await;
-        outbox.try_send_with(line(1)).unwrap();
-        drop(rx);
-        assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
-        assert!(outbox.send_with(line(1)).await.unwrap_err().is_closed());
+        bounded(async {
+            let (outbox, rx) = Outbox::new(2, BUDGET);
+            outbox.try_send_with(line(10)).unwrap();
+            outbox.try_send_with(line(10)).unwrap();
+            assert!(outbox.try_send_with(line(10)).unwrap_err().is_overloaded());
+            // Control frames are not charged.
+            outbox
+                .send_control(Frame::ConnectionError(crate::RpcError::internal("x")))
+                .unwrap();
+            let mut buf = BytesMut::new();
+            rx.take(&mut buf).await;
+            assert!(buf.ends_with(b"]\n") && buf.starts_with(&[b'x'; 9]));
+            outbox.try_send_with(line(BUDGET)).unwrap();
+            assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
+            buf.clear();
+            rx.take(&mut buf).await;
+            outbox.try_send_with(line(1)).unwrap();
+            drop(rx);
+            assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
+            assert!(outbox.send_with(line(1)).await.unwrap_err().is_closed());
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn each_frame_is_charged_its_own_length_beside_a_reservation() {
-        let (outbox, _rx) = Outbox::new(8, BUDGET);
-        let mut poller = outbox.poller();
-        poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
-        // Room is judged with the reservation counted in, whatever is queued.
-        outbox.try_send_with(line(10)).unwrap();
-        outbox.try_send_with(line(20)).unwrap();
-        assert_eq!(charged(&outbox), (3, 31));
+        bounded(async {
+            let (outbox, _rx) = Outbox::new(8, BUDGET);
+            let mut poller = outbox.poller();
+            poll_fn(|cx| poller.poll_ready(cx)).await.unwrap();
+            // Room is judged with the reservation counted in, whatever is queued.
+            outbox.try_send_with(line(10)).unwrap();
+            outbox.try_send_with(line(20)).unwrap();
+            assert_eq!(charged(&outbox), (3, 31));
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn closing_hands_the_writer_what_is_queued_and_refuses_the_rest() {
-        let (outbox, rx) = Outbox::new(8, BUDGET);
-        outbox.try_send_with(line(10)).unwrap();
-        let mut buf = BytesMut::new();
-        rx.close(&mut buf);
-        assert_eq!(buf.len(), 10, "the queued frame is written last");
-        assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
-        // Closing with nothing queued hands over nothing.
-        let (outbox, rx) = Outbox::new(8, BUDGET);
-        let mut buf = BytesMut::new();
-        rx.close(&mut buf);
-        assert!(buf.is_empty());
-        assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
+        bounded(async {
+            let (outbox, rx) = Outbox::new(8, BUDGET);
+            outbox.try_send_with(line(10)).unwrap();
+            let mut buf = BytesMut::new();
+            rx.close(&mut buf);
+            assert_eq!(buf.len(), 10, "the queued frame is written last");
+            assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
+            // Closing with nothing queued hands over nothing.
+            let (outbox, rx) = Outbox::new(8, BUDGET);
+            let mut buf = BytesMut::new();
+            rx.close(&mut buf);
+            assert!(buf.is_empty());
+            assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
+        })
+        .await;
     }
 
     #[test]
@@ -613,25 +641,28 @@ mod tests {
 
     #[tokio::test]
     async fn buffers_alternate_and_a_quiet_connection_keeps_none() {
-        let (outbox, rx) = Outbox::new(8, BUDGET);
-        let mut buf = BytesMut::new();
-        outbox.try_send_with(line(10)).unwrap();
-        rx.take(&mut buf).await;
-        let first = buf.as_ptr();
-        outbox.try_send_with(line(10)).unwrap();
-        // Given back and taken again at once: the writer holds the second buffer.
-        rx.take(&mut buf).await;
-        assert_ne!(buf.as_ptr(), first);
-        outbox.try_send_with(line(10)).unwrap();
-        assert_eq!(outbox.queue.lock().buf.as_ptr(), first, "no allocation");
-        // A buffer that grew beyond KEEP is freed once written.
-        let mut grown = BytesMut::with_capacity(KEEP + 1);
-        give_back(&mut outbox.queue.lock(), &mut grown);
-        assert_eq!(outbox.queue.lock().spare.capacity(), 0);
-        rx.take(&mut buf).await;
-        drop(std::mem::take(&mut buf));
-        outbox.release_memory();
-        let state = outbox.queue.lock();
-        assert_eq!((state.buf.capacity(), state.spare.capacity()), (0, 0));
+        bounded(async {
+            let (outbox, rx) = Outbox::new(8, BUDGET);
+            let mut buf = BytesMut::new();
+            outbox.try_send_with(line(10)).unwrap();
+            rx.take(&mut buf).await;
+            let first = buf.as_ptr();
+            outbox.try_send_with(line(10)).unwrap();
+            // Given back and taken again at once: the writer holds the second buffer.
+            rx.take(&mut buf).await;
+            assert_ne!(buf.as_ptr(), first);
+            outbox.try_send_with(line(10)).unwrap();
+            assert_eq!(outbox.queue.lock().buf.as_ptr(), first, "no allocation");
+            // A buffer that grew beyond KEEP is freed once written.
+            let mut grown = BytesMut::with_capacity(KEEP + 1);
+            give_back(&mut outbox.queue.lock(), &mut grown);
+            assert_eq!(outbox.queue.lock().spare.capacity(), 0);
+            rx.take(&mut buf).await;
+            drop(std::mem::take(&mut buf));
+            outbox.release_memory();
+            let state = outbox.queue.lock();
+            assert_eq!((state.buf.capacity(), state.spare.capacity()), (0, 0));
+        })
+        .await;
     }
 }

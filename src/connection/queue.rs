@@ -139,6 +139,13 @@ impl Drop for Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails a test whose waits never end, instead of hanging it (a broken queue, say).
+    async fn bounded(test: impl std::future::Future<Output = ()>) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), test)
+            .await
+            .expect("the test waited 10 s for something that never happened");
+    }
     use crate::connection::budget::Budget;
     use crate::request::Request;
     use std::time::Duration;
@@ -218,16 +225,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn recv_waits_for_a_send_and_ends_with_the_sender() {
-        let (tx, mut rx) = inbound();
-        let receiver = tokio::spawn(async move {
-            let first = rx.recv().await.map(arg);
-            (first, rx.recv().await.is_none())
-        });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(!receiver.is_finished());
-        assert!(tx.send(call(9)));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        drop(tx);
-        assert_eq!(receiver.await.unwrap(), (Some(9), true));
+        bounded(async {
+            let (tx, mut rx) = inbound();
+            let receiver = tokio::spawn(async move {
+                let first = rx.recv().await.map(arg);
+                (first, rx.recv().await.is_none())
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(!receiver.is_finished());
+            assert!(tx.send(call(9)));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(tx);
+            assert_eq!(receiver.await.unwrap(), (Some(9), true));
+        })
+        .await;
     }
 }

@@ -166,6 +166,13 @@ pub fn overloaded(limit: &str) -> RpcError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails a test whose waits never end, instead of hanging it (a broken queue, say).
+    async fn bounded(test: impl std::future::Future<Output = ()>) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), test)
+            .await
+            .expect("the test waited 10 s for something that never happened");
+    }
     use std::time::Duration;
     use tower::{ServiceBuilder, ServiceExt};
     use tower_test::mock;
@@ -178,106 +185,115 @@ mod tests {
 
     #[tokio::test]
     async fn load_shed_rejections_name_the_limit() {
-        let (mock, mut handle) = mock::pair::<&'static str, &'static str>();
-        let mut service = ServiceBuilder::new()
-            .layer(NameOverloadLayer::new(
-                "per-connection concurrency limit (1)",
-            ))
-            .load_shed()
-            .concurrency_limit(1)
-            .service(mock);
+        bounded(async {
+            let (mock, mut handle) = mock::pair::<&'static str, &'static str>();
+            let mut service = ServiceBuilder::new()
+                .layer(NameOverloadLayer::new(
+                    "per-connection concurrency limit (1)",
+                ))
+                .load_shed()
+                .concurrency_limit(1)
+                .service(mock);
 
-        // The first request takes the only permit.
-        handle.allow(1);
-        let first = service.ready().await.unwrap().call("one");
-        // The second is shed at once, and says by which limit.
-        let error = service
-            .ready()
-            .await
-            .unwrap()
-            .call("two")
-            .await
-            .unwrap_err();
-        let rpc = RpcError::from_box_error(error);
-        assert_eq!(rpc.code, code::OVERLOADED);
-        assert_eq!(
-            rpc.message,
-            "overloaded: per-connection concurrency limit (1) reached"
-        );
-        assert_eq!(
-            rpc.data,
-            Some(serde_json::json!({"limit": "per-connection concurrency limit (1)"}))
-        );
+            // The first request takes the only permit.
+            handle.allow(1);
+            let first = service.ready().await.unwrap().call("one");
+            // The second is shed at once, and says by which limit.
+            let error = service
+                .ready()
+                .await
+                .unwrap()
+                .call("two")
+                .await
+                .unwrap_err();
+            let rpc = RpcError::from_box_error(error);
+            assert_eq!(rpc.code, code::OVERLOADED);
+            assert_eq!(
+                rpc.message,
+                "overloaded: per-connection concurrency limit (1) reached"
+            );
+            assert_eq!(
+                rpc.data,
+                Some(serde_json::json!({"limit": "per-connection concurrency limit (1)"}))
+            );
 
-        // Once the permit is back, requests go through again.
-        let (req, send) = handle.next_request().await.unwrap();
-        assert_eq!(req, "one");
-        send.send_response("ok");
-        assert_eq!(first.await.unwrap(), "ok");
-        handle.allow(1);
-        let third = service.ready().await.unwrap().call("three");
-        handle.next_request().await.unwrap().1.send_response("ok");
-        assert_eq!(third.await.unwrap(), "ok");
+            // Once the permit is back, requests go through again.
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req, "one");
+            send.send_response("ok");
+            assert_eq!(first.await.unwrap(), "ok");
+            handle.allow(1);
+            let third = service.ready().await.unwrap().call("three");
+            handle.next_request().await.unwrap().1.send_response("ok");
+            assert_eq!(third.await.unwrap(), "ok");
+        })
+        .await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn shed_rate_limit_is_named_too() {
-        let (mock, mut handle) = mock::pair::<&'static str, &'static str>();
-        handle.allow(100);
-        let mut service = ServiceBuilder::new()
-            .layer(NameOverloadLayer::new("rate limit (2 requests/s)"))
-            .load_shed()
-            .rate_limit(2, Duration::from_secs(1))
-            .service(mock);
-        let mut outcomes = Vec::new();
-        for _ in 0..3 {
-            let fut = service.ready().await.unwrap().call("r");
-            outcomes.push(fut);
-        }
-        let third = outcomes.pop().unwrap().await.unwrap_err();
-        assert_eq!(
-            RpcError::from_box_error(third).message,
-            "overloaded: rate limit (2 requests/s) reached"
-        );
-        // A second later the rate allows requests again.
-        tokio::time::advance(Duration::from_secs(1)).await;
-        let fut = service.ready().await.unwrap().call("later");
-        drop(outcomes);
-        while let Some((req, send)) = handle.next_request().await {
-            send.send_response("ok");
-            if req == "later" {
-                break;
+        bounded(async {
+            let (mock, mut handle) = mock::pair::<&'static str, &'static str>();
+            handle.allow(100);
+            let mut service = ServiceBuilder::new()
+                .layer(NameOverloadLayer::new("rate limit (2 requests/s)"))
+                .load_shed()
+                .rate_limit(2, Duration::from_secs(1))
+                .service(mock);
+            let mut outcomes = Vec::new();
+            for _ in 0..3 {
+                let fut = service.ready().await.unwrap().call("r");
+                outcomes.push(fut);
             }
-        }
-        assert_eq!(fut.await.unwrap(), "ok");
+            let third = outcomes.pop().unwrap().await.unwrap_err();
+            assert_eq!(
+                RpcError::from_box_error(third).message,
+                "overloaded: rate limit (2 requests/s) reached"
+            );
+            // A second later the rate allows requests again.
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let fut = service.ready().await.unwrap().call("later");
+            drop(outcomes);
+            while let Some((req, send)) = handle.next_request().await {
+                send.send_response("ok");
+                if req == "later" {
+                    break;
+                }
+            }
+            assert_eq!(fut.await.unwrap(), "ok");
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn other_errors_and_inner_names_pass_through() {
-        let (mock, mut handle) = mock::pair::<&'static str, &'static str>();
-        let mut service = ServiceBuilder::new()
-            .layer(NameOverloadLayer::new("outer"))
-            .layer(NameOverloadLayer::new("inner"))
-            .service(mock);
-        handle.allow(2);
-        let fut = service.ready().await.unwrap().call("a");
-        handle
-            .next_request()
-            .await
-            .unwrap()
-            .1
-            .send_error(Overloaded::new());
-        let rpc = RpcError::from_box_error(fut.await.unwrap_err());
-        assert_eq!(rpc.message, "overloaded: inner reached");
+        bounded(async {
+            let (mock, mut handle) = mock::pair::<&'static str, &'static str>();
+            let mut service = ServiceBuilder::new()
+                .layer(NameOverloadLayer::new("outer"))
+                .layer(NameOverloadLayer::new("inner"))
+                .service(mock);
+            handle.allow(2);
+            let fut = service.ready().await.unwrap().call("a");
+            handle
+                .next_request()
+                .await
+                .unwrap()
+                .1
+                .send_error(Overloaded::new());
+            let rpc = RpcError::from_box_error(fut.await.unwrap_err());
+            assert_eq!(rpc.message, "overloaded: inner reached");
 
-        let fut = service.ready().await.unwrap().call("b");
-        handle
-            .next_request()
-            .await
-            .unwrap()
-            .1
-            .send_error(RpcError::new(42, "mine"));
-        let rpc = RpcError::from_box_error(fut.await.unwrap_err());
-        assert_eq!((rpc.code, rpc.message.as_str()), (42, "mine"));
+            let fut = service.ready().await.unwrap().call("b");
+            handle
+                .next_request()
+                .await
+                .unwrap()
+                .1
+                .send_error(RpcError::new(42, "mine"));
+            let rpc = RpcError::from_box_error(fut.await.unwrap_err());
+            assert_eq!((rpc.code, rpc.message.as_str()), (42, "mine"));
+        })
+        .await;
     }
 }

@@ -161,6 +161,13 @@ mod tests {
 
     use super::*;
 
+    /// Fails a test whose waits never end, instead of hanging it (a broken queue, say).
+    async fn bounded(test: impl std::future::Future<Output = ()>) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), test)
+            .await
+            .expect("the test waited 10 s for something that never happened");
+    }
+
     fn worker(key: u64) -> Arc<Worker> {
         let (conn, _peer) = Connection::pair().expect("socket pair");
         Arc::new(Worker {
@@ -193,80 +200,92 @@ mod tests {
 
     #[tokio::test]
     async fn a_balancer_sees_the_workers_already_live_then_every_change() {
-        let roster = Roster::new();
-        roster.join(worker(1));
-        roster.join(worker(2));
-        let mut discovery = roster.discover(|w| w.key);
-        let mut first = vec![
-            key_of(&next(&mut discovery).await),
-            key_of(&next(&mut discovery).await),
-        ];
-        first.sort();
-        assert_eq!(first, [(true, 1), (true, 2)]);
-        assert!(!now_ready(&mut discovery), "nothing changed since");
+        bounded(async {
+            let roster = Roster::new();
+            roster.join(worker(1));
+            roster.join(worker(2));
+            let mut discovery = roster.discover(|w| w.key);
+            let mut first = vec![
+                key_of(&next(&mut discovery).await),
+                key_of(&next(&mut discovery).await),
+            ];
+            first.sort();
+            assert_eq!(first, [(true, 1), (true, 2)]);
+            assert!(!now_ready(&mut discovery), "nothing changed since");
 
-        roster.leave(1);
-        assert_eq!(key_of(&next(&mut discovery).await), (false, 1));
-        roster.join(worker(3));
-        assert_eq!(key_of(&next(&mut discovery).await), (true, 3));
-        roster.leave(42);
-        assert!(
-            !now_ready(&mut discovery),
-            "leaving with an unknown key changes nothing"
-        );
-        assert_eq!(roster.len(), 2);
+            roster.leave(1);
+            assert_eq!(key_of(&next(&mut discovery).await), (false, 1));
+            roster.join(worker(3));
+            assert_eq!(key_of(&next(&mut discovery).await), (true, 3));
+            roster.leave(42);
+            assert!(
+                !now_ready(&mut discovery),
+                "leaving with an unknown key changes nothing"
+            );
+            assert_eq!(roster.len(), 2);
 
-        roster.clear();
-        let mut gone = vec![
-            key_of(&next(&mut discovery).await),
-            key_of(&next(&mut discovery).await),
-        ];
-        gone.sort();
-        assert_eq!(gone, [(false, 2), (false, 3)]);
-        assert_eq!(roster.len(), 0);
+            roster.clear();
+            let mut gone = vec![
+                key_of(&next(&mut discovery).await),
+                key_of(&next(&mut discovery).await),
+            ];
+            gone.sort();
+            assert_eq!(gone, [(false, 2), (false, 3)]);
+            assert_eq!(roster.len(), 0);
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn a_change_wakes_a_balancer_waiting_for_one() {
-        let roster = Roster::new();
-        let mut discovery = roster.discover(|w| w.key);
-        let waiting = tokio::spawn(async move { key_of(&next(&mut discovery).await) });
-        // It finds no worker and waits, its waker registered.
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
-        assert!(!waiting.is_finished());
-        roster.join(worker(7));
-        let change = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
-            .await
-            .expect("woken by the join")
-            .expect("no panic");
-        assert_eq!(change, (true, 7));
+        bounded(async {
+            let roster = Roster::new();
+            let mut discovery = roster.discover(|w| w.key);
+            let waiting = tokio::spawn(async move { key_of(&next(&mut discovery).await) });
+            // It finds no worker and waits, its waker registered.
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            assert!(!waiting.is_finished());
+            roster.join(worker(7));
+            let change = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+                .await
+                .expect("woken by the join")
+                .expect("no panic");
+            assert_eq!(change, (true, 7));
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn the_stream_ends_with_the_roster() {
-        let roster = Roster::new();
-        let mut discovery = roster.discover(|w| w.key);
-        drop(roster);
-        let item = poll_fn(|cx| Pin::new(&mut discovery).poll_next(cx)).await;
-        assert!(item.is_none());
+        bounded(async {
+            let roster = Roster::new();
+            let mut discovery = roster.discover(|w| w.key);
+            drop(roster);
+            let item = poll_fn(|cx| Pin::new(&mut discovery).poll_next(cx)).await;
+            assert!(item.is_none());
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn until_waits_for_enough_live_workers() {
-        let roster = Arc::new(Roster::new());
-        let waiting = tokio::spawn({
-            let roster = roster.clone();
-            async move { roster.until(|n| n >= 2).await }
-        });
-        roster.join(worker(1));
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        roster.join(worker(2));
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
-            .await
-            .expect("woken by the second join")
-            .expect("no panic");
+        bounded(async {
+            let roster = Arc::new(Roster::new());
+            let waiting = tokio::spawn({
+                let roster = roster.clone();
+                async move { roster.until(|n| n >= 2).await }
+            });
+            roster.join(worker(1));
+            tokio::task::yield_now().await;
+            assert!(!waiting.is_finished());
+            roster.join(worker(2));
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+                .await
+                .expect("woken by the second join")
+                .expect("no panic");
+        })
+        .await;
     }
 }
