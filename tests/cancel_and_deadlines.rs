@@ -366,3 +366,22 @@ async fn a_call_dropped_after_its_reply_came_sends_no_cancel() {
     client.post_message("after", ()).await.unwrap();
     assert_eq!(peer.recv().await, json!(["after", []]));
 }
+
+#[tokio::test]
+async fn a_call_never_sent_sends_no_cancel() {
+    let (_dir, path) = socket_path();
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let client = Connection::builder().config(Config::new().max_frame_size(64));
+    let (accepted, client) = tokio::join!(listener.accept(), client.connect(&path));
+    let mut peer = RawPeer::over(accepted.unwrap().0);
+    let client = client.unwrap();
+    // Too large to send: it fails here, and the peer never hears of it.
+    let err = client
+        .call::<()>("m", ("x".repeat(100),))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(diarrhoea::code::FRAME_TOO_LARGE), "{err}");
+    assert_eq!(client.pending_calls(), 0);
+    client.post_message("after", ()).await.unwrap();
+    assert_eq!(peer.recv().await, json!(["after", []]));
+}
