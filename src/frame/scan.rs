@@ -247,5 +247,15 @@ mod tests {
         let nested = |depth: usize| format!("[\"m\",{}{}]", "[".repeat(depth), "]".repeat(depth));
         assert!(agrees(&nested(MAX_DEPTH - 1)));
         assert!(!agrees(&nested(MAX_DEPTH)));
+        // Objects count the same.
+        let objects = |depth: usize| {
+            format!(
+                "[\"m\",[],1,{}1{}]",
+                "{\"a\":".repeat(depth),
+                "}".repeat(depth)
+            )
+        };
+        assert!(agrees(&objects(MAX_DEPTH - 1)));
+        assert!(!agrees(&objects(MAX_DEPTH)));
     }
 }
