@@ -176,3 +176,22 @@ async fn writing_to_a_peer_that_went_away_fails_and_closes() {
     assert!(failed, "posting to a dead peer kept succeeding");
     within("closed", client.closed()).await;
 }
+
+#[tokio::test]
+async fn an_accept_error_for_one_connection_does_not_stop_the_server() {
+    use futures_util::StreamExt;
+    let (near, far) = tokio::net::UnixStream::pair().unwrap();
+    // The first accept fails for that connection alone (the peer gave up), the next succeeds.
+    let accepted = futures_util::stream::iter([
+        Err(std::io::Error::from(std::io::ErrorKind::ConnectionAborted)),
+        Ok(near),
+    ])
+    .chain(futures_util::stream::pending());
+    let server = tokio::spawn(serve(diarrhoea::from_stream(accepted), test_router()).into_future());
+    let client = Connection::builder().serve_connection(far);
+    let sum: i64 = within("a call through the server", client.call("add", (1, 2)))
+        .await
+        .unwrap();
+    assert_eq!(sum, 3);
+    server.abort();
+}
