@@ -166,6 +166,21 @@ fn too_long_temporary_path_is_refused_before_touching_anything() {
     assert!(entries(&dir).is_empty());
 }
 
+/// The staging socket's limit is not off by one the other way either.
+#[test]
+fn longest_temporary_path_that_fits_binds() {
+    let tmp = TempDir::new().unwrap();
+    let dir_len = tmp.path().as_os_str().len();
+    // The staging socket beside the path, "/.dh01234567/s", takes exactly MAX_PATH_LEN.
+    let dir = tmp
+        .path()
+        .join("d".repeat(MAX_PATH_LEN - dir_len - "/.dh01234567/s".len() - 1));
+    fs::create_dir(&dir).unwrap();
+    let path = dir.join("x.sock");
+    let (listener, _file) = bind(&path, 0o600).unwrap();
+    assert!(accepts(&listener, &path));
+}
+
 /// OS failures stay I/O errors, but still say which path.
 #[test]
 fn missing_directory_is_an_io_error_naming_the_path() {
