@@ -249,6 +249,8 @@ mod request;
 mod response;
 mod router;
 mod server;
+#[cfg(test)]
+mod test_util;
 pub mod transport;
 mod wire;
 // Above the server: it mounts connections and calls in an axum app.

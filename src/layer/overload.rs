@@ -166,13 +166,7 @@ pub fn overloaded(limit: &str) -> RpcError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Fails a test whose waits never end, instead of hanging it (a broken queue, say).
-    async fn bounded(test: impl std::future::Future<Output = ()>) {
-        tokio::time::timeout(std::time::Duration::from_secs(10), test)
-            .await
-            .expect("the test waited 10 s for something that never happened");
-    }
+    use crate::test_util::bounded;
     use std::time::Duration;
     use tower::{ServiceBuilder, ServiceExt};
     use tower_test::mock;

@@ -160,13 +160,7 @@ mod tests {
     use futures_core::Stream;
 
     use super::*;
-
-    /// Fails a test whose waits never end, instead of hanging it (a broken queue, say).
-    async fn bounded(test: impl std::future::Future<Output = ()>) {
-        tokio::time::timeout(std::time::Duration::from_secs(10), test)
-            .await
-            .expect("the test waited 10 s for something that never happened");
-    }
+    use crate::test_util::bounded;
 
     fn worker(key: u64) -> Arc<Worker> {
         let (conn, _peer) = Connection::pair().expect("socket pair");
