@@ -68,7 +68,7 @@ pub(super) fn split(line: &[u8]) -> Option<Scanned<'_>> {
     if scan.eat(b']').is_none() {
         loop {
             let start = scan.at;
-            scan.value(1)?;
+            scan.value()?;
             // More than four elements: serde_json counts them for the error.
             *parts.items.get_mut(parts.len)? = Some(&line[start..scan.at]);
             parts.len += 1;
@@ -107,46 +107,60 @@ impl Scanner<'_> {
         (self.peek()? == byte).then(|| self.at += 1)
     }
 
-    /// One JSON value at nesting `depth` (the frame's own array is 1).
-    fn value(&mut self, depth: usize) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string(),
-            b'[' if depth < MAX_DEPTH => {
-                self.at += 1;
-                if self.eat(b']').is_some() {
-                    return Some(());
-                }
-                loop {
-                    self.value(depth + 1)?;
-                    match self.next()? {
-                        b',' => continue,
-                        b']' => return Some(()),
-                        _ => return None,
+    /// One JSON value inside the frame's array. A loop, not recursion: the open arrays and
+    /// objects are a count and a bit each (set for an object), which costs less per value
+    /// than a call, and the fast path's nesting is bounded anyway.
+    fn value(&mut self) -> Option<()> {
+        let mut open = 0;
+        let mut objects = 0u32;
+        loop {
+            match self.peek()? {
+                b'"' => self.string()?,
+                b'-' | b'0'..=b'9' => self.number()?,
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                // The frame's array is the first level.
+                byte @ (b'[' | b'{') if open + 2 <= MAX_DEPTH => {
+                    self.at += 1;
+                    let object = byte == b'{';
+                    if self.eat(if object { b'}' } else { b']' }).is_none() {
+                        open += 1;
+                        objects = objects << 1 | u32::from(object);
+                        if object {
+                            self.key()?;
+                        }
+                        continue;
                     }
                 }
+                _ => return None,
             }
-            b'{' if depth < MAX_DEPTH => {
-                self.at += 1;
-                if self.eat(b'}').is_some() {
+            // A value ended: the next one in its array or object, or the end of those.
+            loop {
+                if open == 0 {
                     return Some(());
                 }
-                loop {
-                    self.string()?;
-                    self.eat(b':')?;
-                    self.value(depth + 1)?;
-                    match self.next()? {
-                        b',' => continue,
-                        b'}' => return Some(()),
-                        _ => return None,
+                let object = objects & 1 == 1;
+                match self.next()? {
+                    b',' if object => {
+                        self.key()?;
+                        break;
                     }
+                    b',' => break,
+                    b'}' if object => {}
+                    b']' if !object => {}
+                    _ => return None,
                 }
+                open -= 1;
+                objects >>= 1;
             }
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
         }
+    }
+
+    /// An object's key and its colon.
+    fn key(&mut self) -> Option<()> {
+        self.string()?;
+        self.eat(b':')
     }
 
     /// A string without escapes: printable bytes up to the closing quote.
