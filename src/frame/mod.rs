@@ -143,11 +143,11 @@ impl Frame {
                     "{}",
                     String::from_utf8_lossy(line)
                 );
-                return scanned.parts.into_frame(methods, wire);
+                return scanned.parts.into_frame(methods, wire, false);
             }
         }
         match std::str::from_utf8(line) {
-            Ok(line) => Parts::by_serde(line)?.into_frame(methods, wire),
+            Ok(line) => Parts::by_serde(line)?.into_frame(methods, wire, true),
             Err(_) => Err(InvalidFrame::new(
                 None,
                 RpcError::new(code::PARSE_ERROR, "parse error: line is not valid UTF-8"),
@@ -273,6 +273,8 @@ pub(crate) struct MethodNames {
     names: Vec<Arc<str>>,
     /// The slot the next new name replaces once all are taken.
     next: usize,
+    /// The slot of the name found last, looked at first: frames often repeat a name.
+    last: usize,
 }
 
 impl MethodNames {
@@ -283,8 +285,12 @@ impl MethodNames {
 
     /// The name `name` spells, shared if seen before; `None` if it is not UTF-8.
     fn get(&mut self, name: &[u8]) -> Option<Arc<str>> {
-        if let Some(seen) = self.names.iter().find(|seen| seen.as_bytes() == name) {
+        if let Some(seen) = self.names.get(self.last).filter(|seen| seen.as_bytes() == name) {
             return Some(seen.clone());
+        }
+        if let Some(at) = self.names.iter().position(|seen| seen.as_bytes() == name) {
+            self.last = at;
+            return Some(self.names[at].clone());
         }
         let name: Arc<str> = std::str::from_utf8(name).ok()?.into();
         if name.len() <= Self::LONGEST {
@@ -358,13 +364,16 @@ impl<'a> Parts<'a> {
         self.items[i].unwrap_or(b"")
     }
 
+    /// The frame; `escapes` says whether its strings may hold escapes (the fast path's
+    /// never do).
     fn into_frame(
         self,
         methods: Option<&mut MethodNames>,
         wire: Option<Line<'_>>,
+        escapes: bool,
     ) -> Result<Frame, InvalidFrame> {
         match self.get(0).first() {
-            Some(b'"') => self.into_call(methods, wire),
+            Some(b'"') => self.into_call(methods, wire, escapes),
             Some(b'0'..=b'9' | b'-') => self.into_reply(wire),
             Some(b'n') if self.len == 3 && self.get(1) == b"null" => {
                 let error =
@@ -382,6 +391,7 @@ impl<'a> Parts<'a> {
         self,
         methods: Option<&mut MethodNames>,
         wire: Option<Line<'_>>,
+        escapes: bool,
     ) -> Result<Frame, InvalidFrame> {
         let id = if self.len >= 3 {
             Some(parse_id(self.get(2)).map_err(|e| InvalidFrame::new(None, e))?)
@@ -395,7 +405,7 @@ impl<'a> Parts<'a> {
         let raw = self.get(0);
         let not_a_name = || invalid("method name is not a valid string");
         // Without escapes the name is the text between the quotes.
-        let method: Arc<str> = if raw.contains(&b'\\') {
+        let method: Arc<str> = if escapes && raw.contains(&b'\\') {
             let parsed: String = serde_json::from_slice(raw).map_err(|_| not_a_name())?;
             parsed.into()
         } else {
