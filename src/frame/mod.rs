@@ -285,7 +285,11 @@ impl MethodNames {
 
     /// The name `name` spells, shared if seen before; `None` if it is not UTF-8.
     fn get(&mut self, name: &[u8]) -> Option<Arc<str>> {
-        if let Some(seen) = self.names.get(self.last).filter(|seen| seen.as_bytes() == name) {
+        if let Some(seen) = self
+            .names
+            .get(self.last)
+            .filter(|seen| seen.as_bytes() == name)
+        {
             return Some(seen.clone());
         }
         if let Some(at) = self.names.iter().position(|seen| seen.as_bytes() == name) {
