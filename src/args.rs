@@ -102,12 +102,12 @@ impl Args {
         }
     }
 
-    /// JSON read from a line, already checked to be valid and an array: with the line's
-    /// bytes, left where it is.
-    pub(crate) fn from_wire(text: &str, line: Option<Line<'_>>) -> Self {
+    /// JSON read from a line, already checked to be valid UTF-8 and an array: with the
+    /// line's bytes, left where it is.
+    pub(crate) fn from_wire(text: &[u8], line: Option<Line<'_>>) -> Self {
         match line {
             Some(line) => Args(Repr::Wire(line.text(text))),
-            None => Args(Repr::Json(text.into())),
+            None => Args(Repr::Json(crate::wire::to_text(text))),
         }
     }
 
@@ -228,7 +228,7 @@ mod tests {
             bytes: &bytes,
             chunk: &chunk,
         };
-        (Args::from_wire(&line[text], Some(wire)), chunk)
+        (Args::from_wire(&line.as_bytes()[text], Some(wire)), chunk)
     }
 
     #[test]
@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn arguments_read_from_a_line_are_copied_unless_given_it() {
-        let args = Args::from_wire("[1]", None);
+        let args = Args::from_wire(b"[1]", None);
         assert!(!args.in_line());
         assert_eq!(args.get(), "[1]");
     }

@@ -82,13 +82,7 @@ impl FrameCodec {
         if line.is_empty() {
             return None;
         }
-        Some(match std::str::from_utf8(line) {
-            Ok(line) => Frame::parse_with(line, Some(&mut self.methods), wire),
-            Err(_) => Err(InvalidFrame::new(
-                None,
-                RpcError::new(code::PARSE_ERROR, "parse error: line is not valid UTF-8"),
-            )),
-        })
+        Some(Frame::parse_bytes(line, Some(&mut self.methods), wire))
     }
 }
 
@@ -375,6 +369,34 @@ mod tests {
         let got = decode_all(&mut codec, &mut buf);
         assert_eq!(got[0].as_ref().unwrap_err().error.code, code::PARSE_ERROR);
         assert_eq!(got[1], Ok(ping(4)));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_caught_inside_strings_too() {
+        // The fast path takes these lines' shape; the line must still be UTF-8 to be taken.
+        let mark = ChunkMark::default();
+        for shared in [None, Some(&mark)] {
+            let mut codec = FrameCodec::default();
+            let mut buf = BytesMut::from(
+                &b"[\"ping\",[\"\xff\"]]\n[\"ping\",[\"\xc3\xbc\xe2\x82\"]]\n[\"p\xc3\xbcng\",[\"\xc3\xbc\"]]\n"[..],
+            );
+            let mut got = Vec::new();
+            while let Some(item) = codec.decode_from(&mut buf, shared).unwrap() {
+                got.push(item);
+            }
+            assert_eq!(got.len(), 3);
+            for bad in &got[..2] {
+                let error = &bad.as_ref().unwrap_err().error;
+                assert_eq!(error.code, code::PARSE_ERROR);
+                assert!(error.message.contains("UTF-8"), "{error}");
+            }
+            match &got[2] {
+                Ok(Frame::Notification { method, args }) => {
+                    assert_eq!((&**method, args.get()), ("p\u{fc}ng", "[\"\u{fc}\"]"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -303,7 +303,8 @@ mod tests {
             bytes: &bytes,
             chunk: &chunk,
         };
-        let mut req = Request::from_parts("m", Args::from_wire(&text[5..10], Some(line)));
+        let mut req =
+            Request::from_parts("m", Args::from_wire(&text.as_bytes()[5..10], Some(line)));
         drop(chunk);
         assert!(req.args().in_line(), "read where they are");
         let args = req.take_args();

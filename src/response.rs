@@ -65,10 +65,10 @@ impl Response {
 
     /// Raw JSON read from a line, which cannot hold a line break: with the line's bytes,
     /// left where it is.
-    pub(crate) fn from_wire(text: &str, line: Option<Line<'_>>) -> Self {
+    pub(crate) fn from_wire(text: &[u8], line: Option<Line<'_>>) -> Self {
         match line {
             Some(line) => Response(Repr::Wire(line.text(text))),
-            None => Response::json(text.into()),
+            None => Response::json(crate::wire::to_text(text)),
         }
     }
 
@@ -266,7 +266,7 @@ mod tests {
             bytes: &bytes,
             chunk: &chunk,
         };
-        let reply = Response::from_wire(&text[3..12], Some(wire));
+        let reply = Response::from_wire(&text.as_bytes()[3..12], Some(wire));
         drop(chunk);
         assert!(reply.in_line());
         let same = Response::new(&serde_json::json!({"a": [1]})).unwrap();
@@ -282,7 +282,7 @@ mod tests {
         let detached = reply.detached();
         assert!(!detached.in_line() && !watch.is_held());
         assert_eq!(detached.into_raw().get(), r#"{"a":[1]}"#);
-        assert!(!Response::from_wire("1", None).in_line());
+        assert!(!Response::from_wire(b"1", None).in_line());
         assert!(!Response::null().detached().in_line());
     }
 

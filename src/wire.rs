@@ -46,13 +46,19 @@ pub(crate) struct Line<'a> {
 }
 
 impl Line<'_> {
-    /// `text`, which must lie within the line, without copying it.
-    pub(crate) fn text(&self, text: &str) -> WireText {
+    /// `text`, which must lie within the line and be UTF-8, without copying it.
+    pub(crate) fn text(&self, text: &[u8]) -> WireText {
         WireText {
-            bytes: self.bytes.slice_ref(text.as_bytes()),
+            bytes: self.bytes.slice_ref(text),
             _chunk: self.chunk.clone(),
         }
     }
+}
+
+/// Text read from a line and checked there to be UTF-8, in memory of its own. (Safe code
+/// cannot skip the check; nothing is replaced, as the text is UTF-8.)
+pub(crate) fn to_text(text: &[u8]) -> Box<str> {
+    String::from_utf8_lossy(text).into()
 }
 
 /// Valid UTF-8 JSON text inside a line of the read buffer. Not `Clone`: what copies it
@@ -98,7 +104,10 @@ mod tests {
             chunk: &chunk,
         };
         let full = std::str::from_utf8(&bytes).unwrap();
-        let (args, first) = (line.text(&full[5..12]), line.text(&full[6..7]));
+        let (args, first) = (
+            line.text(&full.as_bytes()[5..12]),
+            line.text(&full.as_bytes()[6..7]),
+        );
         assert_eq!(args.get(), r#"[1,"a"]"#);
         assert_eq!(args.as_bytes().as_ptr(), bytes[5..].as_ptr(), "not copied");
         assert_eq!(format!("{first:?}"), "1");

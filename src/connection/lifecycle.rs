@@ -6,6 +6,8 @@
 //! any stage -> aborted (drop everything at once) -> closed
 //! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::Parent;
@@ -13,6 +15,9 @@ use super::Parent;
 pub(super) struct Lifecycle {
     /// Cancelled by `end()`, or when inbound work is done: the writer flushes and shuts down.
     ending: CancellationToken,
+    /// `ending` as a flag, set before it is cancelled: every outgoing frame asks, and a
+    /// token's own check takes a lock.
+    ended: AtomicBool,
     /// Cancelled to drop everything at once (`close()`, a stream error, a shutdown deadline);
     /// a child of the server's, so a server can abort all its connections.
     abort: CancellationToken,
@@ -27,6 +32,7 @@ impl Lifecycle {
     pub(super) fn new(parent: &Parent) -> Self {
         Lifecycle {
             ending: CancellationToken::new(),
+            ended: AtomicBool::new(false),
             abort: parent.abort.child_token(),
             draining: parent.draining.child_token(),
             closed: CancellationToken::new(),
@@ -34,11 +40,12 @@ impl Lifecycle {
     }
 
     pub(super) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
         self.ending.cancel();
     }
 
     pub(super) fn is_ending(&self) -> bool {
-        self.ending.is_cancelled()
+        self.ended.load(Ordering::Acquire)
     }
 
     pub(super) fn ended(&self) -> WaitForCancellationFuture<'_> {

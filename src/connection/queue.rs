@@ -64,9 +64,14 @@ impl Sender {
         if state.closed {
             return false;
         }
+        let was_empty = state.items.is_empty();
         state.items.push_back(item);
         drop(state);
-        self.queue.ready.notify_one();
+        // The receiver waits only after finding the queue empty, and the wake-up is kept
+        // if it is not waiting yet: one for the first item is enough.
+        if was_empty {
+            self.queue.ready.notify_one();
+        }
         true
     }
 
@@ -215,6 +220,32 @@ mod tests {
         );
         tx.release_memory();
         assert_eq!(tx.queue.lock().items.capacity(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_receiver_takes_every_call_of_a_burst_and_waits_again() {
+        bounded(async {
+            let (tx, mut rx) = inbound();
+            let (got, mut seen) = tokio::sync::mpsc::unbounded_channel();
+            let receiver = tokio::spawn(async move {
+                while let Some(item) = rx.recv().await {
+                    got.send(arg(item)).unwrap();
+                }
+            });
+            for round in 0..3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Only the first send of a burst wakes the receiver.
+                for i in 0..3 {
+                    assert!(tx.send(call(round * 10 + i)));
+                }
+                for i in 0..3 {
+                    assert_eq!(seen.recv().await, Some(round * 10 + i));
+                }
+            }
+            drop(tx);
+            receiver.await.unwrap();
+        })
+        .await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,16 +120,39 @@ impl Frame {
         methods: Option<&mut MethodNames>,
         wire: Option<Line<'_>>,
     ) -> Result<Frame, InvalidFrame> {
-        let parts = match scan::split(line) {
-            Some(parts) => {
+        Frame::parse_bytes(line.as_bytes(), methods, wire)
+    }
+
+    /// As [`Frame::parse_with`], for a line not yet known to be UTF-8: a line the fast path
+    /// takes whole and finds all ASCII needs no other check.
+    pub(crate) fn parse_bytes(
+        line: &[u8],
+        methods: Option<&mut MethodNames>,
+        wire: Option<Line<'_>>,
+    ) -> Result<Frame, InvalidFrame> {
+        if let Some(scanned) = scan::split(line) {
+            if scanned.ascii || std::str::from_utf8(line).is_ok() {
                 // Tests and fuzzing run with debug assertions: every line the scanner
                 // takes is checked against serde_json's reading of it.
-                debug_assert_eq!(Some(&parts), Parts::by_serde(line).ok().as_ref(), "{line}");
-                parts
+                debug_assert_eq!(
+                    Some(&scanned.parts),
+                    std::str::from_utf8(line)
+                        .ok()
+                        .and_then(|line| Parts::by_serde(line).ok())
+                        .as_ref(),
+                    "{}",
+                    String::from_utf8_lossy(line)
+                );
+                return scanned.parts.into_frame(methods, wire, false);
             }
-            None => Parts::by_serde(line)?,
-        };
-        parts.into_frame(methods, wire)
+        }
+        match std::str::from_utf8(line) {
+            Ok(line) => Parts::by_serde(line)?.into_frame(methods, wire, true),
+            Err(_) => Err(InvalidFrame::new(
+                None,
+                RpcError::new(code::PARSE_ERROR, "parse error: line is not valid UTF-8"),
+            )),
+        }
     }
 
     /// Appends the frame's line, terminator included, to `buf`: the one encoder of frames.
@@ -250,6 +273,8 @@ pub(crate) struct MethodNames {
     names: Vec<Arc<str>>,
     /// The slot the next new name replaces once all are taken.
     next: usize,
+    /// The slot of the name found last, looked at first: frames often repeat a name.
+    last: usize,
 }
 
 impl MethodNames {
@@ -258,11 +283,20 @@ impl MethodNames {
     /// Longer names are not kept: they are rarely repeated method names.
     const LONGEST: usize = 64;
 
-    fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(seen) = self.names.iter().find(|seen| ***seen == *name) {
-            return seen.clone();
+    /// The name `name` spells, shared if seen before; `None` if it is not UTF-8.
+    fn get(&mut self, name: &[u8]) -> Option<Arc<str>> {
+        if let Some(seen) = self
+            .names
+            .get(self.last)
+            .filter(|seen| seen.as_bytes() == name)
+        {
+            return Some(seen.clone());
         }
-        let name: Arc<str> = name.into();
+        if let Some(at) = self.names.iter().position(|seen| seen.as_bytes() == name) {
+            self.last = at;
+            return Some(self.names[at].clone());
+        }
+        let name: Arc<str> = std::str::from_utf8(name).ok()?.into();
         if name.len() <= Self::LONGEST {
             if self.names.len() < Self::KEPT {
                 self.names.push(name.clone());
@@ -271,15 +305,16 @@ impl MethodNames {
                 self.next = (self.next + 1) % Self::KEPT;
             }
         }
-        name
+        Some(name)
     }
 }
 
 /// The elements of a frame: the JSON text of the first four, borrowed from the line, and how
-/// many there are.
+/// many there are. Bytes, because the line they lie in may not have been checked to be UTF-8
+/// as a whole (see [`Frame::parse_bytes`]); each element is valid JSON.
 #[derive(Debug, PartialEq)]
 struct Parts<'a> {
-    items: [Option<&'a str>; 4],
+    items: [Option<&'a [u8]>; 4],
     len: usize,
 }
 
@@ -312,7 +347,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Parts<'a> {
                 };
                 while parts.len < 4 {
                     match seq.next_element::<&'de RawValue>()? {
-                        Some(item) => parts.items[parts.len] = Some(item.get()),
+                        Some(item) => parts.items[parts.len] = Some(item.get().as_bytes()),
                         None => return Ok(parts),
                     }
                     parts.len += 1;
@@ -329,19 +364,22 @@ impl<'de: 'a, 'a> Deserialize<'de> for Parts<'a> {
 }
 
 impl<'a> Parts<'a> {
-    fn get(&self, i: usize) -> &'a str {
-        self.items[i].unwrap_or("")
+    fn get(&self, i: usize) -> &'a [u8] {
+        self.items[i].unwrap_or(b"")
     }
 
+    /// The frame; `escapes` says whether its strings may hold escapes (the fast path's
+    /// never do).
     fn into_frame(
         self,
         methods: Option<&mut MethodNames>,
         wire: Option<Line<'_>>,
+        escapes: bool,
     ) -> Result<Frame, InvalidFrame> {
-        match self.get(0).as_bytes().first() {
-            Some(b'"') => self.into_call(methods, wire),
+        match self.get(0).first() {
+            Some(b'"') => self.into_call(methods, wire, escapes),
             Some(b'0'..=b'9' | b'-') => self.into_reply(wire),
-            Some(b'n') if self.len == 3 && self.get(1) == "null" => {
+            Some(b'n') if self.len == 3 && self.get(1) == b"null" => {
                 let error =
                     parse_error_object(self.get(2)).map_err(|e| InvalidFrame::new(None, e))?;
                 Ok(Frame::ConnectionError(error))
@@ -357,6 +395,7 @@ impl<'a> Parts<'a> {
         self,
         methods: Option<&mut MethodNames>,
         wire: Option<Line<'_>>,
+        escapes: bool,
     ) -> Result<Frame, InvalidFrame> {
         let id = if self.len >= 3 {
             Some(parse_id(self.get(2)).map_err(|e| InvalidFrame::new(None, e))?)
@@ -368,20 +407,21 @@ impl<'a> Parts<'a> {
             return Err(invalid("a call has 2 to 4 elements"));
         }
         let raw = self.get(0);
-        // Without escapes the name is the text between the quotes, already validated.
-        let method: Arc<str> = if raw.contains('\\') {
-            let parsed: String = serde_json::from_str(raw)
-                .map_err(|_| invalid("method name is not a valid string"))?;
+        let not_a_name = || invalid("method name is not a valid string");
+        // Without escapes the name is the text between the quotes.
+        let method: Arc<str> = if escapes && raw.contains(&b'\\') {
+            let parsed: String = serde_json::from_slice(raw).map_err(|_| not_a_name())?;
             parsed.into()
         } else {
             let name = &raw[1..raw.len() - 1];
             match methods {
                 Some(methods) => methods.get(name),
-                None => name.into(),
+                None => std::str::from_utf8(name).ok().map(Arc::from),
             }
+            .ok_or_else(not_a_name)?
         };
         let args = self.get(1);
-        if !args.starts_with('[') {
+        if !args.starts_with(b"[") {
             return Err(invalid("args (element 1) must be an array"));
         }
         let args = Args::from_wire(args, wire);
@@ -390,9 +430,8 @@ impl<'a> Parts<'a> {
         };
         let meta = match self.items[3] {
             None => Meta::default(),
-            Some(raw) if raw.starts_with('{') => {
-                serde_json::from_str(raw).map_err(|e| invalid(&format!("meta (element 3): {e}")))?
-            }
+            Some(raw) if raw.starts_with(b"{") => serde_json::from_slice(raw)
+                .map_err(|e| invalid(&format!("meta (element 3): {e}")))?,
             Some(_) => return Err(invalid("meta (element 3) must be an object")),
         };
         Ok(Frame::Request {
@@ -408,7 +447,7 @@ impl<'a> Parts<'a> {
         let id = parse_id(self.get(0)).map_err(|e| InvalidFrame::new(None, e))?;
         let result = match self.len {
             2 => Ok(Response::from_wire(self.get(1), wire)),
-            3 if self.get(1) == "null" => {
+            3 if self.get(1) == b"null" => {
                 Err(parse_error_object(self.get(2)).unwrap_or_else(|e| {
                     RpcError::invalid_frame(format!("malformed error reply: {e}"))
                 }))
@@ -426,10 +465,10 @@ impl<'a> Parts<'a> {
     }
 }
 
-fn parse_id(raw: &str) -> Result<u64, RpcError> {
+fn parse_id(raw: &[u8]) -> Result<u64, RpcError> {
     // The usual id, plain digits without a leading zero, read without serde_json; anything
     // else (`-0`, `1e3`, a leading zero, too many digits) takes serde_json's reading.
-    let digits = raw.as_bytes();
+    let digits = raw;
     if (1..=15).contains(&digits.len())
         && digits.iter().all(u8::is_ascii_digit)
         && (digits[0] != b'0' || digits.len() == 1)
@@ -438,17 +477,17 @@ fn parse_id(raw: &str) -> Result<u64, RpcError> {
             .iter()
             .fold(0, |id, digit| id * 10 + u64::from(digit - b'0')));
     }
-    match serde_json::from_str::<u64>(raw) {
+    match serde_json::from_slice::<u64>(raw) {
         Ok(id) if id <= MAX_ID => Ok(id),
         _ => Err(RpcError::invalid_frame(format!(
             "id must be an unsigned integer below 2^53, got `{}`",
-            truncate(raw, 40)
+            truncate(&String::from_utf8_lossy(raw), 40)
         ))),
     }
 }
 
-fn parse_error_object(raw: &str) -> Result<RpcError, RpcError> {
-    serde_json::from_str(raw).map_err(|e| RpcError::invalid_frame(format!("error object: {e}")))
+fn parse_error_object(raw: &[u8]) -> Result<RpcError, RpcError> {
+    serde_json::from_slice(raw).map_err(|e| RpcError::invalid_frame(format!("error object: {e}")))
 }
 
 #[cfg(test)]

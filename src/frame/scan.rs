@@ -2,6 +2,9 @@
 //! escapes or control characters, shallow nesting) is split into its elements here, without
 //! serde_json. Anything else returns `None` and takes serde_json's path, which also words
 //! every error, so this file only ever accepts valid JSON and never rejects a line.
+//!
+//! It reads bytes, and says whether they were all ASCII: then the line is UTF-8 without a
+//! separate check, which would cost as much again as the scan.
 
 use super::Parts;
 
@@ -22,17 +25,40 @@ static PLAIN: [bool; 256] = {
     plain
 };
 
+/// The bytes that end the scanner's run through a string: [`PLAIN`]'s stops, and any byte
+/// that is not ASCII, so the scanner learns whether the line is all ASCII at no extra cost.
+static ASCII_PLAIN: [bool; 256] = {
+    let mut ascii = PLAIN;
+    let mut byte = 0x80;
+    while byte < 0x100 {
+        ascii[byte] = false;
+        byte += 1;
+    }
+    ascii
+};
+
 /// Whether `text` goes into a JSON string as it is: serde_json escapes nothing else (it
 /// writes non-ASCII characters unescaped).
 pub(super) fn is_plain(text: &str) -> bool {
     text.bytes().all(|b| PLAIN[usize::from(b)])
 }
 
+/// A line split by the fast path.
+#[derive(Debug)]
+pub(super) struct Scanned<'a> {
+    pub(super) parts: Parts<'a>,
+    /// Every byte was ASCII, so the line is UTF-8.
+    pub(super) ascii: bool,
+}
+
 /// The elements of `line` if it has the usual shape; `None` when serde_json must decide.
-pub(super) fn split(line: &str) -> Option<Parts<'_>> {
+/// Bytes that are not ASCII are taken only inside strings, and are not checked here: a
+/// caller that has not checked the line is UTF-8 must when `ascii` is false.
+pub(super) fn split(line: &[u8]) -> Option<Scanned<'_>> {
     let mut scan = Scanner {
-        bytes: line.as_bytes(),
+        bytes: line,
         at: 0,
+        ascii: true,
     };
     scan.eat(b'[')?;
     let mut parts = Parts {
@@ -42,7 +68,7 @@ pub(super) fn split(line: &str) -> Option<Parts<'_>> {
     if scan.eat(b']').is_none() {
         loop {
             let start = scan.at;
-            scan.value(1)?;
+            scan.value()?;
             // More than four elements: serde_json counts them for the error.
             *parts.items.get_mut(parts.len)? = Some(&line[start..scan.at]);
             parts.len += 1;
@@ -53,12 +79,17 @@ pub(super) fn split(line: &str) -> Option<Parts<'_>> {
             }
         }
     }
-    (scan.at == line.len()).then_some(parts)
+    (scan.at == line.len()).then_some(Scanned {
+        parts,
+        ascii: scan.ascii,
+    })
 }
 
 struct Scanner<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// No byte that is not ASCII seen so far.
+    ascii: bool,
 }
 
 impl Scanner<'_> {
@@ -76,56 +107,75 @@ impl Scanner<'_> {
         (self.peek()? == byte).then(|| self.at += 1)
     }
 
-    /// One JSON value at nesting `depth` (the frame's own array is 1).
-    fn value(&mut self, depth: usize) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string(),
-            b'[' if depth < MAX_DEPTH => {
-                self.at += 1;
-                if self.eat(b']').is_some() {
-                    return Some(());
-                }
-                loop {
-                    self.value(depth + 1)?;
-                    match self.next()? {
-                        b',' => continue,
-                        b']' => return Some(()),
-                        _ => return None,
+    /// One JSON value inside the frame's array. A loop, not recursion: the open arrays and
+    /// objects are a count and a bit each (set for an object), which costs less per value
+    /// than a call, and the fast path's nesting is bounded anyway.
+    fn value(&mut self) -> Option<()> {
+        let mut open = 0;
+        let mut objects = 0u32;
+        loop {
+            match self.peek()? {
+                b'"' => self.string()?,
+                b'-' | b'0'..=b'9' => self.number()?,
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                // The frame's array is the first level.
+                byte @ (b'[' | b'{') if open + 2 <= MAX_DEPTH => {
+                    self.at += 1;
+                    let object = byte == b'{';
+                    if self.eat(if object { b'}' } else { b']' }).is_none() {
+                        open += 1;
+                        objects = objects << 1 | u32::from(object);
+                        if object {
+                            self.key()?;
+                        }
+                        continue;
                     }
                 }
+                _ => return None,
             }
-            b'{' if depth < MAX_DEPTH => {
-                self.at += 1;
-                if self.eat(b'}').is_some() {
+            // A value ended: the next one in its array or object, or the end of those.
+            loop {
+                if open == 0 {
                     return Some(());
                 }
-                loop {
-                    self.string()?;
-                    self.eat(b':')?;
-                    self.value(depth + 1)?;
-                    match self.next()? {
-                        b',' => continue,
-                        b'}' => return Some(()),
-                        _ => return None,
+                let object = objects & 1 == 1;
+                match self.next()? {
+                    b',' if object => {
+                        self.key()?;
+                        break;
                     }
+                    b',' => break,
+                    b'}' if object => {}
+                    b']' if !object => {}
+                    _ => return None,
                 }
+                open -= 1;
+                objects >>= 1;
             }
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
         }
     }
 
-    /// A string without escapes: printable bytes up to the closing quote. The line is UTF-8
-    /// already.
+    /// An object's key and its colon.
+    fn key(&mut self) -> Option<()> {
+        self.string()?;
+        self.eat(b':')
+    }
+
+    /// A string without escapes: printable bytes up to the closing quote.
     fn string(&mut self) -> Option<()> {
         self.eat(b'"')?;
-        let rest = self.bytes.get(self.at..)?;
-        let len = rest.iter().position(|&b| !PLAIN[usize::from(b)])?;
-        self.at += len + 1;
-        (rest[len] == b'"').then_some(())
+        loop {
+            let rest = self.bytes.get(self.at..)?;
+            let len = rest.iter().position(|&b| !ASCII_PLAIN[usize::from(b)])?;
+            self.at += len + 1;
+            match rest[len] {
+                b'"' => return Some(()),
+                0x80.. => self.ascii = false,
+                _ => return None,
+            }
+        }
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
@@ -176,10 +226,11 @@ mod tests {
 
     /// What the fast path makes of `line`, checked against serde_json's reading.
     fn agrees(line: &str) -> bool {
-        let fast = split(line);
-        if let Some(parts) = &fast {
+        let fast = split(line.as_bytes());
+        if let Some(scanned) = &fast {
             let serde = Parts::by_serde(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-            assert_eq!(*parts, serde, "{line}");
+            assert_eq!(scanned.parts, serde, "{line}");
+            assert_eq!(scanned.ascii, line.is_ascii(), "{line}");
         }
         fast.is_some()
     }
@@ -199,6 +250,27 @@ mod tests {
         ] {
             assert!(agrees(line), "{line}");
         }
+    }
+
+    #[test]
+    fn a_line_is_ascii_only_if_every_byte_is() {
+        let line = |text: &str| split(text.as_bytes()).map(|scanned| scanned.ascii);
+        assert_eq!(line(r#"["ping",["a",1]]"#), Some(true));
+        assert_eq!(line(r#"["ping",["ü",1]]"#), Some(false));
+        assert_eq!(line(r#"["püng",[]]"#), Some(false));
+        assert_eq!(line(r#"["ping",[],1,{"ü":1}]"#), Some(false));
+        // Past a byte that is not ASCII, the string still ends at its quote.
+        assert_eq!(line(r#"["ping",["üa\n"]]"#), None);
+        // Outside strings, such bytes are not JSON: serde_json words the error.
+        assert_eq!(
+            split("[\"ping\",[1]]\u{a0}".as_bytes()).map(|s| s.ascii),
+            None
+        );
+        // Bytes that are not UTF-8 are taken, and flagged, for the caller to check.
+        assert_eq!(
+            split(b"[\"ping\",[\"\xff\"]]").map(|scanned| scanned.ascii),
+            Some(false)
+        );
     }
 
     #[test]

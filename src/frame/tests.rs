@@ -212,43 +212,43 @@ fn an_invalid_frame_says_what_and_which_request() {
 #[test]
 fn repeated_method_names_are_shared_and_the_cache_stays_bounded() {
     let mut names = MethodNames::default();
-    let first = names.get("ping");
+    let first = names.get("ping".as_bytes()).unwrap();
     assert!(
-        Arc::ptr_eq(&first, &names.get("ping")),
+        Arc::ptr_eq(&first, &names.get("ping".as_bytes()).unwrap()),
         "a repeat is shared"
     );
     for i in 0..100 {
-        names.get(&format!("m{i}"));
+        names.get(format!("m{i}").as_bytes()).unwrap();
     }
     assert_eq!(names.names.len(), MethodNames::KEPT);
     // The oldest was replaced; the most recent ones are kept.
-    assert!(!Arc::ptr_eq(&first, &names.get("ping")));
-    let recent = names.get("m99");
-    assert!(Arc::ptr_eq(&recent, &names.get("m99")));
+    assert!(!Arc::ptr_eq(&first, &names.get("ping".as_bytes()).unwrap()));
+    let recent = names.get("m99".as_bytes()).unwrap();
+    assert!(Arc::ptr_eq(&recent, &names.get("m99".as_bytes()).unwrap()));
 
     let long = "x".repeat(MethodNames::LONGEST + 1);
-    let a = names.get(&long);
+    let a = names.get(long.as_bytes()).unwrap();
     assert_eq!(&*a, long);
     assert!(
-        !Arc::ptr_eq(&a, &names.get(&long)),
+        !Arc::ptr_eq(&a, &names.get(long.as_bytes()).unwrap()),
         "long names are not kept"
     );
     let longest = "y".repeat(MethodNames::LONGEST);
-    let b = names.get(&longest);
-    assert!(Arc::ptr_eq(&b, &names.get(&longest)));
+    let b = names.get(longest.as_bytes()).unwrap();
+    assert!(Arc::ptr_eq(&b, &names.get(longest.as_bytes()).unwrap()));
 }
 
 #[test]
 fn a_full_method_cache_replaces_its_oldest_names_in_turn() {
     let mut names = MethodNames::default();
     let kept: Vec<Arc<str>> = (0..MethodNames::KEPT)
-        .map(|i| names.get(&format!("m{i}")))
+        .map(|i| names.get(format!("m{i}").as_bytes()).unwrap())
         .collect();
-    names.get("new1");
-    names.get("new2");
+    names.get("new1".as_bytes()).unwrap();
+    names.get("new2".as_bytes()).unwrap();
     // The two oldest made room, one each; the third oldest is still shared.
-    assert!(Arc::ptr_eq(&kept[2], &names.get("m2")));
-    assert!(!Arc::ptr_eq(&kept[1], &names.get("m1")));
+    assert!(Arc::ptr_eq(&kept[2], &names.get("m2".as_bytes()).unwrap()));
+    assert!(!Arc::ptr_eq(&kept[1], &names.get("m1".as_bytes()).unwrap()));
 }
 
 #[test]
@@ -276,7 +276,7 @@ fn ids_read_without_serde_json_read_as_serde_json_reads_them() {
         "null",
         "",
     ] {
-        assert_eq!(parse_id(raw).ok(), by_serde(raw), "{raw:?}");
+        assert_eq!(parse_id(raw.as_bytes()).ok(), by_serde(raw), "{raw:?}");
     }
 }
 

@@ -317,7 +317,7 @@ mod tests {
             bytes: &bytes,
             chunk: &chunk,
         };
-        let req = Request::from_parts("m", Args::from_wire(&text[5..12], Some(line)));
+        let req = Request::from_parts("m", Args::from_wire(&text.as_bytes()[5..12], Some(line)));
         drop(chunk);
         let go = Arc::new(Notify::new());
         let handler = {
