@@ -40,12 +40,13 @@ pub(crate) fn from_slice<'de, T: Deserialize<'de>>(text: &'de [u8]) -> Result<T,
 }
 
 /// The text is not in the shape read here; serde_json reads it instead (and says what is
-/// wrong with it, if anything). Only ever seen by the caller, which drops it.
+/// wrong with it, if anything). The caller drops this error.
 #[cold]
 fn not_plain() -> Error {
     de::Error::custom("not plain JSON")
 }
 
+/// The reader: the text and where it stands in it.
 struct Plain<'de> {
     text: &'de [u8],
     /// The next byte to read.
@@ -122,23 +123,35 @@ impl<'de> Plain<'de> {
     /// A string without escapes or control characters, borrowed as serde_json borrows it.
     /// Taken only if it is one.
     fn string(&mut self) -> Option<&'de str> {
+        let start = self.at;
+        let string = std::str::from_utf8(self.plain_string()?).ok();
+        if string.is_none() {
+            self.at = start;
+        }
+        string
+    }
+
+    /// The bytes of a string without escapes or control characters, not checked to be
+    /// UTF-8 (neither does serde_json check a string it skips). Taken only if it is one.
+    fn plain_string(&mut self) -> Option<&'de [u8]> {
         let text = self.text;
         let rest = text.get(self.at + 1..)?;
         let len = plain_len(rest)?;
         if rest[len] != b'"' {
             return None;
         }
-        let string = std::str::from_utf8(&rest[..len]).ok()?;
         self.at += len + 2;
-        Some(string)
+        Some(&rest[..len])
     }
 
     /// An array, its elements read here.
     fn seq<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value, Error> {
-        self.depth -= 1;
-        if self.depth == 0 {
+        // Never below 1: after an error (`failed`) the depth is not given back, and reading
+        // may go on if something swallows the error; it must still be bounded.
+        if self.depth <= 1 {
             return Err(not_plain());
         }
+        self.depth -= 1;
         self.at += 1;
         let value = visitor.visit_seq(Seq {
             de: self,
@@ -183,10 +196,10 @@ impl<'de> Plain<'de> {
             b'{' => b'}',
             _ => return None,
         };
-        let depth = depth - 1;
-        if depth == 0 {
+        if depth <= 1 {
             return None;
         }
+        let depth = depth - 1;
         self.at += 1;
         if self.peek()? == close {
             self.at += 1;
@@ -280,8 +293,7 @@ impl<'de> Plain<'de> {
 }
 
 /// Where the first byte that ends a run of plain string text lies: `"`, `\\` or a control
-/// character. Eight bytes at a time (a string is often longer than the argument around it),
-/// then the table for the rest.
+/// character. Eight bytes at a time while eight are left, then byte by byte with the table.
 fn plain_len(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
@@ -446,7 +458,12 @@ impl<'de> de::Deserializer<'de> for &mut Plain<'de> {
     /// serde_json skips the value and visits a unit.
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         let start = self.at;
-        let value = match self.skip() {
+        // A string, the usual thing to ignore, without the general skipper.
+        let skipped = match self.peek() {
+            Some(b'"') if self.plain_string().is_some() => Some(true),
+            _ => self.skip(),
+        };
+        let value = match skipped {
             Some(true) => visitor.visit_unit(),
             // Escapes, which serde_json checks, or no value at all.
             _ => {
@@ -672,7 +689,11 @@ mod tests {
         .collect();
         for depth in [126, 127, 128, 129, 200] {
             texts.push(format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
-            texts.push(format!("[1,{}{}]", "[".repeat(depth - 1), "]".repeat(depth - 1)));
+            texts.push(format!(
+                "[1,{}{}]",
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            ));
             texts.push(format!(
                 "[{}{}]",
                 r#"{"a":"#.repeat(depth - 1),
@@ -687,7 +708,8 @@ mod tests {
     /// result. Returns how many texts the plain reader took.
     macro_rules! agree {
         ($t:ty) => {
-            agree!($t, |a: &$t, b: &$t| a == b && format!("{a:?}") == format!("{b:?}"))
+            agree!($t, |a: &$t, b: &$t| a == b
+                && format!("{a:?}") == format!("{b:?}"))
         };
         ($t:ty, $same:expr) => {{
             let same = $same;
@@ -696,15 +718,21 @@ mod tests {
                 let serde = serde_json::from_slice::<$t>(text.as_bytes());
                 if let Ok(plain) = from_slice::<$t>(text.as_bytes()) {
                     taken += 1;
-                    let serde = serde
-                        .as_ref()
-                        .unwrap_or_else(|e| panic!("{}: {text}: serde_json fails: {e}", stringify!($t)));
-                    assert!(same(&plain, serde), "{}: {text}: {plain:?} != {serde:?}", stringify!($t));
+                    let serde = serde.as_ref().unwrap_or_else(|e| {
+                        panic!("{}: {text}: serde_json fails: {e}", stringify!($t))
+                    });
+                    assert!(
+                        same(&plain, serde),
+                        "{}: {text}: {plain:?} != {serde:?}",
+                        stringify!($t)
+                    );
                 }
                 let args = Args(Repr::Json(text.as_str().into()));
                 let serde = serde_json::from_str::<$t>(args.get());
                 match (args.deserialize::<$t>(), serde) {
-                    (Ok(ours), Ok(serde)) => assert!(same(&ours, &serde), "{}: {text}", stringify!($t)),
+                    (Ok(ours), Ok(serde)) => {
+                        assert!(same(&ours, &serde), "{}: {text}", stringify!($t))
+                    }
                     (Err(ours), Err(serde)) => assert_eq!(ours.to_string(), serde.to_string()),
                     (ours, serde) => panic!("{}: {text}: {ours:?} but {serde:?}", stringify!($t)),
                 }
@@ -735,8 +763,13 @@ mod tests {
             agree!(IgnoredAny),
             agree!(Value),
             agree!((Value,)),
-            agree!((Box<RawValue>,), |a: &(Box<RawValue>,), b: &(Box<RawValue>,)| debug(a, b)),
-            agree!(Box<RawValue>, |a: &Box<RawValue>, b: &Box<RawValue>| debug(a, b)),
+            agree!(
+                (Box<RawValue>,),
+                |a: &(Box<RawValue>,), b: &(Box<RawValue>,)| debug(a, b)
+            ),
+            agree!(Box<RawValue>, |a: &Box<RawValue>, b: &Box<RawValue>| debug(
+                a, b
+            )),
             agree!(Fields),
             agree!((Fields,)),
             agree!(Vec<Fields>),
@@ -745,7 +778,10 @@ mod tests {
             agree!(Vec<Either>),
             // Debug shows a `HashMap` in no fixed order.
             agree!(HashMap<u64, String>, |a: &HashMap<_, _>, b: &HashMap<_, _>| a == b),
-            agree!((HashMap<u64, String>,), |a: &(HashMap<_, _>,), b: &(HashMap<_, _>,)| a == b),
+            agree!(
+                (HashMap<u64, String>,),
+                |a: &(HashMap<_, _>,), b: &(HashMap<_, _>,)| a == b
+            ),
             agree!((char,)),
             agree!(((),)),
             agree!(()),
@@ -757,15 +793,20 @@ mod tests {
             agree!(Vec<Lenient<(u8, String)>>),
             agree!((Lenient<Vec<u8>>, u8)),
         ];
-        assert!(taken.iter().all(|&n| n > 0), "the plain reader takes some of each: {taken:?}");
+        assert!(
+            taken.iter().all(|&n| n > 0),
+            "the plain reader takes some of each: {taken:?}"
+        );
     }
 
     #[test]
-    fn a_plain_run_ends_at_the_first_byte_the_table_stops_at() {
-        let by_table = |bytes: &[u8]| bytes.iter().position(|&b| !PLAIN[usize::from(b)]);
+    fn a_plain_run_ends_at_the_first_quote_backslash_or_control_character() {
+        let by_table = |bytes: &[u8]| bytes.iter().position(|&b| b"\"\\".contains(&b) || b < 0x20);
         // Fillers just beside the stops (0x1f/0x20, 0x21/0x22/0x23, 0x5b/0x5c/0x5d) and with
         // the high bit set, where word-at-a-time tricks go wrong.
-        for filler in [b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xa0, 0xdc, 0xff] {
+        for filler in [
+            b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xa0, 0xdc, 0xff,
+        ] {
             for len in 0..24 {
                 let mut bytes = vec![filler; len];
                 assert_eq!(plain_len(&bytes), by_table(&bytes));
@@ -787,6 +828,82 @@ mod tests {
     }
 
     #[test]
+    fn bytes_that_are_not_utf_8_are_read_as_serde_json_reads_them() {
+        let text = b"[\"\xff\",1]";
+        assert!(from_slice::<(String, u8)>(text).is_err());
+        assert!(serde_json::from_slice::<(String, u8)>(text).is_err());
+        assert!(from_slice::<(Value, u8)>(text).is_err());
+        // Neither checks a string it skips.
+        assert_eq!(from_slice::<(IgnoredAny, u8)>(text).unwrap().1, 1);
+        assert_eq!(
+            serde_json::from_slice::<(IgnoredAny, u8)>(text).unwrap().1,
+            1
+        );
+    }
+
+    #[test]
+    fn integers_are_read_as_serde_json_reads_them_wherever_they_lie() {
+        let mut numbers: Vec<String> = (0..1000).step_by(7).map(|n| n.to_string()).collect();
+        for digits in 1..=21 {
+            for lead in ["1", "9", "0", "18446744073709551615"] {
+                numbers.push(format!("{lead}{}", "9".repeat(digits)));
+                numbers.push(format!("{lead}{}", "0".repeat(digits)));
+            }
+        }
+        numbers.extend(["9223372036854775807", "9223372036854775808", "00", "0"].map(String::from));
+        for number in numbers.clone() {
+            numbers.push(format!("-{number}"));
+        }
+        let mut taken = 0;
+        for number in &numbers {
+            for after in ["", ".5", "e1", "E+2", "x"] {
+                // Near the end of the text (under eight bytes left) and far from it.
+                for (before, end) in [("", "]"), (r#""abcdefgh","#, r#","abcdefghijk"]"#)] {
+                    let text = format!("[{before}{number}{after}{end}");
+                    let text = text.as_bytes();
+                    taken += usize::from(from_slice::<Vec<Value>>(text).is_ok());
+                    for (plain, serde) in [
+                        (
+                            from_slice::<Vec<Value>>(text).ok(),
+                            serde_json::from_slice::<Vec<Value>>(text).ok(),
+                        ),
+                        (
+                            from_slice::<(Value, u64)>(text)
+                                .ok()
+                                .map(|v| vec![v.0, v.1.into()]),
+                            serde_json::from_slice::<(Value, u64)>(text)
+                                .ok()
+                                .map(|v| vec![v.0, v.1.into()]),
+                        ),
+                    ] {
+                        if plain.is_some() {
+                            assert_eq!(plain, serde, "{}", String::from_utf8_lossy(text));
+                        }
+                    }
+                    if let Ok(plain) = from_slice::<(f64,)>(&text[..text.len() - end.len()]) {
+                        let serde =
+                            serde_json::from_slice::<(f64,)>(&text[..text.len() - end.len()]);
+                        assert_eq!(format!("{plain:?}"), format!("{:?}", serde.unwrap()));
+                    }
+                }
+            }
+        }
+        assert!(
+            taken > numbers.len(),
+            "integers take the plain path: {taken}"
+        );
+        assert_eq!(from_slice::<(u64,)>(b"[12345678]").unwrap().0, 12_345_678);
+        assert_eq!(
+            from_slice::<(u64,)>(b"[1234567890123456789]").unwrap().0,
+            1_234_567_890_123_456_789
+        );
+        assert_eq!(
+            from_slice::<(i64,)>(b"[-123456789012345678]").unwrap().0,
+            -123_456_789_012_345_678
+        );
+    }
+
+    #[test]
     fn borrowed_strings_borrow_from_the_text() {
         for text in texts() {
             let serde = serde_json::from_slice::<(&str,)>(text.as_bytes());
@@ -794,7 +911,10 @@ mod tests {
                 assert_eq!(Some(&plain), serde.as_ref().ok(), "{text}");
             }
             let args = Args(Repr::Json(text.as_str().into()));
-            match (args.deserialize::<(&str,)>(), serde_json::from_str::<(&str,)>(args.get())) {
+            match (
+                args.deserialize::<(&str,)>(),
+                serde_json::from_str::<(&str,)>(args.get()),
+            ) {
                 (Ok(ours), Ok(serde)) => assert_eq!(ours, serde),
                 (Err(ours), Err(serde)) => assert_eq!(ours.to_string(), serde.to_string()),
                 (ours, serde) => panic!("{text}: {ours:?} but {serde:?}"),
@@ -848,5 +968,16 @@ mod tests {
         assert!(from_slice::<Vec<Lenient<u8>>>(b"[300,1]").is_err());
         assert!(from_slice::<Vec<Lenient<Fields>>>(br#"[{"a":"x","b":2}]"#).is_err());
         assert!(serde_json::from_slice::<Vec<Lenient<Fields>>>(br#"[{"a":"x","b":2}]"#).is_err());
+        // Nesting past the limit, swallowed, leaves no room for more: reading stays bounded.
+        let deep = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let text = format!("[{},{}]", deep(200), deep(100_000));
+        assert!(from_slice::<Vec<Lenient<Value>>>(text.as_bytes()).is_err());
+        assert!(from_slice::<Vec<Lenient<IgnoredAny>>>(text.as_bytes()).is_err());
+        let args = Args(Repr::Json(text.into()));
+        assert_eq!(
+            args.deserialize::<Vec<Lenient<Value>>>()
+                .map_err(|e| e.to_string()),
+            serde_json::from_str(args.get()).map_err(|e| e.to_string())
+        );
     }
 }
