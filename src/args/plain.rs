@@ -763,13 +763,9 @@ mod tests {
             agree!(IgnoredAny),
             agree!(Value),
             agree!((Value,)),
-            agree!(
-                (Box<RawValue>,),
-                |a: &(Box<RawValue>,), b: &(Box<RawValue>,)| debug(a, b)
-            ),
-            agree!(Box<RawValue>, |a: &Box<RawValue>, b: &Box<RawValue>| debug(
-                a, b
-            )),
+            // `RawValue` has no `PartialEq`; its Debug shows the text.
+            agree!((Box<RawValue>,), debug),
+            agree!(Box<RawValue>, debug),
             agree!(Fields),
             agree!((Fields,)),
             agree!(Vec<Fields>),
