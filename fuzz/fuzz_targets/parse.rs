@@ -4,12 +4,24 @@
 //! - parsing never panics or overflows the stack;
 //! - a parsed frame encodes to exactly one line, which parses to the same frame and encodes
 //!   to the same bytes again;
-//! - a handler deserializing the arguments (serde_json's recursion limit) never overflows.
+//! - a handler deserializing the arguments (serde_json's recursion limit) never overflows, and
+//!   reads what serde_json reads (or fails as it fails).
 #![no_main]
 
 use bytes::BytesMut;
 use diarrhoea::Frame;
 use libfuzzer_sys::fuzz_target;
+
+/// `Args::deserialize` (its own reader for the usual shapes) gives what serde_json gives.
+macro_rules! agree {
+    ($args:expr, $t:ty) => {
+        match ($args.deserialize::<$t>(), serde_json::from_str::<$t>($args.get())) {
+            (Ok(ours), Ok(serde)) => assert_eq!(ours, serde, "{:?}", $args),
+            (Err(ours), Err(serde)) => assert_eq!(ours.to_string(), serde.to_string()),
+            (ours, serde) => panic!("{:?}: {ours:?} but serde_json {serde:?}", $args),
+        }
+    };
+}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -34,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
     again.encode(&mut second);
     assert_eq!(first, second);
     if let Frame::Notification { args, .. } | Frame::Request { args, .. } = &frame {
-        let _ = args.deserialize::<serde_json::Value>();
+        agree!(args, serde_json::Value);
+        agree!(args, (String, u64));
     }
 });

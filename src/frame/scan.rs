@@ -12,8 +12,9 @@ use super::Parts;
 const MAX_DEPTH: usize = 32;
 
 /// The bytes a string takes as they are on the fast path: anything but `"`, `\\` and control
-/// characters. A table, so the loop over a string is one load and one test per byte.
-static PLAIN: [bool; 256] = {
+/// characters. A table, so the loop over a string is one load and one test per byte. Handlers'
+/// arguments are read with it too (`args::plain`).
+pub(crate) static PLAIN: [bool; 256] = {
     let mut plain = [true; 256];
     let mut byte = 0;
     while byte < 0x20 {

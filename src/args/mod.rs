@@ -9,6 +9,8 @@ use serde_json::value::RawValue;
 use crate::error::{truncate, Error, Kind};
 use crate::wire::{Line, WireText};
 
+mod plain;
+
 /// The positional arguments of a call: JSON text that is always an array.
 ///
 /// Arguments stay unparsed until a handler deserializes them straight into its own types.
@@ -75,12 +77,17 @@ impl Args {
     }
 
     /// Deserializes the arguments, e.g. into a tuple `(String, u64)`.
+    ///
+    /// The result, and any error, is what `serde_json::from_str` gives for [`Args::get`].
     pub fn deserialize<'de, T: Deserialize<'de>>(&'de self) -> Result<T, serde_json::Error> {
-        match &self.0 {
-            // The parser reads bytes as well: no separate UTF-8 check of the whole text.
-            Repr::Wire(text) => serde_json::from_slice(text.as_bytes()),
-            _ => serde_json::from_str(self.get()),
-        }
+        // Bytes, as both parsers read them: no separate UTF-8 check of the whole text.
+        let text = match &self.0 {
+            Repr::Wire(text) => text.as_bytes(),
+            Repr::Json(_) => self.get().as_bytes(),
+        };
+        // Text in the usual shape is read without serde_json; anything else, and every
+        // error, is serde_json's.
+        plain::from_slice(text).or_else(|_| serde_json::from_slice(text))
     }
 
     /// The JSON text of the array.
