@@ -89,12 +89,16 @@ impl Response {
 
     /// Deserializes the result.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        match &self.0 {
-            // The parser reads bytes as well: no separate UTF-8 check of the whole text.
-            Repr::Wire(text) => serde_json::from_slice(text.as_bytes()),
-            _ => serde_json::from_str(self.get()),
-        }
-        .map_err(|e| Error::new(Kind::Decode).with_source(e))
+        // Bytes, as both parsers read them: no separate UTF-8 check of the whole text.
+        let text = match &self.0 {
+            Repr::Wire(text) => text.as_bytes(),
+            _ => self.get().as_bytes(),
+        };
+        // As for arguments: the usual shape without serde_json, the rest and every error
+        // with it.
+        crate::args::plain::from_slice(text)
+            .or_else(|_| serde_json::from_slice(text))
+            .map_err(|e| Error::new(Kind::Decode).with_source(e))
     }
 
     /// The JSON text.

@@ -4,11 +4,28 @@
 //! The text keeps the whole read chunk it lies in alive. The reader decides which chunks
 //! frames may refer to and counts those they still hold (through [`ChunkMark`]); what hands
 //! such text to user code that may keep it copies it out first.
+//!
+//! Also here: [`PLAIN`], the bytes a JSON string holds as they are, for both readers of text.
 
 use std::fmt;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
+
+/// The bytes a JSON string holds as they are: anything but `"`, `\\` and control characters.
+/// A table, so a loop over a string is one load and one test per byte: the frame scanner's
+/// (`frame::scan`) and the arguments reader's (`args::plain`).
+pub(crate) static PLAIN: [bool; 256] = {
+    let mut plain = [true; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        plain[byte] = false;
+        byte += 1;
+    }
+    plain[b'"' as usize] = false;
+    plain[b'\\' as usize] = false;
+    plain
+};
 
 /// Shared by every frame that refers to one chunk of the read buffer, so the reader can tell
 /// whether frames still hold the chunk without holding it itself.

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use crate::error::{truncate, Error, Kind};
 use crate::wire::{Line, WireText};
 
-mod plain;
+pub(crate) mod plain;
 
 /// The positional arguments of a call: JSON text that is always an array.
 ///

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::de::SliceRead;
 use serde_json::Error;
 
-use crate::frame::PLAIN;
+use crate::wire::PLAIN;
 
 /// serde_json's recursion limit: nesting that reaches it fails there, so it fails here too
 /// (counted the same way, including inside delegated values, which serde_json reads with a

@@ -17,8 +17,6 @@ use crate::wire::Line;
 
 mod scan;
 
-pub(crate) use scan::PLAIN;
-
 /// Request ids are unsigned integers below 2^53, so that any JSON peer (JavaScript included)
 /// holds them exactly.
 pub const MAX_ID: u64 = (1 << 53) - 1;

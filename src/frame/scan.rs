@@ -7,24 +7,10 @@
 //! separate check, which would cost as much again as the scan.
 
 use super::Parts;
+use crate::wire::PLAIN;
 
 /// Nesting kept on the fast path; serde_json's own limit (128) applies on the other.
 const MAX_DEPTH: usize = 32;
-
-/// The bytes a string takes as they are on the fast path: anything but `"`, `\\` and control
-/// characters. A table, so the loop over a string is one load and one test per byte. Handlers'
-/// arguments are read with it too (`args::plain`).
-pub(crate) static PLAIN: [bool; 256] = {
-    let mut plain = [true; 256];
-    let mut byte = 0;
-    while byte < 0x20 {
-        plain[byte] = false;
-        byte += 1;
-    }
-    plain[b'"' as usize] = false;
-    plain[b'\\' as usize] = false;
-    plain
-};
 
 /// The bytes that end the scanner's run through a string: [`PLAIN`]'s stops, and any byte
 /// that is not ASCII, so the scanner learns whether the line is all ASCII at no extra cost.
