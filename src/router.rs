@@ -65,6 +65,10 @@ impl Hasher for Fnv1a {
 pub struct Router {
     routes: Arc<Routes>,
     fallback: Option<Route>,
+    /// The method routed last and its route. A connection's router is its own clone, and a
+    /// peer usually repeats a method: its name is then the same shared string (the reader
+    /// keeps recent names), found by pointer without hashing it.
+    last: Option<(Arc<str>, Route)>,
 }
 
 impl Router {
@@ -129,6 +133,7 @@ impl Router {
             "diarrhoea: method `{method}` starts with `$/`, which is reserved for the protocol"
         );
         Arc::make_mut(&mut self.routes).insert(method.into(), route);
+        self.last = None;
         self
     }
 }
@@ -154,7 +159,18 @@ impl Service<Request> for Router {
     }
 
     fn call(&mut self, req: Request) -> RouteFuture {
-        let route = self.routes.get(req.method()).or(self.fallback.as_ref());
+        if let Some((method, route)) = &self.last {
+            if Arc::ptr_eq(method, req.method_arc()) {
+                return RouteFuture {
+                    inner: Ok(route.call(req)),
+                };
+            }
+        }
+        let route = self.routes.get(req.method());
+        if let Some(route) = route {
+            self.last = Some((req.method_arc().clone(), route.clone()));
+        }
+        let route = route.or(self.fallback.as_ref());
         RouteFuture {
             inner: match route {
                 Some(route) => Ok(route.call(req)),
@@ -261,6 +277,25 @@ mod tests {
             Ok(r#""other""#.to_owned())
         );
         assert_eq!(answer(&service_fallback, "typed").await, Ok("7".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_method_finds_its_route_and_a_rebound_one_its_new_route() {
+        let mut router = Router::new()
+            .route("a", || async { 1 })
+            .route("b", || async { 2 });
+        // The same shared name each time, as the reader hands them out.
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let answer = |router: &mut Router, method: &Arc<str>| {
+            let fut = router.call(Request::from_parts(method.clone(), crate::Args::empty()));
+            async move { fut.await.map(|reply| reply.get().to_owned()).ok() }
+        };
+        for (method, expected) in [(&a, "1"), (&a, "1"), (&b, "2"), (&a, "1")] {
+            assert_eq!(answer(&mut router, method).await.as_deref(), Some(expected));
+        }
+        let mut rebound = router.clone().route("a", || async { 3 });
+        assert_eq!(answer(&mut rebound, &a).await.as_deref(), Some("3"));
+        assert_eq!(answer(&mut router, &a).await.as_deref(), Some("1"));
     }
 
     #[test]
