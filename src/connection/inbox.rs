@@ -29,6 +29,19 @@ pub(super) type Inbound = (Request, Share);
 /// A frame's cost in the inbound buffer beyond its payload, for the request's own fields.
 const FRAME_OVERHEAD: usize = 128;
 
+/// What a call needs beyond [`Inbox::try_submit`].
+pub(super) enum Later {
+    /// `["$/cancel",[id]]`, handled ahead of queued work.
+    Cancel(Request),
+    /// Refused (a reserved method, or the connection drains): an error reply for a request,
+    /// an event for a notification.
+    Refuse(Option<u64>, RpcError),
+    /// An error reply to this request id (a duplicate).
+    Reply(u64, RpcError),
+    /// Waits for this much room in the inbound buffer.
+    Room(Request, usize),
+}
+
 pub(super) struct Inbox {
     /// `None` once the connection drains: calls are refused with `refusal`.
     dispatcher: Option<queue::Sender>,
@@ -64,17 +77,17 @@ impl Inbox {
         self.refusal = Some(why);
     }
 
-    /// Takes one call; `false` when the connection is going away. The paths that answer at
-    /// once (`$/cancel`, refusals, duplicates) are boxed: they are rare, and kept out of this
-    /// future, whose size is part of every connection's memory.
-    pub(super) async fn submit(&mut self, call: Frame) -> bool {
+    /// Takes one call if that needs no wait, as most do: `Ok(false)` when the connection is
+    /// going away, and what is left to do ([`Inbox::finish`]) when the call must wait for
+    /// room or be answered here. Not `async`, so the common path builds no future.
+    pub(super) fn try_submit(&mut self, call: Frame) -> Result<bool, Later> {
         let shared = &self.shared;
         let cost = (call.payload_len() + FRAME_OVERHEAD).min(shared.config.inbound_buffer);
         let Some(mut req) = Request::incoming(call, shared.clone()) else {
-            return true;
+            return Ok(true);
         };
         if req.method() == CANCEL_METHOD && !req.is_call() {
-            return Box::pin(self.cancel(&req)).await;
+            return Err(Later::Cancel(req));
         }
         let refusal = if let Some(why) = &self.refusal {
             Some(why.clone())
@@ -85,7 +98,7 @@ impl Inbox {
             None
         };
         if let Some(error) = refusal {
-            return Box::pin(self.refuse(req.id(), error)).await;
+            return Err(Later::Refuse(req.id(), error));
         }
         if let Some(id) = req.id() {
             if !shared.in_flight.insert(id) {
@@ -93,7 +106,7 @@ impl Inbox {
                     "duplicate id {id}: a request with this id is in flight"
                 ));
                 shared.error(Error::protocol(dup.clone()));
-                return Box::pin(self.reply_error(id, dup)).await;
+                return Err(Later::Reply(id, dup));
             }
             if let Some(timeout) = deadline_of(shared.config.request_timeout, &req) {
                 // Counted from now, before any wait for the inbound budget.
@@ -101,15 +114,33 @@ impl Inbox {
             }
         }
         // Under load the budget usually has room: take it without building a wait.
-        let permit = match self.budget.try_take(cost) {
-            Some(permit) => permit,
-            None => tokio::select! {
-                biased;
-                _ = shared.lifecycle.aborted() => return false,
-                permit = self.budget.take(cost) => permit,
-            },
-        };
-        // The dispatcher only goes away when the connection does.
+        match self.budget.try_take(cost) {
+            Some(permit) => Ok(self.dispatch(req, permit)),
+            None => Err(Later::Room(req, cost)),
+        }
+    }
+
+    /// Does what [`Inbox::try_submit`] left; `false` when the connection is going away. The
+    /// answers given here are boxed: they are rare, and kept out of this future, whose size
+    /// is part of every connection's memory.
+    pub(super) async fn finish(&mut self, later: Later) -> bool {
+        match later {
+            Later::Cancel(req) => Box::pin(self.cancel(&req)).await,
+            Later::Refuse(id, error) => Box::pin(self.refuse(id, error)).await,
+            Later::Reply(id, error) => Box::pin(self.reply_error(id, error)).await,
+            Later::Room(req, cost) => {
+                let permit = tokio::select! {
+                    biased;
+                    _ = self.shared.lifecycle.aborted() => return false,
+                    permit = self.budget.take(cost) => permit,
+                };
+                self.dispatch(req, permit)
+            }
+        }
+    }
+
+    /// Hands a call to the dispatcher, which only goes away when the connection does.
+    fn dispatch(&self, req: Request, permit: Share) -> bool {
         self.dispatcher
             .as_ref()
             .is_some_and(|tx| tx.send((req, permit)))

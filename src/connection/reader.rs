@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::inbox::Inbox;
+use super::inbox::{Inbox, Later};
 use super::pending::Delivery;
 use super::read_buf::ReadBuf;
 use super::{Event, Shared};
@@ -61,7 +61,12 @@ pub(super) async fn run<T: Transport>(
     let mut mid_line = false;
     let ended = 'reading: loop {
         while let Some(item) = decode(&mut codec, &mut buf, false, shared) {
-            if !handle(item, &mut inbox, shared).await {
+            // Most frames are handled without a wait, and without a future.
+            let go_on = match handle_now(item, &mut inbox, shared) {
+                Ok(go_on) => go_on,
+                Err(later) => inbox.finish(later).await,
+            };
+            if !go_on {
                 break 'reading false;
             }
         }
@@ -169,14 +174,21 @@ fn decode(
 
 /// Handles one decoded line; `false` when the connection is going away.
 async fn handle(item: Decoded, inbox: &mut Inbox, shared: &Shared) -> bool {
+    match handle_now(item, inbox, shared) {
+        Ok(go_on) => go_on,
+        Err(later) => inbox.finish(later).await,
+    }
+}
+
+/// Handles one decoded line if that needs no wait: `Ok(false)` when the connection is going
+/// away; what is left to do otherwise.
+fn handle_now(item: Decoded, inbox: &mut Inbox, shared: &Shared) -> Result<bool, Later> {
     match item {
         Err(invalid) => {
             shared.error(Error::protocol(invalid.error.clone()));
             match invalid.id {
-                // Boxed: a rare path, kept out of the reader's future (its size is every
-                // connection's memory).
-                Some(id) => Box::pin(inbox.reply_error(id, invalid.error)).await,
-                None => true,
+                Some(id) => Err(Later::Reply(id, invalid.error)),
+                None => Ok(true),
             }
         }
         Ok(Frame::Reply { id, result }) => {
@@ -195,13 +207,13 @@ async fn handle(item: Decoded, inbox: &mut Inbox, shared: &Shared) -> bool {
                     format!("reply with unknown id {id} ignored"),
                 ))),
             }
-            true
+            Ok(true)
         }
         Ok(Frame::ConnectionError(e)) => {
             shared.error(Error::protocol(e).with_context("the peer sent a connection error"));
-            true
+            Ok(true)
         }
-        Ok(call) => inbox.submit(call).await,
+        Ok(call) => inbox.try_submit(call),
     }
 }
 
