@@ -80,6 +80,8 @@ impl Inbox {
     /// Takes one call if that needs no wait, as most do: `Ok(false)` when the connection is
     /// going away, and what is left to do ([`Inbox::finish`]) when the call must wait for
     /// room or be answered here. Not `async`, so the common path builds no future.
+    // `Later` holds the request: boxing it would cost an allocation where a call waits.
+    #[allow(clippy::result_large_err)]
     pub(super) fn try_submit(&mut self, call: Frame) -> Result<bool, Later> {
         let shared = &self.shared;
         let cost = (call.payload_len() + FRAME_OVERHEAD).min(shared.config.inbound_buffer);

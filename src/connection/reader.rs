@@ -182,6 +182,7 @@ async fn handle(item: Decoded, inbox: &mut Inbox, shared: &Shared) -> bool {
 
 /// Handles one decoded line if that needs no wait: `Ok(false)` when the connection is going
 /// away; what is left to do otherwise.
+#[allow(clippy::result_large_err)] // As `Inbox::try_submit`, whose `Later` this passes on.
 fn handle_now(item: Decoded, inbox: &mut Inbox, shared: &Shared) -> Result<bool, Later> {
     match item {
         Err(invalid) => {
