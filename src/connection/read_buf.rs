@@ -27,10 +27,21 @@ pub(super) struct ReadBuf {
     chunk: usize,
     /// Set while frames decoded from the current chunk may refer to it; they share the mark.
     mark: Option<ChunkMark>,
-    /// The chunks left behind that frames still referred to, watched without holding them.
+    /// The chunk left behind last while frames referred to it, with its mark: read into
+    /// again once they let go, so a busy connection takes turns with two chunks rather than
+    /// taking a new one (three allocations) whenever frames still hold the current one.
+    spare: Option<Spare>,
+    /// The other chunks left behind that frames still referred to, watched without holding
+    /// them.
     held: Vec<ChunkWatch>,
     /// How many chunks frames may hold before frames are copied instead.
     max_held: usize,
+}
+
+struct Spare {
+    /// Empty; the frames that referred to the chunk share the rest of it.
+    buf: BytesMut,
+    mark: ChunkMark,
 }
 
 impl ReadBuf {
@@ -41,6 +52,7 @@ impl ReadBuf {
             buf: BytesMut::new(),
             chunk: 0,
             mark: None,
+            spare: None,
             held: Vec::new(),
             max_held: budget / SHARED_CHUNK,
         }
@@ -69,13 +81,14 @@ impl ReadBuf {
         }
         if !self.buf.try_reclaim(offer) {
             let len = self.buf.len();
-            let mut next = BytesMut::with_capacity((len + offer).max(2 * len));
+            let (mut next, mark) = match self.take_free_spare(len + offer) {
+                Some(spare) => (spare.buf, Some(spare.mark)),
+                None => (BytesMut::with_capacity((len + offer).max(2 * len)), None),
+            };
             next.extend_from_slice(&self.buf);
-            self.retire(next);
+            self.retire(next, mark);
         }
-        // Chunks frames let go of are forgotten first.
-        self.held.retain(ChunkWatch::is_held);
-        let share = self.chunk <= SHARED_CHUNK && self.held.len() < self.max_held;
+        let share = self.chunk <= SHARED_CHUNK && self.held_now() < self.max_held;
         match (&self.mark, share) {
             (None, true) => self.mark = Some(ChunkMark::default()),
             // The chunk was reclaimed: nothing refers to it, so its mark can be dropped or
@@ -90,7 +103,7 @@ impl ReadBuf {
     /// `max_frame_size` here). Frames never hold such a chunk (they are copied out of it).
     pub(super) fn shrink_if_grown(&mut self) {
         if self.buf.is_empty() && self.chunk > GROWN {
-            self.retire(BytesMut::new());
+            self.retire(BytesMut::new(), None);
         }
     }
 
@@ -102,29 +115,70 @@ impl ReadBuf {
 
     /// The peer went quiet: keep no chunk, and no room to watch chunks if none is held.
     pub(super) fn give_back(&mut self) {
-        self.retire(BytesMut::new());
+        self.retire(BytesMut::new(), None);
+        if let Some(spare) = self.spare.take() {
+            self.watch(spare.mark);
+        }
         self.held.retain(ChunkWatch::is_held);
         if self.held.is_empty() {
             self.held = Vec::new();
         }
     }
 
-    /// Replaces the chunk with `next`, watching the old one if frames still refer to it.
-    fn retire(&mut self, next: BytesMut) {
-        self.buf = next;
+    /// Replaces the chunk with `next` (and `mark`, the mark of a spare read into again). The
+    /// old chunk becomes the spare if frames still refer to it; the spare before it is only
+    /// watched from then on.
+    fn retire(&mut self, next: BytesMut, mark: Option<ChunkMark>) {
+        let mut old = std::mem::replace(&mut self.buf, next);
         self.chunk = self.buf.capacity();
-        if let Some(mark) = self.mark.take() {
-            if mark.is_shared() {
-                self.held.push(mark.watch());
+        let Some(old_mark) = std::mem::replace(&mut self.mark, mark) else {
+            return;
+        };
+        if old_mark.is_shared() {
+            // What is left of it was copied to `next`.
+            old.clear();
+            let spare = Spare {
+                buf: old,
+                mark: old_mark,
+            };
+            if let Some(before) = self.spare.replace(spare) {
+                self.watch(before.mark);
             }
         }
     }
 
-    /// How many chunks left behind frames still refer to.
-    #[cfg(test)]
-    fn held(&mut self) -> usize {
+    /// The spare, if no frame refers to it any more and it has room for `len` bytes.
+    fn take_free_spare(&mut self, len: usize) -> Option<Spare> {
+        let mut spare = self.spare.take()?;
+        if !spare.mark.is_shared() && spare.buf.try_reclaim(len) {
+            return Some(spare);
+        }
+        self.spare = Some(spare);
+        None
+    }
+
+    /// Counts a chunk left behind among those frames hold, while they do.
+    fn watch(&mut self, mark: ChunkMark) {
+        if mark.is_shared() {
+            self.held.push(mark.watch());
+        }
+    }
+
+    /// How many chunks left behind frames still refer to (chunks they let go of are
+    /// forgotten first).
+    fn held_now(&mut self) -> usize {
         self.held.retain(ChunkWatch::is_held);
         self.held.len()
+            + usize::from(
+                self.spare
+                    .as_ref()
+                    .is_some_and(|spare| spare.mark.is_shared()),
+            )
+    }
+
+    #[cfg(test)]
+    fn held(&mut self) -> usize {
+        self.held_now()
     }
 }
 
@@ -192,6 +246,42 @@ mod tests {
         assert_eq!(&frame.0[..], &[b'x'; 499][..]);
         drop(frame);
         assert_eq!(buf.held(), 0, "given back when the frame is dropped");
+    }
+
+    #[test]
+    fn a_busy_connection_takes_turns_with_two_chunks() {
+        let mut buf = ReadBuf::new(1 << 20);
+        read(&mut buf, READ_SMALL, &[b'x'; 500]);
+        let first = buf.get().as_ptr();
+        let frame = line(&mut buf, 500);
+        // The first chunk is held: a second one is taken.
+        read(&mut buf, READ_SMALL, &[b'y'; 500]);
+        let second = buf.get().as_ptr();
+        assert_ne!(second, first);
+        assert_eq!(buf.held(), 1);
+        drop(frame);
+        let frame = line(&mut buf, 500);
+        // The second is held now, and the first let go: it is read into again.
+        read(&mut buf, READ_SMALL, b"z");
+        assert_eq!(buf.get().as_ptr(), first, "the first chunk again");
+        assert_eq!(&buf.get()[..], b"z");
+        assert_eq!(buf.held(), 1);
+        drop(frame);
+        assert_eq!(buf.held(), 0);
+        // Both held: a third chunk is taken, and both earlier ones are counted.
+        let mut frames = vec![line(&mut buf, 1)];
+        read(&mut buf, READ_SMALL, &[b'w'; 500]);
+        frames.push(line(&mut buf, 500));
+        read(&mut buf, READ_SMALL, b"v");
+        assert_eq!(buf.get().as_ptr(), second, "the second chunk again");
+        frames.push(line(&mut buf, 1));
+        read(&mut buf, READ_SMALL, &[b'u'; 500]);
+        frames.push(line(&mut buf, 500));
+        read(&mut buf, READ_SMALL, b"t");
+        assert!(![first, second].contains(&buf.get().as_ptr()));
+        assert_eq!(buf.held(), 2);
+        drop(frames);
+        assert_eq!(buf.held(), 0);
     }
 
     #[test]
