@@ -172,6 +172,7 @@ impl Shared {
     }
 
     /// As [`Shared::check_size`], for an encoded line.
+    #[inline]
     fn check_line(&self, line: &[u8]) -> Result<(), Error> {
         // The terminator does not count, as on the receiving side.
         self.check_len(line.len().saturating_sub(1))

@@ -285,14 +285,10 @@ impl MethodNames {
 
     /// The name `name` spells, shared if seen before; `None` if it is not UTF-8.
     fn get(&mut self, name: &[u8]) -> Option<Arc<str>> {
-        if let Some(seen) = self
-            .names
-            .get(self.last)
-            .filter(|seen| seen.as_bytes() == name)
-        {
+        if let Some(seen) = self.names.get(self.last).filter(|seen| same(seen, name)) {
             return Some(seen.clone());
         }
-        if let Some(at) = self.names.iter().position(|seen| seen.as_bytes() == name) {
+        if let Some(at) = self.names.iter().position(|seen| same(seen, name)) {
             self.last = at;
             return Some(self.names[at].clone());
         }
@@ -307,6 +303,11 @@ impl MethodNames {
         }
         Some(name)
     }
+}
+
+/// Whether `seen` is spelt `name`: a loop, as names are short (no call to `memcmp`).
+fn same(seen: &str, name: &[u8]) -> bool {
+    seen.len() == name.len() && seen.bytes().zip(name).all(|(a, &b)| a == b)
 }
 
 /// The elements of a frame: the JSON text of the first four, borrowed from the line, and how

@@ -26,6 +26,7 @@ static ASCII_PLAIN: [bool; 256] = {
 
 /// Whether `text` goes into a JSON string as it is: serde_json escapes nothing else (it
 /// writes non-ASCII characters unescaped).
+#[inline]
 pub(super) fn is_plain(text: &str) -> bool {
     text.bytes().all(|b| PLAIN[usize::from(b)])
 }
