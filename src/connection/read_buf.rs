@@ -336,6 +336,19 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_grown_to_exactly_the_limit_is_kept() {
+        let mut buf = ReadBuf::new(1 << 20);
+        // An unfinished line of half the limit, then room for a busy read: the new chunk is
+        // twice the line, the limit itself, and only a chunk beyond it is given back.
+        read(&mut buf, GROWN / 2, &vec![b'x'; GROWN / 2]);
+        buf.make_room(READ_CHUNK);
+        assert_eq!(buf.chunk, GROWN);
+        buf.get_mut().0.clear();
+        buf.shrink_if_grown();
+        assert_eq!(buf.chunk, GROWN);
+    }
+
+    #[test]
     fn giving_back_keeps_no_chunk_and_still_counts_what_frames_hold() {
         let mut buf = ReadBuf::new(1 << 20);
         read(&mut buf, READ_SMALL, b"[1]\n");
