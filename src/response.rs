@@ -56,10 +56,16 @@ impl Response {
     /// The length of the JSON text, without the UTF-8 check [`Response::get`] makes of text
     /// still in its line.
     pub(crate) fn text_len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// The JSON text as bytes, as the parsers read it: text still in its line is not checked
+    /// for UTF-8 again, as [`Response::get`] checks it.
+    fn as_bytes(&self) -> &[u8] {
         match &self.0 {
-            Repr::Json(text) if text.is_empty() => 4,
-            Repr::Json(text) => text.len(),
-            Repr::Wire(text) => text.as_bytes().len(),
+            Repr::Json(text) if text.is_empty() => b"null",
+            Repr::Json(text) => text.as_bytes(),
+            Repr::Wire(text) => text.as_bytes(),
         }
     }
 
@@ -89,15 +95,7 @@ impl Response {
 
     /// Deserializes the result.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        // Bytes, as both parsers read them: no separate UTF-8 check of the whole text.
-        let text = match &self.0 {
-            Repr::Wire(text) => text.as_bytes(),
-            _ => self.get().as_bytes(),
-        };
-        // As for arguments: the usual shape without serde_json, the rest and every error
-        // with it.
-        crate::args::plain::from_slice(text)
-            .or_else(|_| serde_json::from_slice(text))
+        crate::args::plain::deserialize(self.as_bytes())
             .map_err(|e| Error::new(Kind::Decode).with_source(e))
     }
 

@@ -80,14 +80,17 @@ impl Args {
     ///
     /// The result, and any error, is what `serde_json::from_str` gives for [`Args::get`].
     pub fn deserialize<'de, T: Deserialize<'de>>(&'de self) -> Result<T, serde_json::Error> {
-        // Bytes, as both parsers read them: no separate UTF-8 check of the whole text.
-        let text = match &self.0 {
+        plain::deserialize(self.as_bytes())
+    }
+
+    /// The JSON text as bytes, as the parsers read it: text still in its line is not checked
+    /// for UTF-8 again, as [`Args::get`] checks it.
+    fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Json(text) if text.is_empty() => b"[]",
+            Repr::Json(text) => text.as_bytes(),
             Repr::Wire(text) => text.as_bytes(),
-            Repr::Json(_) => self.get().as_bytes(),
-        };
-        // Text in the usual shape is read without serde_json; anything else, and every
-        // error, is serde_json's.
-        plain::from_slice(text).or_else(|_| serde_json::from_slice(text))
+        }
     }
 
     /// The JSON text of the array.
@@ -102,11 +105,7 @@ impl Args {
     /// The length of the JSON text, without the UTF-8 check [`Args::get`] makes of text
     /// still in its line: the inbound budget charges every call its length.
     pub(crate) fn text_len(&self) -> usize {
-        match &self.0 {
-            Repr::Json(text) if text.is_empty() => 2,
-            Repr::Json(text) => text.len(),
-            Repr::Wire(text) => text.as_bytes().len(),
-        }
+        self.as_bytes().len()
     }
 
     /// JSON read from a line, already checked to be valid UTF-8 and an array: with the

@@ -23,6 +23,12 @@ use crate::wire::PLAIN;
 /// fresh limit of its own).
 const DEPTH: u32 = 128;
 
+/// Reads `text` as serde_json does: in the usual shape here, anything else, and every
+/// error, with serde_json. What `Args::deserialize` and `Response::deserialize` call.
+pub(crate) fn deserialize<'de, T: Deserialize<'de>>(text: &'de [u8]) -> Result<T, Error> {
+    from_slice(text).or_else(|_| serde_json::from_slice(text))
+}
+
 /// Reads `text` as one value of type `T`; an error means "ask serde_json", never a verdict.
 pub(crate) fn from_slice<'de, T: Deserialize<'de>>(text: &'de [u8]) -> Result<T, Error> {
     let mut de = Plain {

@@ -175,11 +175,6 @@ impl ReadBuf {
                     .is_some_and(|spare| spare.mark.is_shared()),
             )
     }
-
-    #[cfg(test)]
-    fn held(&mut self) -> usize {
-        self.held_now()
-    }
 }
 
 #[cfg(test)]
@@ -215,7 +210,7 @@ mod tests {
         read(&mut buf, READ_SMALL, b"y");
         assert_eq!(buf.get().as_ptr(), at, "the same chunk");
         assert_eq!(buf.chunk, READ_SMALL);
-        assert_eq!(buf.held(), 0);
+        assert_eq!(buf.held_now(), 0);
     }
 
     #[test]
@@ -230,7 +225,7 @@ mod tests {
             at,
             "read after the frame, in the same chunk"
         );
-        assert_eq!(buf.held(), 0, "the chunk is still the current one");
+        assert_eq!(buf.held_now(), 0, "the chunk is still the current one");
         drop(frame);
     }
 
@@ -242,10 +237,10 @@ mod tests {
         // The unfinished line moves to a new chunk; the old one stays with the frame.
         read(&mut buf, READ_SMALL, b"y");
         assert_eq!(&buf.get()[..], b"xy");
-        assert_eq!(buf.held(), 1);
+        assert_eq!(buf.held_now(), 1);
         assert_eq!(&frame.0[..], &[b'x'; 499][..]);
         drop(frame);
-        assert_eq!(buf.held(), 0, "given back when the frame is dropped");
+        assert_eq!(buf.held_now(), 0, "given back when the frame is dropped");
     }
 
     #[test]
@@ -258,16 +253,16 @@ mod tests {
         read(&mut buf, READ_SMALL, &[b'y'; 500]);
         let second = buf.get().as_ptr();
         assert_ne!(second, first);
-        assert_eq!(buf.held(), 1);
+        assert_eq!(buf.held_now(), 1);
         drop(frame);
         let frame = line(&mut buf, 500);
         // The second is held now, and the first let go: it is read into again.
         read(&mut buf, READ_SMALL, b"z");
         assert_eq!(buf.get().as_ptr(), first, "the first chunk again");
         assert_eq!(&buf.get()[..], b"z");
-        assert_eq!(buf.held(), 1);
+        assert_eq!(buf.held_now(), 1);
         drop(frame);
-        assert_eq!(buf.held(), 0);
+        assert_eq!(buf.held_now(), 0);
         // Both held: a third chunk is taken, and both earlier ones are counted.
         let mut frames = vec![line(&mut buf, 1)];
         read(&mut buf, READ_SMALL, &[b'w'; 500]);
@@ -279,9 +274,9 @@ mod tests {
         frames.push(line(&mut buf, 500));
         read(&mut buf, READ_SMALL, b"t");
         assert!(![first, second].contains(&buf.get().as_ptr()));
-        assert_eq!(buf.held(), 2);
+        assert_eq!(buf.held_now(), 2);
         drop(frames);
-        assert_eq!(buf.held(), 0);
+        assert_eq!(buf.held_now(), 0);
     }
 
     #[test]
@@ -293,7 +288,7 @@ mod tests {
             frames.push(line(&mut buf, READ_CHUNK));
         }
         read(&mut buf, READ_CHUNK, &[b'x'; READ_CHUNK]);
-        assert_eq!(buf.held(), 2);
+        assert_eq!(buf.held_now(), 2);
         assert!(
             buf.get_mut().1.is_none(),
             "two chunks held: frames are copied"
@@ -306,7 +301,7 @@ mod tests {
             buf.get_mut().1.is_some(),
             "one let go: frames refer to their chunk again"
         );
-        assert_eq!(buf.held(), 1);
+        assert_eq!(buf.held_now(), 1);
     }
 
     #[test]
@@ -355,9 +350,9 @@ mod tests {
         let frame = line(&mut buf, 4);
         buf.give_back();
         assert_eq!((buf.chunk, buf.get().capacity()), (0, 0));
-        assert_eq!(buf.held(), 1);
+        assert_eq!(buf.held_now(), 1);
         drop(frame);
-        assert_eq!(buf.held(), 0);
+        assert_eq!(buf.held_now(), 0);
         buf.give_back();
         assert_eq!(buf.held.capacity(), 0, "no room kept to watch chunks");
     }
