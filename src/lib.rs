@@ -56,13 +56,13 @@
 //! | [`layer`] | the crate's own middleware: tracing, naming overloads, an allow list of peers |
 //! | `server` | [`serve`]: listeners, the accept loop, per-connection factories, graceful shutdown |
 //! | [`pool`] | [`Pool`](pool::Pool): many worker connections behind one service, balanced, supervised, retried |
-//! | [`future`] | the named futures |
+//! | [`future`] | every public named future, in one place |
 //! | `http` (feature `axum`) | WebSocket connections and HTTP calls mounted in an axum app; a WebSocket client |
 //!
 //! # Transports
 //!
 //! A connection runs over any byte stream ([`transport`]): a Unix socket (the peer's uid, gid
-//! and pid on every request), TCP ([`Connection::connect_tcp`](connection::Builder::connect_tcp),
+//! and pid on every request), TCP ([`Connection::connect_tcp`],
 //! a `tokio::net::TcpListener` given to [`serve`]), a child process's stdin and stdout
 //! ([`spawn_child`](connection::Builder::spawn_child) and [`serve_stdio`]), an in-process pair
 //! ([`Connection::pair`]), or any `AsyncRead + AsyncWrite` stream in
@@ -129,7 +129,7 @@
 //! stops reading (backpressure); a request or notification keeps its share of that buffer
 //! until it is done. Outgoing frames wait in a queue bounded in frames and bytes
 //! ([`Config::outgoing_queue`], [`Config::outgoing_buffer`]), so `post_message`, `call`, and
-//! [`Caller`]/[`Notifier`]'s `poll_ready` wait while the peer does not read.
+//! [`Caller`]/[`Poster`]'s `poll_ready` wait while the peer does not read.
 //!
 //! # Deadlines
 //!
@@ -154,7 +154,7 @@
 //! use tower::ServiceBuilder;
 //!
 //! # async fn f(router: diarrhoea::Router) -> Result<(), Box<dyn std::error::Error>> {
-//! let allow = AllowPeersLayer::own_uid()?;
+//! let allow = AllowPeersLayer::same_user()?;
 //! // One semaphore for the whole server: the layer is built once and cloned per connection.
 //! let global = GlobalConcurrencyLimitLayer::new(1024);
 //! let listener = diarrhoea::UnixListener::bind("./app.sock")?;
@@ -260,7 +260,7 @@ pub mod http;
 
 pub use args::Args;
 pub use connection::{
-    serve_connection, serve_stdio, Caller, Config, Connection, Event, Events, Notifier,
+    serve_connection, serve_stdio, Caller, Config, Connection, Event, Events, Poster,
 };
 pub use error::{code, BoxError, Error, RpcError};
 pub use frame::{Frame, InvalidFrame, Meta, MAX_ID};
@@ -272,6 +272,6 @@ pub use request::{Deadline, Extensions, Request};
 pub use response::{IntoReply, Json, Response};
 pub use router::Router;
 pub use server::{
-    from_stream, serve, shutdown_signal, FromStream, Listener, MakeService, Serve, UnixListener,
-    WithGracefulShutdown, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT,
+    from_stream, serve, shutdown_signal, FromStream, Listener, MakeConnectionService, Serve,
+    UnixListener, WithGracefulShutdown, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT,
 };
