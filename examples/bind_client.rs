@@ -7,6 +7,8 @@
 //! cargo run --example bind_client [-- PATH [EXCHANGES]]
 //! ```
 
+mod report;
+
 use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, SystemTime};
 
@@ -21,7 +23,11 @@ fn random(max: u64) -> u64 {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), diarrhoea::Error> {
+async fn main() -> std::process::ExitCode {
+    report::exit(run().await)
+}
+
+async fn run() -> Result<(), diarrhoea::Error> {
     let mut args = std::env::args().skip(1);
     let path = args.next().unwrap_or_else(|| "./test.sock".into());
     let exchanges: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(5);

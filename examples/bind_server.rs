@@ -8,6 +8,8 @@
 //! cargo run --example bind_server [-- PATH]   # then: cargo run --example bind_client
 //! ```
 
+mod report;
+
 use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, SystemTime};
 
@@ -32,7 +34,11 @@ async fn ping(peer: Connection, x: Value) -> Result<(), diarrhoea::Error> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), diarrhoea::Error> {
+async fn main() -> std::process::ExitCode {
+    report::exit(run().await)
+}
+
+async fn run() -> Result<(), diarrhoea::Error> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "./test.sock".into());

@@ -65,6 +65,8 @@
 //! client stop at once; a stdio server is its client's child, killed when the client drops it
 //! (`kill_on_drop`), and it ends by itself at the end of its stdin when its client dies.
 
+mod report;
+
 // One copy, kept with the tests (which include nothing from `examples/`).
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/common/procfs.rs"]
@@ -260,17 +262,15 @@ impl Opts {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let opts = Opts::parse();
     let result = match opts.role {
         Role::Parent => parent(&opts),
         Role::Server => server(&opts),
         Role::Client => client(&opts),
     };
-    if let Err(e) = result {
-        eprintln!("flood ({}): {e}", name(opts.role));
-        std::process::exit(1);
-    }
+    // Parent and children share a terminal: the line says whose it is.
+    report::exit(result.map_err(|e| format!("flood ({}): {}", name(opts.role), report::chain(&*e))))
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

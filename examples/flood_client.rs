@@ -34,6 +34,8 @@
 //! Calls shed here, shed by the server (-32002), timed out (here or by the server, -32001)
 //! and failed otherwise are counted apart in the summary, as is anything unaccounted for.
 
+mod report;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -202,7 +204,7 @@ async fn connect_ws(
 async fn connect_ws(
     _: diarrhoea::connection::Builder,
     _: &str,
-) -> Result<Connection, Box<dyn std::error::Error>> {
+) -> Result<Connection, diarrhoea::BoxError> {
     Err(
         "--ws needs the axum feature: cargo run --release --features axum --example flood_client"
             .into(),
@@ -491,7 +493,11 @@ fn print_limits(opts: &Opts) {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    report::exit(run().await)
+}
+
+async fn run() -> Result<(), diarrhoea::BoxError> {
     let opts = Opts::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit());
     if opts.trace {
         // The TraceLayer's spans are at DEBUG; printed to stderr, leaving stdout to the meter.

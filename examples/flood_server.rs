@@ -31,6 +31,8 @@
 //! `DEFAULT_MAX_CONNECTIONS`, 1024), raised for runs with many connections such as
 //! `examples/idle_conns.rs`.
 
+mod report;
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -142,7 +144,11 @@ fn over(shed: bool) -> &'static str {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    report::exit(run().await)
+}
+
+async fn run() -> Result<(), diarrhoea::BoxError> {
     let opts = Opts::parse();
     if opts.trace {
         // The TraceLayer's spans are at DEBUG; printed to stderr, leaving stdout to the meter.
@@ -247,19 +253,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let addr = listener.local_addr()?;
             println!("listening on tcp {addr}");
             print_limits(&opts, rate_buffer, rate_sheds);
-            Ok(run(listener, stack, config, opts.max_connections).await?)
+            Ok(serve_until_signal(listener, stack, config, opts.max_connections).await?)
         }
         None => {
             let listener = UnixListener::bind(&opts.path)?;
             println!("listening on {}", opts.path);
             print_limits(&opts, rate_buffer, rate_sheds);
-            Ok(run(listener, stack, config, opts.max_connections).await?)
+            Ok(serve_until_signal(listener, stack, config, opts.max_connections).await?)
         }
     }
 }
 
 /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
-async fn run<L, M, Marker>(
+async fn serve_until_signal<L, M, Marker>(
     listener: L,
     stack: M,
     config: Config,

@@ -16,6 +16,8 @@
 //! `TraceLayer`: a line per HTTP request on stderr. HTTP has no encryption here: keep it on
 //! loopback, or put TLS and authentication in front (a layer on the axum app).
 
+mod report;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,7 +64,11 @@ async fn whoami(peer: PeerInfo) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    report::exit(run().await)
+}
+
+async fn run() -> Result<(), diarrhoea::BoxError> {
     let opts = Opts::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -140,13 +146,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .config(config.clone())
             .with_graceful_shutdown(diarrhoea::shutdown_signal())
             .await
-            .map_err(|e| -> Box<dyn std::error::Error> { Box::new(e) })
+            .map_err(|e| -> diarrhoea::BoxError { Box::new(e) })
     };
     let http_side = async {
         axum::serve(tcp, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(diarrhoea::shutdown_signal())
             .await
-            .map_err(|e| -> Box<dyn std::error::Error> { Box::new(e) })?;
+            .map_err(|e| -> diarrhoea::BoxError { Box::new(e) })?;
         // Then the WebSocket connections: calls in flight finish, new ones get -32004.
         ws_endpoint
             .shutdown(diarrhoea::DEFAULT_SHUTDOWN_TIMEOUT)

@@ -5,10 +5,16 @@
 //! cargo run --example hello_client [-- PATH]
 //! ```
 
+mod report;
+
 use diarrhoea::{Connection, Router};
 
 #[tokio::main]
-async fn main() -> Result<(), diarrhoea::Error> {
+async fn main() -> std::process::ExitCode {
+    report::exit(run().await)
+}
+
+async fn run() -> Result<(), diarrhoea::Error> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "./test.sock".into());

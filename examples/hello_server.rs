@@ -7,6 +7,8 @@
 //!
 //! Stop it with Ctrl-C or SIGTERM: in-flight calls finish and the socket file is removed.
 
+mod report;
+
 use diarrhoea::{Connection, Router, UnixListener};
 
 /// A notification handler: no reply goes back, but taking the `Connection` lets it post to
@@ -23,7 +25,11 @@ async fn add(a: i64, b: i64) -> i64 {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), diarrhoea::Error> {
+async fn main() -> std::process::ExitCode {
+    report::exit(run().await)
+}
+
+async fn run() -> Result<(), diarrhoea::Error> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "./test.sock".into());

@@ -36,6 +36,8 @@
 //!   and Ctrl-C reaches both (one process group). Only a `kill -9` of this program alone
 //!   leaves it running.
 
+mod report;
+
 // One copy, kept with the tests (which include nothing from `examples/`).
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/common/procfs.rs"]
@@ -89,11 +91,8 @@ struct Opts {
     server: Option<PathBuf>,
 }
 
-fn main() {
-    if let Err(e) = run(&Opts::parse()) {
-        eprintln!("idle_conns: {e}");
-        std::process::exit(1);
-    }
+fn main() -> std::process::ExitCode {
+    report::exit(run(&Opts::parse()))
 }
 
 fn run(opts: &Opts) -> Result<(), BoxError> {

@@ -11,6 +11,8 @@
 //!
 //! Runs against a socket in a fresh temporary directory, prints what happens, and exits.
 
+mod report;
+
 use std::future::IntoFuture;
 use std::time::Duration;
 
@@ -43,7 +45,11 @@ fn outcome<T: std::fmt::Debug>(result: &Result<T, Error>) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    report::exit(run().await)
+}
+
+async fn run() -> Result<(), diarrhoea::BoxError> {
     // Spans of the crate's TraceLayer, printed to stderr (RUST_LOG-style filtering is left out
     // to keep the example's dependencies small).
     tracing_subscriber::fmt()

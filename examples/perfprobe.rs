@@ -23,6 +23,8 @@
 //! # (instructions of the 20480 run - those of the 10240 run) / 10240, from the "summary:" lines
 //! ```
 
+mod report;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -102,7 +104,11 @@ const WINDOW: usize = 1024;
 /// Caller tasks in `call` mode, one call in flight each.
 const CALLERS: u64 = 256;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    report::exit(run())
+}
+
+fn run() -> Result<(), diarrhoea::BoxError> {
     let opts = Opts::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -110,7 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(probe(opts))
 }
 
-async fn probe(opts: Opts) -> Result<(), Box<dyn std::error::Error>> {
+async fn probe(opts: Opts) -> Result<(), diarrhoea::BoxError> {
     let pongs = Arc::new(Semaphore::new(0));
     let window = Arc::new(Semaphore::new(WINDOW));
     let client_router = {

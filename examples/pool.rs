@@ -33,6 +33,8 @@
 //! ends them at its shutdown, and if this process is killed, each worker sees the end of its
 //! stdin and exits.
 
+mod report;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,7 +72,11 @@ struct Opts {
     worker: bool,
 }
 
-fn main() -> Result<(), BoxError> {
+fn main() -> std::process::ExitCode {
+    report::exit(run())
+}
+
+fn run() -> Result<(), BoxError> {
     let opts = Opts::parse();
     if opts.worker {
         // One thread: a worker is one core's worth of work.

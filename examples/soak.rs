@@ -26,6 +26,8 @@
 //! The client side opens as many descriptors as connections: `many` needs `ulimit -n` above
 //! 1,000 (check it; `sh -c 'ulimit -n 4096; exec cargo run ...'` raises the soft limit).
 
+mod report;
+
 // One copy each, kept with the tests (which include nothing from `examples/`).
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/common/clients.rs"]
@@ -136,7 +138,7 @@ impl Opts {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let opts = Opts::parse();
     let socket = opts.socket.clone().unwrap_or_default();
     let result = match (opts.role, opts.scenario) {
@@ -149,10 +151,7 @@ fn main() {
         (None, Some(Scenario::Churn)) => churn(&opts),
         (None, None) => unreachable!("clap requires a scenario without --role"),
     };
-    if let Err(e) = result {
-        eprintln!("soak: {e}");
-        std::process::exit(1);
-    }
+    report::exit(result)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,11 +8,17 @@
 //! No socket, no path, no port: the pipes belong to the two processes alone. If the parent
 //! dies, the worker sees the end of its stdin and exits too.
 
+mod report;
+
 use diarrhoea::{Connection, Router};
 use tokio::process::Command;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    report::exit(run().await)
+}
+
+async fn run() -> Result<(), diarrhoea::BoxError> {
     if std::env::args().nth(1).as_deref() == Some("worker") {
         // The worker's whole side. Its stdout carries the frames: log to stderr only.
         let router = Router::new().route("add", |a: i64, b: i64| async move { a + b });

@@ -8,13 +8,19 @@
 //! TCP has no encryption and no authentication: anyone who can reach the port can call. Keep
 //! it on 127.0.0.1, or put TLS around the stream (`diarrhoea::transport::Io`).
 
+mod report;
+
 use std::future::IntoFuture;
 
 use diarrhoea::{Connection, Router};
 use tokio::net::TcpListener;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    report::exit(run().await)
+}
+
+async fn run() -> Result<(), diarrhoea::BoxError> {
     // Port 0: the system picks a free port.
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

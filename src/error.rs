@@ -361,6 +361,11 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(context) = &self.context {
+            // An I/O error's cause says what went wrong ("No such file or directory"): after
+            // what was being done, "I/O error" would add nothing.
+            if matches!(self.kind, Kind::Io) && self.source.is_some() {
+                return f.write_str(context);
+            }
             write!(f, "{context}: ")?;
         }
         match &self.kind {
@@ -375,7 +380,8 @@ impl fmt::Display for Error {
             Kind::Io => f.write_str("I/O error")?,
             Kind::Config(what) => write!(f, "invalid options: {what}")?,
         }
-        // The cause is `source()`, not repeated here: error reporters print the whole chain.
+        // The cause is `source()`, not repeated here: an error reporter prints the whole
+        // chain, `error: connect to ./app.sock: No such file or directory (os error 2)`.
         Ok(())
     }
 }
@@ -445,6 +451,25 @@ mod tests {
             let yes: Vec<usize> = (0..answers.len()).filter(|&j| answers[j]).collect();
             assert_eq!(yes, [i], "{error:?}");
         }
+    }
+
+    #[test]
+    fn display_names_the_error_itself_and_source_the_cause() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let error = Error::io(missing).with_context("connect to ./app.sock");
+        assert_eq!(error.to_string(), "connect to ./app.sock");
+        let cause = error.source().map(ToString::to_string);
+        assert_eq!(
+            cause,
+            Some(std::io::Error::from(std::io::ErrorKind::NotFound).to_string())
+        );
+        // Without context, the kind says what failed; other kinds keep it after the context.
+        assert_eq!(
+            Error::io(std::io::Error::other("x")).to_string(),
+            "I/O error"
+        );
+        let closed = Error::closed().with_context("call add");
+        assert_eq!(closed.to_string(), "call add: connection closed");
     }
 
     #[test]

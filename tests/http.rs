@@ -347,57 +347,12 @@ async fn a_100_mib_upload_is_cut_off_early() {
     assert!(at < UPLOAD / 4, "{at} bytes sent before the cut");
 }
 
-/// The gateway example, built for this test with the test's own profile (a no-op when it is
-/// up to date, as after `cargo test`).
-fn gateway_exe() -> std::path::PathBuf {
-    // target/<profile dir>/deps/http-<hash> -> target/<profile dir>/examples/gateway
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") | None => "dev",
-        Some(other) => other,
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = std::process::Command::new(cargo);
-    build
-        .args([
-            "build",
-            "--quiet",
-            "--profile",
-            profile,
-            "--example",
-            "gateway",
-            "--features",
-            "axum",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    // What cargo sets for this test process, not for a build: build scripts that watch these
-    // (ring's) would see a change and rebuild, and again at the next plain build.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let test_only = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_CFG_"]
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
-            || [
-                "CARGO_CRATE_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "OUT_DIR",
-            ]
-            .contains(&&*name);
-        if test_only {
-            build.env_remove(&*name);
-        }
-    }
-    let status = build.status().expect("run cargo build");
-    assert!(status.success(), "building the gateway example failed");
-    profile_dir.join("examples").join("gateway")
-}
-
 #[tokio::test]
 async fn the_gateway_example_answers_on_its_socket_and_over_http_in_one_run() {
     use tokio::io::AsyncBufReadExt;
-    let exe = tokio::task::spawn_blocking(gateway_exe).await.unwrap();
+    let exe = tokio::task::spawn_blocking(|| support::example_exe("gateway"))
+        .await
+        .unwrap();
     let dir = support::temp_dir();
     let socket = dir.path().join("gw.sock");
     let mut child = tokio::process::Command::new(exe)

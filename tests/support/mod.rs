@@ -264,6 +264,65 @@ pub fn harnessless_exe(target: &str, tests: &str) -> PathBuf {
     path
 }
 
+/// How long building an example may take: nothing when `cargo test` has built the examples
+/// already, one example and the library's dev build otherwise.
+pub const BUILD_PATIENCE: Duration = Duration::from_secs(300);
+
+/// The example `name`, built for this test with the test's own profile and features (a no-op
+/// when it is up to date, as after `cargo test`): `target/<profile dir>/examples/<name>`.
+/// Blocks: call it from `spawn_blocking`.
+pub fn example_exe(name: &str) -> PathBuf {
+    // target/<profile dir>/deps/<test>-<hash> -> target/<profile dir>/examples/<name>
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--quiet", "--profile", profile, "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // The features this test was built with, so the library is not rebuilt without them.
+    if cfg!(feature = "axum") {
+        build.args(["--features", "axum"]);
+    }
+    // What cargo sets for this test process, not for a build: build scripts that watch these
+    // (ring's) would see a change and rebuild, and again at the next plain build.
+    for (var, _) in std::env::vars_os() {
+        let var = var.to_string_lossy();
+        let test_only = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_CFG_"]
+            .iter()
+            .any(|prefix| var.starts_with(prefix))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&&*var);
+        if test_only {
+            build.env_remove(&*var);
+        }
+    }
+    let mut cargo = build.spawn().expect("run cargo build");
+    let deadline = std::time::Instant::now() + BUILD_PATIENCE;
+    let status = loop {
+        if let Some(status) = cargo.try_wait().expect("wait for cargo build") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = cargo.kill();
+            let _ = cargo.wait();
+            panic!("building the {name} example took over {BUILD_PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "building the {name} example failed");
+    profile_dir.join("examples").join(name)
+}
+
 fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
