@@ -2,21 +2,15 @@
 //! clients, servers and users alike (hyper's `serve_connection` is the model).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use tokio::net::{TcpStream, ToSocketAddrs, UnixStream};
-use tokio::sync::{watch, OwnedSemaphorePermit};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::Service;
 
-use super::{dispatch, inbox, reader, writer, BoundService, Config, Connection, Event, Shared};
+use super::driver::{launch, Parent};
+use super::{BoundService, Config, Connection};
 use crate::error::{BoxError, Error};
-use crate::frame::Frame;
-use crate::peer::PeerInfo;
 use crate::request::Request;
 use crate::response::Response;
-use crate::router::Router;
 use crate::transport::{ChildStdio, Stdio, Transport};
 
 /// Options for a connection: limits, and the service that answers the peer's calls.
@@ -67,8 +61,8 @@ impl Builder {
         &self.config
     }
 
-    /// Serves the peer's calls with `service` (usually a [`Router`], perhaps inside layers)
-    /// from the very first frame.
+    /// Serves the peer's calls with `service` (usually a [`Router`](crate::Router), perhaps
+    /// inside layers) from the very first frame.
     pub fn service<S>(mut self, service: S) -> Self
     where
         S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
@@ -83,7 +77,7 @@ impl Builder {
     /// an in-memory stream, or any `AsyncRead + AsyncWrite` stream in
     /// [`transport::Io`](crate::transport::Io). Must be called within a tokio runtime.
     pub fn serve_connection<T: Transport>(self, io: T) -> Connection {
-        let service = self.service.unwrap_or_else(unbound);
+        let service = self.service.unwrap_or_else(BoundService::unbound);
         launch(io, self.config, &Parent::standalone(), None, |_| service)
     }
 
@@ -192,129 +186,4 @@ where
     S::Future: Send + 'static,
 {
     Builder::new().service(service).stdio().closed().await
-}
-
-/// Tokens and task tracking a connection inherits from whoever started it.
-pub(crate) struct Parent {
-    pub(crate) abort: CancellationToken,
-    pub(crate) draining: CancellationToken,
-    pub(crate) tracker: TaskTracker,
-}
-
-impl Parent {
-    pub(crate) fn standalone() -> Self {
-        Parent {
-            abort: CancellationToken::new(),
-            draining: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-        }
-    }
-
-    /// A graceful shutdown of every connection started under this parent: each refuses new
-    /// calls and finishes the ones in flight; after `timeout`, the rest are closed. `what`
-    /// names them in the warning.
-    pub(crate) async fn drain(&self, timeout: std::time::Duration, what: &str) {
-        self.draining.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                ?timeout,
-                "diarrhoea: {what} shutdown deadline passed, closing connections"
-            );
-            self.abort.cancel();
-            self.tracker.wait().await;
-        }
-    }
-}
-
-/// The service a connection serves before anything is set: every call gets -32601.
-fn unbound() -> BoundService {
-    BoundService::new(Router::new())
-}
-
-/// Starts the tasks that drive `io`. `make` builds the service from the new connection's
-/// handle before anything is read, so it may greet the peer first; `slot` is the
-/// connection's place in a server's limit, given back when it closes.
-pub(crate) fn launch<T: Transport>(
-    io: T,
-    config: Config,
-    parent: &Parent,
-    slot: Option<OwnedSemaphorePermit>,
-    make: impl FnOnce(&Connection) -> BoundService,
-) -> Connection {
-    ignore_sigpipe();
-    let peer = PeerInfo::new(io.identity());
-    let (read, write) = io.split();
-    let (shared, outgoing_rx, binding) = Shared::new(config, peer, unbound(), parent);
-    let conn = Connection {
-        shared: shared.clone(),
-    };
-    shared.binding.send_replace(make(&conn));
-    let writer = parent
-        .tracker
-        .spawn(writer::run(write, outgoing_rx, shared.clone()));
-    parent
-        .tracker
-        .spawn(drive::<T>(read, binding, shared, writer, slot));
-    conn
-}
-
-/// Runs the inbound side, then lets the writer finish, then reports the close.
-async fn drive<T: Transport>(
-    read: T::Read,
-    binding: watch::Receiver<BoundService>,
-    shared: Arc<Shared>,
-    writer: tokio::task::JoinHandle<()>,
-    slot: Option<OwnedSemaphorePermit>,
-) {
-    let (tx, rx) = super::queue::inbound();
-    let budget = super::budget::Budget::new(shared.config.inbound_buffer);
-    let inbox = inbox::Inbox::new(tx, budget, shared.clone());
-    let reader = async {
-        if let Some(read) = reader::run::<T>(read, inbox, &shared).await {
-            // The peer has ended; drop its calls at once if it is gone entirely.
-            tokio::select! {
-                biased;
-                _ = shared.lifecycle.aborted() => {}
-                _ = shared.lifecycle.ended() => {}
-                _ = T::hung_up(&read) => {
-                    tracing::debug!(connection = shared.id(), "diarrhoea: peer hung up, dropping its calls");
-                    shared.lifecycle.abort();
-                }
-            }
-        }
-    };
-    let dispatcher = async {
-        dispatch::run(rx, binding, shared.clone()).await;
-        if shared.lifecycle.is_draining() {
-            let _ = shared
-                .outgoing
-                .send_control(Frame::ConnectionError(shared.farewell()));
-        }
-        shared.lifecycle.end();
-    };
-    tokio::join!(reader, dispatcher);
-    shared.lifecycle.end();
-    let _ = writer.await;
-    // The connection's place in a server's limit is free before anyone hears it closed, so
-    // a peer that reconnects at once is not refused as over the limit.
-    drop(slot);
-    shared.lifecycle.close();
-    shared.emit(Event::Close);
-}
-
-/// Writing to a peer that went away must return `EPIPE`, never kill the process.
-///
-/// Rust binaries ignore SIGPIPE already, but a host process (or `-Zon-broken-pipe`) may not;
-/// a tokio signal listener installs a handler that stays for the life of the process.
-fn ignore_sigpipe() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe()) {
-            tracing::warn!(error = %e, "diarrhoea: could not install a SIGPIPE handler");
-        }
-    });
 }

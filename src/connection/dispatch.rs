@@ -25,11 +25,12 @@ use std::task::{ready, Context, Poll};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower::Service;
 
 use super::budget::{Budget, Share};
 use super::deadline::Serving;
-use super::queue::{self, Empty};
+use super::inbound_queue::{self, Empty};
 use super::{BoundService, Shared};
 use crate::error::{code, truncate, BoxError, Error, RpcError};
 use crate::frame::Frame;
@@ -37,7 +38,7 @@ use crate::request::Request;
 use crate::response::Response;
 
 pub(super) async fn run(
-    mut inbound: queue::Receiver,
+    mut inbound: inbound_queue::Receiver,
     mut binding: watch::Receiver<BoundService>,
     shared: Arc<Shared>,
 ) {
@@ -89,41 +90,48 @@ pub(super) async fn run(
             continue;
         };
         let deadline = req.deadline().map(|d| d.0);
-        // Waiting for a permit and for readiness counts against the deadline. A notification
-        // running meanwhile is still polled: it may hold what the request waits for (a
-        // permit of a concurrency limit in the stack, say).
-        let permit = loop {
-            if let Some(permit) = limit.try_take(1) {
-                break permit;
-            }
-            tokio::select! {
-                biased;
-                _ = &mut abort => return,
-                _ = expiry(deadline) => {
-                    // Boxed: rare, and kept out of the dispatcher's future.
-                    Box::pin(answer_unstarted(&shared, id, timed_out())).await;
-                    continue 'dispatch;
+        // A permit, then readiness: each taken at once when it can be, else waited for.
+        let permit = match limit.try_take(1) {
+            Some(permit) => permit,
+            None => {
+                let take = limit.take(1);
+                tokio::pin!(take);
+                let waited = wait_to_start(
+                    |cx| take.as_mut().poll(cx),
+                    abort.as_mut(),
+                    deadline,
+                    &mut lane,
+                    &shared,
+                );
+                match waited.await {
+                    Waited::Ready(permit) => permit,
+                    Waited::Aborted => return,
+                    Waited::Expired => {
+                        // Boxed: rare, and kept out of the dispatcher's future.
+                        Box::pin(answer_unstarted(&shared, id, timed_out())).await;
+                        continue 'dispatch;
+                    }
                 }
-                _ = std::future::poll_fn(|cx| lane.poll_running(cx, &shared)),
-                    if lane.is_running() => {}
-                permit = limit.take(1) => break permit,
             }
         };
-        let ready = loop {
-            if let Poll::Ready(ready) = poll_once(|cx| service.poll_ready(cx)).await {
-                break ready;
-            }
-            tokio::select! {
-                biased;
-                _ = &mut abort => return,
-                _ = expiry(deadline) => {
-                    // Boxed: rare, and kept out of the dispatcher's future.
-                    Box::pin(answer_unstarted(&shared, id, timed_out())).await;
-                    continue 'dispatch;
+        let ready = match poll_once(|cx| service.poll_ready(cx)).await {
+            Poll::Ready(ready) => ready,
+            Poll::Pending => {
+                let waited = wait_to_start(
+                    |cx| service.poll_ready(cx),
+                    abort.as_mut(),
+                    deadline,
+                    &mut lane,
+                    &shared,
+                );
+                match waited.await {
+                    Waited::Ready(ready) => ready,
+                    Waited::Aborted => return,
+                    Waited::Expired => {
+                        Box::pin(answer_unstarted(&shared, id, timed_out())).await;
+                        continue 'dispatch;
+                    }
                 }
-                _ = std::future::poll_fn(|cx| lane.poll_running(cx, &shared)),
-                    if lane.is_running() => {}
-                ready = std::future::poll_fn(|cx| service.poll_ready(cx)) => break ready,
             }
         };
         // The request keeps its share of the inbound buffer until it is answered, so slow
@@ -270,6 +278,42 @@ impl Lane {
     }
 }
 
+/// How a request's wait to start ended.
+enum Waited<T> {
+    Ready(T),
+    /// The connection was torn down.
+    Aborted,
+    /// The request's deadline passed first: it is answered -32001 without starting.
+    Expired,
+}
+
+/// The dispatcher's one wait for a request that is yet to start (for a permit, then for the
+/// service to be ready), entered once a first try found it not ready. Waiting counts against
+/// the request's deadline. A notification running meanwhile is still polled: it may hold
+/// what the request waits for (a permit of a concurrency limit in the stack, say); each time
+/// it finishes, `poll` is tried again at once.
+async fn wait_to_start<T>(
+    mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    mut abort: Pin<&mut WaitForCancellationFutureOwned>,
+    deadline: Option<Instant>,
+    lane: &mut Lane,
+    shared: &Shared,
+) -> Waited<T> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = abort.as_mut() => return Waited::Aborted,
+            _ = expiry(deadline) => return Waited::Expired,
+            _ = std::future::poll_fn(|cx| lane.poll_running(cx, shared)),
+                if lane.is_running() => {}
+            ready = std::future::poll_fn(&mut poll) => return Waited::Ready(ready),
+        }
+        if let Poll::Ready(ready) = poll_once(&mut poll).await {
+            return Waited::Ready(ready);
+        }
+    }
+}
+
 /// Polls once with the task's context: `Ready` or `Pending`, never a wait.
 async fn poll_once<T>(mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
     std::future::poll_fn(|cx| Poll::Ready(poll(cx))).await
@@ -310,7 +354,7 @@ fn catch_unwind_call(service: &mut BoundService, req: Request) -> Started {
     }
 }
 
-type ServiceFuture = Serving<super::bound::BoundFuture>;
+type ServiceFuture = Serving<super::bound_service::BoundFuture>;
 
 enum Started {
     Running(ServiceFuture),

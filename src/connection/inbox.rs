@@ -16,15 +16,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::budget::{Budget, Share};
-use super::in_flight::Cancelled;
-use super::queue;
+use super::inbound_queue;
+use super::incoming_calls::Cancelled;
 use super::{Shared, CANCEL_METHOD};
 use crate::error::{code, Error, RpcError};
 use crate::frame::Frame;
 use crate::request::{Deadline, Request};
-
-/// What the dispatcher receives: a call, and its share of the inbound buffer.
-pub(super) type Inbound = (Request, Share);
 
 /// A frame's cost in the inbound buffer beyond its payload, for the request's own fields.
 const FRAME_OVERHEAD: usize = 128;
@@ -44,14 +41,18 @@ pub(super) enum Later {
 
 pub(super) struct Inbox {
     /// `None` once the connection drains: calls are refused with `refusal`.
-    dispatcher: Option<queue::Sender>,
+    dispatcher: Option<inbound_queue::Sender>,
     refusal: Option<RpcError>,
     budget: Arc<Budget>,
     shared: Arc<Shared>,
 }
 
 impl Inbox {
-    pub(super) fn new(dispatcher: queue::Sender, budget: Arc<Budget>, shared: Arc<Shared>) -> Self {
+    pub(super) fn new(
+        dispatcher: inbound_queue::Sender,
+        budget: Arc<Budget>,
+        shared: Arc<Shared>,
+    ) -> Self {
         Inbox {
             dispatcher: Some(dispatcher),
             refusal: None,

@@ -1,45 +1,51 @@
 //! One connection, the same machinery on both sides of the stream.
 //!
 //! ```text
-//! read half -> reader (codec) -+-> reply -> pending table -> the caller's future
-//!                              +-> call  -> inbox (policy) -> queue -> dispatcher -> bound service
+//! read half -> reader (read_buf, codec) -+-> reply -> outgoing_calls -> the caller's future
+//!                                        +-> call  -> inbox (policy) -> inbound_queue -> dispatch -> bound_service
 //! handler result / post_message / call -> outbox (bounded) -> writer -> write half
 //! ```
 //!
-//! | file | question it answers |
+//! Each file is named for what it holds, in the order of the flow:
+//!
+//! | file | holds |
 //! | --- | --- |
-//! | `builder` | how a stream and a service become a running connection |
-//! | `handle` | what a [`Connection`] handle can do: post, call, close |
-//! | `call` | the calling side as tower services: [`Caller`], [`Poster`], [`ResponseFuture`] |
-//! | `config`, `events`, `lifecycle` | limits; what is reported; the stages of a connection |
-//! | `reader` | bytes to frames; replies to the pending table, calls to the inbox |
-//! | `read_buf` | the chunks read into, which frames refer to instead of copying, and their bound |
+//! | `builder` | [`Builder`]: a stream and a service become a connection; `Connection::connect` and the other shortcuts |
+//! | `driver` | the tasks that run a built connection, and what they inherit from a server |
+//! | `connection` | [`Connection`], the handle: post, call, serve, close |
+//! | `caller`, `poster` | [`Caller`] and [`Poster`], outgoing calls and notifications as tower services; [`ResponseFuture`] |
+//! | `config`, `events`, `lifecycle` | the limits; what is reported; the stages of a connection |
+//! | `reader`, `read_buf` | bytes to frames, replies to `outgoing_calls`, calls to the inbox; the chunks read into |
 //! | `inbox` | the request policy: `$/cancel`, reserved names, duplicate ids, deadlines, budget |
-//! | `queue` | the calls waiting for the dispatcher, in wire order |
+//! | `inbound_queue` | the calls waiting for the dispatcher, in wire order |
 //! | `budget` | the counted limits the reader and the dispatcher wait on |
-//! | `dispatch` | runs calls through the bound service; notifications in order, requests concurrently |
+//! | `dispatch`, `bound_service` | runs calls through the service bound to the connection |
 //! | `deadline` | the deadline of the request being served, inherited by calls made meanwhile |
-//! | `pending`, `in_flight` | this side's calls waiting for replies; the peer's requests here |
+//! | `outgoing_calls`, `incoming_calls` | this side's calls waiting for replies; the peer's requests running here |
 //! | `outbox`, `writer` | the bounded outgoing queue; the one task that writes |
 //!
 //! The reader never waits on inbound work while it still has room in the inbound buffer, so
 //! replies to this side's calls get through even while the peer floods.
 
-mod bound;
+mod bound_service;
 mod budget;
 mod builder;
-mod call;
+mod caller;
 mod config;
+// Private, and re-exported: users only ever see `connection::Connection`.
+#[allow(clippy::module_inception)]
+mod connection;
 mod deadline;
 mod dispatch;
+mod driver;
 mod events;
-mod handle;
-mod in_flight;
+mod inbound_queue;
 mod inbox;
+mod incoming_calls;
 mod lifecycle;
 mod outbox;
-mod pending;
-mod queue;
+mod outgoing_calls;
+mod poster;
 mod read_buf;
 mod reader;
 mod writer;
@@ -54,18 +60,19 @@ use crate::error::{code, Error, RpcError};
 use crate::frame::{Frame, MAX_ID};
 use crate::peer::PeerInfo;
 
-pub(crate) use bound::BoundService;
-pub(crate) use builder::{launch, Parent};
+pub(crate) use bound_service::BoundService;
 pub use builder::{serve_connection, serve_stdio, Builder};
-pub use call::{Caller, Poster, ResponseFuture};
+pub use caller::{Caller, ResponseFuture};
 pub use config::Config;
+pub use connection::Connection;
+pub(crate) use driver::{launch, Parent};
 pub use events::{Event, Events};
-pub use handle::Connection;
+pub use poster::Poster;
 
-use in_flight::InFlight;
+use incoming_calls::InFlight;
 use lifecycle::Lifecycle;
 use outbox::Outbox;
-use pending::Pending;
+use outgoing_calls::Pending;
 
 /// The protocol's cancellation notification: `["$/cancel",[id]]`.
 const CANCEL_METHOD: &str = "$/cancel";

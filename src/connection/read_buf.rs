@@ -8,8 +8,13 @@
 
 use bytes::BytesMut;
 
-use super::reader::READ_CHUNK;
 use crate::wire::{ChunkMark, ChunkWatch};
+
+/// Bytes offered to a read while the peer sends a lot (the last read brought at least
+/// [`READ_SMALL`]).
+pub(super) const READ_CHUNK: usize = 16_384;
+/// Bytes offered to a read while the peer sends little: one frame at a time, say.
+pub(super) const READ_SMALL: usize = 512;
 
 /// The largest chunk frames may refer to: a busy read with a partial line before it. A
 /// longer line grows its chunk further; frames from such a chunk are copied, so a big chunk
@@ -182,7 +187,6 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::connection::reader::READ_SMALL;
 
     /// Reads `bytes` as a read would, after making room for `offer`.
     fn read(buf: &mut ReadBuf, offer: usize, bytes: &[u8]) {

@@ -8,19 +8,13 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::inbox::{Inbox, Later};
-use super::pending::Delivery;
-use super::read_buf::ReadBuf;
+use super::outgoing_calls::Delivery;
+use super::read_buf::{ReadBuf, READ_CHUNK, READ_SMALL};
 use super::{Event, Shared};
 use crate::codec::{Decoded, FrameCodec};
 use crate::error::{code, Error, Kind, RpcError};
 use crate::frame::Frame;
 use crate::transport::Transport;
-
-/// Bytes offered to a read while the peer sends a lot (the last read brought at least
-/// [`READ_SMALL`]).
-pub(super) const READ_CHUNK: usize = 16_384;
-/// Bytes offered to a read while the peer sends little: one frame at a time, say.
-pub(super) const READ_SMALL: usize = 512;
 
 /// How much to offer the next read, from what the last one brought.
 fn next_read(last: usize) -> usize {

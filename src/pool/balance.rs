@@ -70,7 +70,7 @@ impl Service<Request> for Endpoint<Poster> {
 
 /// A call's reply, counted against its worker's load until it ends or is dropped.
 pub(super) struct Counted {
-    reply: crate::future::ResponseFuture,
+    reply: crate::connection::ResponseFuture,
     stats: Option<Arc<SlotStats>>,
 }
 

@@ -23,6 +23,11 @@ pub(crate) enum BoundService {
 }
 
 impl BoundService {
+    /// What a connection serves before anything is set: every call gets -32601.
+    pub(crate) fn unbound() -> Self {
+        BoundService::Router(Router::new())
+    }
+
     /// Erases a user's stack, mapping its error into [`BoxError`].
     pub(crate) fn new<S>(service: S) -> Self
     where

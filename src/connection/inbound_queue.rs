@@ -10,10 +10,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
-use super::inbox::Inbound;
+use super::budget::Share;
+use crate::request::Request;
+
+/// What the dispatcher receives: a call, and its share of the inbound buffer.
+pub(super) type Inbound = (Request, Share);
 
 /// A queue whose sender is the inbox and whose receiver is the dispatcher.
-pub(super) fn inbound() -> (Sender, Receiver) {
+pub(super) fn channel() -> (Sender, Receiver) {
     let shared = Arc::new(Queue {
         state: Mutex::new(State {
             items: VecDeque::new(),
@@ -145,7 +149,6 @@ impl Drop for Receiver {
 mod tests {
     use super::*;
     use crate::connection::budget::Budget;
-    use crate::request::Request;
     use crate::test_util::bounded;
     use std::time::Duration;
 
@@ -161,7 +164,7 @@ mod tests {
 
     #[test]
     fn calls_come_out_in_order_across_batches() {
-        let (tx, mut rx) = inbound();
+        let (tx, mut rx) = channel();
         for i in 0..3 {
             assert!(tx.send(call(i)));
         }
@@ -176,7 +179,7 @@ mod tests {
 
     #[test]
     fn what_was_queued_before_the_sender_went_is_still_taken() {
-        let (tx, mut rx) = inbound();
+        let (tx, mut rx) = channel();
         assert!(tx.send(call(7)));
         drop(tx);
         assert_eq!(arg(rx.try_recv().unwrap()), 7);
@@ -185,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_send_after_the_receiver_went_is_refused_and_its_budget_given_back() {
-        let (tx, rx) = inbound();
+        let (tx, rx) = channel();
         drop(rx);
         let budget = Budget::new(10);
         let share = budget.try_take(10).unwrap();
@@ -198,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_burst_does_not_keep_its_memory_and_a_quiet_queue_keeps_none() {
-        let (tx, mut rx) = inbound();
+        let (tx, mut rx) = channel();
         for i in 0..1000 {
             assert!(tx.send(call(i)));
         }
@@ -225,7 +228,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiting_receiver_takes_every_call_of_a_burst_and_waits_again() {
         bounded(async {
-            let (tx, mut rx) = inbound();
+            let (tx, mut rx) = channel();
             let (got, mut seen) = tokio::sync::mpsc::unbounded_channel();
             let receiver = tokio::spawn(async move {
                 while let Some(item) = rx.recv().await {
@@ -251,7 +254,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn recv_waits_for_a_send_and_ends_with_the_sender() {
         bounded(async {
-            let (tx, mut rx) = inbound();
+            let (tx, mut rx) = channel();
             let receiver = tokio::spawn(async move {
                 let first = rx.recv().await.map(arg);
                 (first, rx.recv().await.is_none())
