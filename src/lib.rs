@@ -4,7 +4,9 @@
 //! `diarrhoea` is the Rust successor of the Node.js library of the same name (1.1.0) and keeps
 //! its wire format: one JSON array per line, `["method",[args]]`. A Node peer talks to a Rust
 //! peer for notifications in both directions; Rust peers add request/response calls, both ways,
-//! on one connection.
+//! on one connection ([`protocol`] describes the wire format). Handlers are typed `async fn`s;
+//! the stack that serves a connection and its outgoing calls are `tower::Service`s, so
+//! timeouts, concurrency limits and load shedding are ordinary tower layers.
 //!
 //! ```no_run
 //! use std::future::IntoFuture;
