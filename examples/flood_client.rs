@@ -86,7 +86,7 @@ async fn pong(_x: String, time: u64) {
     about = "Floods a flood_server with ping notifications or echo calls; prints replies a second",
     after_help = "The limit flags are flood_server's, applied to this client's outgoing calls \
                   (call mode). In notify mode only --rate (at most N pings a second: RateLimit \
-                  around the Notifier, bursts of N) and --trace (a span per ping) apply; the \
+                  around the Poster, bursts of N) and --trace (a span per ping) apply; the \
                   others are refused."
 )]
 struct Opts {
@@ -255,10 +255,10 @@ async fn meter(
 }
 
 /// Notification mode: a burst a second, each ping answered by a pong. With `--rate N`, bursts
-/// of N through a `RateLimit` around the `Notifier`; with `--trace`, a span per ping.
+/// of N through a `RateLimit` around the `Poster`; with `--trace`, a span per ping.
 async fn flood_notify(conn: &Connection, opts: &Opts) {
     let burst = opts.rate.map_or(FLOODING, |n| n.min(FLOODING));
-    let mut notifier = ServiceBuilder::new()
+    let mut poster = ServiceBuilder::new()
         .option_layer(
             opts.trace
                 .then(|| TraceLayer::outgoing().connection_id(conn.id())),
@@ -267,14 +267,14 @@ async fn flood_notify(conn: &Connection, opts: &Opts) {
             opts.rate
                 .map(|n| RateLimitLayer::new(n, Duration::from_secs(1))),
         )
-        .service(conn.notifier());
+        .service(conn.poster());
     meter(conn, "receive", opts.seconds, async || {
         let now = now_ms();
         for i in 0..burst {
             let ping = Request::new("ping", (format!("flood{i}"), now))?;
             // Waits while the outgoing queue is full (and for the rate): a burst never
             // buffers without bound.
-            notifier.ready().await?.call(ping).await?;
+            poster.ready().await?.call(ping).await?;
             SENT.fetch_add(1, Relaxed);
         }
         Ok(())

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use clap::{value_parser, Parser};
 use diarrhoea::layer::{NameOverloadLayer, TraceLayer};
 use diarrhoea::{
-    Args, Config, Connection, Listener, MakeService, Request, Router, UnixListener,
+    Args, Config, Connection, Listener, MakeConnectionService, Request, Router, UnixListener,
     DEFAULT_MAX_CONNECTIONS,
 };
 use tower::buffer::BufferLayer;
@@ -267,7 +267,7 @@ async fn run<L, M, Marker>(
 ) -> Result<(), diarrhoea::Error>
 where
     L: Listener,
-    M: MakeService<Marker>,
+    M: MakeConnectionService<Marker>,
     Marker: 'static,
 {
     diarrhoea::serve(listener, stack)

@@ -92,7 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // The socket also admits only this user's processes (a WebSocket peer has no uid: the
     // HTTP side authenticates in the axum app instead).
-    let allow = AllowPeersLayer::own_uid()?;
+    let allow = AllowPeersLayer::same_user()?;
     let local = {
         let per_connection = per_connection.clone();
         move |conn: &Connection| {

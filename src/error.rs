@@ -226,8 +226,8 @@ pub(crate) enum Kind {
     Full,
     /// Arguments could not be serialized into a JSON array.
     Encode,
-    /// A reply could not be deserialized into the expected type.
-    Decode,
+    /// A reply, or arguments (named here), could not be deserialized into the expected type.
+    Decode(&'static str),
     /// The peer sent something this side could not accept (bad frame, unknown reply id...).
     Protocol(RpcError),
     /// The socket path cannot be used (too long, occupied by a non-socket, live server).
@@ -301,9 +301,9 @@ impl Error {
         matches!(self.kind, Kind::Full)
     }
 
-    /// Arguments could not be serialized, or a reply could not be deserialized.
+    /// Arguments could not be serialized, or a reply or arguments could not be deserialized.
     pub fn is_serde(&self) -> bool {
-        matches!(self.kind, Kind::Encode | Kind::Decode)
+        matches!(self.kind, Kind::Encode | Kind::Decode(_))
     }
 
     /// The peer broke protocol v1 (a malformed frame, an oversized line, an unknown reply id).
@@ -369,7 +369,7 @@ impl fmt::Display for Error {
             Kind::Full => f.write_str("outgoing queue full")?,
             Kind::Remote(rpc) => write!(f, "peer answered with an error: {rpc}")?,
             Kind::Encode => f.write_str("arguments could not be encoded as a JSON array")?,
-            Kind::Decode => f.write_str("reply could not be decoded into the expected type")?,
+            Kind::Decode(what) => write!(f, "{what} could not be decoded into the expected type")?,
             Kind::Protocol(rpc) => write!(f, "protocol error: {rpc}")?,
             Kind::Bind(what) => write!(f, "cannot bind socket path: {what}")?,
             Kind::Io => f.write_str("I/O error")?,
@@ -421,7 +421,7 @@ mod tests {
             Error::new(Kind::Timeout),
             Error::new(Kind::Full),
             Error::new(Kind::Encode),
-            Error::new(Kind::Decode),
+            Error::new(Kind::Decode("reply")),
             Error::protocol(rpc()),
             Error::bind("in use", "x"),
             Error::io(std::io::Error::other("x")),

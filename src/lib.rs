@@ -58,7 +58,7 @@
 //! | [`layer`] | the crate's own middleware: tracing, naming overloads, an allow list of peers |
 //! | `server` | [`serve`]: listeners, the accept loop, per-connection factories, graceful shutdown |
 //! | [`pool`] | [`Pool`](pool::Pool): many worker connections behind one service, balanced, supervised, retried |
-//! | [`future`] | the named futures |
+//! | [`future`] | every public named future, in one place |
 //! | `http` (feature `axum`) | WebSocket connections and HTTP calls mounted in an axum app; a WebSocket client |
 //! | [`protocol`] | no code: the description of the wire format |
 //!
@@ -117,7 +117,7 @@ pub struct ReadmeDoctests;
 
 pub use args::Args;
 pub use connection::{
-    serve_connection, serve_stdio, Caller, Config, Connection, Event, Events, Notifier,
+    serve_connection, serve_stdio, Caller, Config, Connection, Event, Events, Poster,
 };
 pub use error::{code, BoxError, Error, RpcError};
 pub use frame::{Frame, InvalidFrame, Meta, MAX_ID};
@@ -129,6 +129,6 @@ pub use request::{Deadline, Extensions, Request};
 pub use response::{IntoReply, Json, Response};
 pub use router::Router;
 pub use server::{
-    from_stream, serve, shutdown_signal, FromStream, Listener, MakeService, Serve, UnixListener,
-    WithGracefulShutdown, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT,
+    from_stream, serve, shutdown_signal, FromStream, Listener, MakeConnectionService, Serve,
+    UnixListener, WithGracefulShutdown, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT,
 };

@@ -119,8 +119,10 @@ impl HttpPeer {
         self.addr
     }
 
-    /// The HTTP request's extensions, as the host server's layers left them.
-    pub fn extensions(&self) -> &axum::http::Extensions {
+    /// The HTTP request's extensions, as the host server's layers left them: `http`'s type,
+    /// not the crate's [`Extensions`](crate::Extensions) of
+    /// [`Request::extensions`](crate::Request::extensions).
+    pub fn http_extensions(&self) -> &axum::http::Extensions {
         &self.extensions
     }
 

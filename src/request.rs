@@ -42,7 +42,7 @@ const NO_ID: u64 = u64::MAX;
 ///
 /// On the receiving side the connection builds one from every incoming call and hands it to the
 /// bound service; on the calling side [`Caller`](crate::Caller) and
-/// [`Notifier`](crate::Notifier) take one and write it to the peer.
+/// [`Poster`](crate::Poster) take one and write it to the peer.
 ///
 /// The arguments of an incoming request stay in the connection's read buffer, and keep a
 /// chunk of it (at most 32 KiB) alive as long as the request lives. A service that keeps

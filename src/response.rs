@@ -96,7 +96,7 @@ impl Response {
     /// Deserializes the result.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Error> {
         crate::args::plain::deserialize(self.as_bytes())
-            .map_err(|e| Error::new(Kind::Decode).with_source(e))
+            .map_err(|e| Error::new(Kind::Decode("reply")).with_source(e))
     }
 
     /// The JSON text.

@@ -188,7 +188,7 @@ async fn many_calls_in_flight_on_one_connection() {
 }
 
 #[tokio::test]
-async fn caller_and_notifier_are_tower_services() {
+async fn caller_and_poster_are_tower_services() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let router = test_router().route("note", move |s: String| {
         let tx = tx.clone();
@@ -223,7 +223,7 @@ async fn caller_and_notifier_are_tower_services() {
     assert!(err.is::<tower::timeout::error::Elapsed>());
 
     client
-        .notifier()
+        .poster()
         .oneshot(Request::new("note", ("hi",)).unwrap())
         .await
         .unwrap();
@@ -241,13 +241,13 @@ async fn poll_ready_is_pending_while_the_outgoing_queue_is_full() {
     let (accepted, client) = tokio::join!(listener.accept(), client);
     let (mut silent_peer, client) = (accepted.unwrap().0, client.unwrap());
 
-    let mut notifier = client.notifier();
+    let mut poster = client.poster();
     let big = "x".repeat(64 * 1024);
     let mut blocked_after = None;
     for sent in 0..2_000 {
         // Blocked: still pending after the writer (on this runtime) has had every chance
         // to move frames to the socket, which only the peer reading could make room in.
-        let Some(ready) = unless_stuck(std::pin::pin!(notifier.ready())).await else {
+        let Some(ready) = unless_stuck(std::pin::pin!(poster.ready())).await else {
             blocked_after = Some(sent);
             break;
         };
@@ -270,7 +270,7 @@ async fn poll_ready_is_pending_while_the_outgoing_queue_is_full() {
         use tokio::io::AsyncReadExt;
         while silent_peer.read(&mut sink).await.unwrap_or(0) > 0 {}
     });
-    within("readiness after the peer reads", notifier.ready())
+    within("readiness after the peer reads", poster.ready())
         .await
         .unwrap();
     client.close();
@@ -364,7 +364,7 @@ async fn oversized_outgoing_frames_fail_before_they_are_sent() {
 }
 
 #[tokio::test]
-async fn a_reply_or_a_notifier_frame_too_large_for_the_peer_is_refused() {
+async fn a_reply_or_a_poster_frame_too_large_for_the_peer_is_refused() {
     // The server sends frames of at most 1024 bytes: a longer reply becomes an error reply.
     let router = Router::new().route("big", |n: usize| async move { "x".repeat(n) });
     let (client, _server) = Connection::builder()
@@ -379,13 +379,13 @@ async fn a_reply_or_a_notifier_frame_too_large_for_the_peer_is_refused() {
     assert!(error_chain(&err).contains("reply"), "{err}");
     assert_eq!(client.call::<String>("big", (10,)).await.unwrap().len(), 10);
 
-    // The notifier service refuses before anything is queued.
+    // The poster service refuses before anything is queued.
     let (small, _peer) = Connection::builder()
         .config(Config::new().max_frame_size(1024))
         .pair(Connection::builder())
         .unwrap();
-    let mut notifier = small.notifier();
-    let err = notifier
+    let mut poster = small.poster();
+    let err = poster
         .ready()
         .await
         .unwrap()

@@ -36,7 +36,7 @@ impl Drop for Task {
 /// Serves `make` (a service or a per-connection factory) on a fresh Unix socket.
 fn serve_unix<M, Marker>(dir: &Path, name: &str, make: M) -> (PathBuf, Task)
 where
-    M: diarrhoea::MakeService<Marker>,
+    M: diarrhoea::MakeConnectionService<Marker>,
     Marker: 'static,
 {
     let path = dir.join(name);
@@ -474,8 +474,8 @@ async fn a_hop_tells_the_next_what_is_left_of_its_deadline_on_the_wire() {
 
 // --- 8. The allow list refuses a TCP peer ----------------------------------------------
 
-fn allow_own_uid() -> AllowPeersLayer {
-    AllowPeersLayer::own_uid().unwrap()
+fn allow_same_user() -> AllowPeersLayer {
+    AllowPeersLayer::same_user().unwrap()
 }
 
 #[tokio::test]
@@ -483,12 +483,12 @@ async fn allow_peers_refuses_a_tcp_peer_with_peer_not_allowed() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stack = ServiceBuilder::new()
-        .layer(allow_own_uid())
+        .layer(allow_same_user())
         .service(server_router());
     let _server = Task(tokio::spawn(serve(listener, stack).into_future()));
 
     // A `Connection`: the call fails with the code, then the connection closes.
-    let conn = Connection::builder().connect_tcp(addr).await.unwrap();
+    let conn = Connection::connect_tcp(addr).await.unwrap();
     let mut events = conn.events();
     let err = conn.call::<i64>("add", (1, 2)).await.unwrap_err();
     assert_eq!(err.code(), Some(PEER_NOT_ALLOWED), "{err:?}");
@@ -536,7 +536,7 @@ async fn allow_peers_admits_this_user_over_a_unix_socket() {
     // The control: the same stack admits a Unix peer running as this user.
     let dir = temp_dir();
     let stack = ServiceBuilder::new()
-        .layer(allow_own_uid())
+        .layer(allow_same_user())
         .service(server_router());
     let (path, _server) = serve_unix(dir.path(), "allow.sock", stack);
     let conn = Connection::connect(&path).await.unwrap();

@@ -155,12 +155,12 @@ async fn a_burst_of_100000_notifications_is_handled_in_wire_order_through_layers
     );
     let conn = Connection::connect(&path).await.unwrap();
 
-    let mut notifier = ServiceBuilder::new()
+    let mut poster = ServiceBuilder::new()
         .layer(TraceLayer::outgoing().connection_id(conn.id()))
-        .service(conn.notifier());
+        .service(conn.poster());
     within("sending the burst", async {
         for n in 1..=N {
-            notifier
+            poster
                 .ready()
                 .await
                 .unwrap()
@@ -321,7 +321,7 @@ async fn ten_thousand_call_then_drop_cycles_leave_no_pending_call() {
 #[tokio::test]
 async fn a_peer_not_on_the_allow_list_is_refused_and_disconnected() {
     let (_dir, path) = socket_path();
-    let own = diarrhoea::layer::own_uid().unwrap();
+    let own = diarrhoea::layer::current_uid().unwrap();
     let stack = ServiceBuilder::new()
         .layer(AllowPeersLayer::none().uid(own.wrapping_add(1)))
         .service(test_router());
@@ -343,7 +343,7 @@ async fn a_peer_not_on_the_allow_list_is_refused_and_disconnected() {
     // The own uid (the default policy) is admitted.
     let (_dir2, path2) = socket_path();
     let stack = ServiceBuilder::new()
-        .layer(AllowPeersLayer::own_uid().unwrap())
+        .layer(AllowPeersLayer::same_user().unwrap())
         .service(test_router());
     tokio::spawn(serve(UnixListener::bind(&path2).unwrap(), stack).into_future());
     let conn = Connection::connect(&path2).await.unwrap();
@@ -500,14 +500,14 @@ async fn client_side_concurrency_limit_rate_limit_and_buffer() {
     let sixth = std::future::poll_fn(|cx| Poll::Ready(limited.poll_ready(cx).is_pending())).await;
     assert!(sixth, "the sixth call must wait for the rate");
 
-    // Buffer around the notifier: many tasks, one ordered stream of notifications per task.
-    let notifier = ServiceBuilder::new().buffer(16).service(conn.notifier());
+    // Buffer around the poster: many tasks, one ordered stream of notifications per task.
+    let poster = ServiceBuilder::new().buffer(16).service(conn.poster());
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..8usize {
-        let notifier = notifier.clone();
+        let poster = poster.clone();
         tasks.spawn(async move {
             for i in 0..100u32 {
-                notifier
+                poster
                     .clone()
                     .oneshot(Request::new("note", (t, i)).unwrap())
                     .await

@@ -58,7 +58,7 @@ fn router(notes: mpsc::UnboundedSender<String>) -> Router {
             let http = peer.http().expect("an HTTP peer");
             json!({
                 "user": http.get::<User>().map(|u| u.0.clone()),
-                "in_extensions": http.extensions().get::<User>().is_some(),
+                "in_extensions": http.http_extensions().get::<User>().is_some(),
                 "loopback": http.addr().is_some_and(|a| a.ip().is_loopback()),
             })
         })

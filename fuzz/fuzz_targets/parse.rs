@@ -12,12 +12,16 @@ use bytes::BytesMut;
 use diarrhoea::Frame;
 use libfuzzer_sys::fuzz_target;
 
-/// `Args::deserialize` (its own reader for the usual shapes) gives what serde_json gives.
+/// `Args::deserialize` (its own reader for the usual shapes) gives what serde_json gives; its
+/// error carries serde_json's as its source.
 macro_rules! agree {
     ($args:expr, $t:ty) => {
         match ($args.deserialize::<$t>(), serde_json::from_str::<$t>($args.get())) {
             (Ok(ours), Ok(serde)) => assert_eq!(ours, serde, "{:?}", $args),
-            (Err(ours), Err(serde)) => assert_eq!(ours.to_string(), serde.to_string()),
+            (Err(ours), Err(serde)) => assert_eq!(
+                std::error::Error::source(&ours).map(ToString::to_string),
+                Some(serde.to_string())
+            ),
             (ours, serde) => panic!("{:?}: {ours:?} but serde_json {serde:?}", $args),
         }
     };

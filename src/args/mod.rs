@@ -78,8 +78,17 @@ impl Args {
 
     /// Deserializes the arguments, e.g. into a tuple `(String, u64)`.
     ///
-    /// The result, and any error, is what `serde_json::from_str` gives for [`Args::get`].
-    pub fn deserialize<'de, T: Deserialize<'de>>(&'de self) -> Result<T, serde_json::Error> {
+    /// The result is what `serde_json::from_str` gives for [`Args::get`]; an error is one of
+    /// the crate's, [`Error::is_serde`], with serde_json's error as its `source()`, as
+    /// [`Response::deserialize`](crate::Response::deserialize) fails.
+    pub fn deserialize<'de, T: Deserialize<'de>>(&'de self) -> Result<T, Error> {
+        self.parse()
+            .map_err(|e| Error::new(Kind::Decode("arguments")).with_source(e))
+    }
+
+    /// As [`Args::deserialize`], with serde_json's own error: handlers answer -32602 with its
+    /// message.
+    pub(crate) fn parse<'de, T: Deserialize<'de>>(&'de self) -> Result<T, serde_json::Error> {
         plain::deserialize(self.as_bytes())
     }
 
@@ -235,6 +244,17 @@ mod tests {
             chunk: &chunk,
         };
         (Args::from_wire(&line.as_bytes()[text], Some(wire)), chunk)
+    }
+
+    #[test]
+    fn arguments_that_do_not_fit_fail_as_a_reply_does() {
+        let args = Args::new(&("a", 1)).unwrap();
+        let error = args.deserialize::<(u8, u8)>().unwrap_err();
+        let serde = serde_json::from_str::<(u8, u8)>(args.get()).unwrap_err();
+        assert!(error.is_serde(), "{error}");
+        assert!(error.to_string().starts_with("arguments "), "{error}");
+        let source = std::error::Error::source(&error).map(ToString::to_string);
+        assert_eq!(source, Some(serde.to_string()));
     }
 
     #[test]

@@ -24,7 +24,8 @@ use crate::wire::PLAIN;
 const DEPTH: u32 = 128;
 
 /// Reads `text` as serde_json does: in the usual shape here, anything else, and every
-/// error, with serde_json. What `Args::deserialize` and `Response::deserialize` call.
+/// error, with serde_json. What `Args::parse` (and so `Args::deserialize`) and
+/// `Response::deserialize` call.
 pub(crate) fn deserialize<'de, T: Deserialize<'de>>(text: &'de [u8]) -> Result<T, Error> {
     from_slice(text).or_else(|_| serde_json::from_slice(text))
 }
@@ -710,7 +711,7 @@ mod tests {
     }
 
     /// Reads every text as `$t` each way: whatever the plain reader reads, serde_json reads
-    /// the same (compared by `$same`), and `Args::deserialize` always gives serde_json's
+    /// the same (compared by `$same`), and `Args::parse` always gives serde_json's
     /// result. Returns how many texts the plain reader took.
     macro_rules! agree {
         ($t:ty) => {
@@ -735,7 +736,7 @@ mod tests {
                 }
                 let args = Args(Repr::Json(text.as_str().into()));
                 let serde = serde_json::from_str::<$t>(args.get());
-                match (args.deserialize::<$t>(), serde) {
+                match (args.parse::<$t>(), serde) {
                     (Ok(ours), Ok(serde)) => {
                         assert!(same(&ours, &serde), "{}: {text}", stringify!($t))
                     }
@@ -914,7 +915,7 @@ mod tests {
             }
             let args = Args(Repr::Json(text.as_str().into()));
             match (
-                args.deserialize::<(&str,)>(),
+                args.parse::<(&str,)>(),
                 serde_json::from_str::<(&str,)>(args.get()),
             ) {
                 (Ok(ours), Ok(serde)) => assert_eq!(ours, serde),
@@ -977,7 +978,7 @@ mod tests {
         assert!(from_slice::<Vec<Lenient<IgnoredAny>>>(text.as_bytes()).is_err());
         let args = Args(Repr::Json(text.into()));
         assert_eq!(
-            args.deserialize::<Vec<Lenient<Value>>>()
+            args.parse::<Vec<Lenient<Value>>>()
                 .map_err(|e| e.to_string()),
             serde_json::from_str(args.get()).map_err(|e| e.to_string())
         );

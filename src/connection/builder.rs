@@ -125,9 +125,10 @@ impl Builder {
         Ok((self.serve_connection(stdio), child))
     }
 
-    /// Serves over this process's own stdin and stdout: the worker's side of
-    /// [`spawn_child`](Builder::spawn_child). Log to stderr: stdout carries the frames.
-    pub fn serve_stdio(self) -> Connection {
+    /// A connection over this process's own stdin and stdout: the worker's side of
+    /// [`spawn_child`](Builder::spawn_child). Log to stderr: stdout carries the frames. To
+    /// serve until the parent closes the connection, [`serve_stdio`](crate::serve_stdio).
+    pub fn stdio(self) -> Connection {
         self.serve_connection(Stdio::new())
     }
 
@@ -149,6 +150,11 @@ impl Connection {
     /// get -32601 until [`Connection::set_service`]).
     pub async fn connect(path: impl AsRef<Path>) -> Result<Connection, Error> {
         Builder::new().connect(path).await
+    }
+
+    /// Connects over TCP with default options: see [`Builder::connect_tcp`].
+    pub async fn connect_tcp(addr: impl ToSocketAddrs) -> Result<Connection, Error> {
+        Builder::new().connect_tcp(addr).await
     }
 
     /// Two connected ends in this process with default options: see [`Builder::pair`].
@@ -186,7 +192,7 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    Builder::new().service(service).serve_stdio().closed().await
+    Builder::new().service(service).stdio().closed().await
 }
 
 /// Tokens and task tracking a connection inherits from whoever started it.

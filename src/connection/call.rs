@@ -164,30 +164,33 @@ impl Service<Request> for Caller {
     }
 }
 
-/// Outgoing notifications as a [`tower::Service`]: `poll_ready` waits for room in the
-/// outgoing queue; the response is `()` once the frame is queued.
+/// Outgoing notifications as a [`tower::Service`] (what [`Connection::post_message`] sends,
+/// as a service for tower layers): `poll_ready` waits for room in the outgoing queue; the
+/// response is `()` once the frame is queued.
+///
+/// [`Connection::post_message`]: crate::Connection::post_message
 #[derive(Clone)]
-pub struct Notifier {
+pub struct Poster {
     shared: Arc<Shared>,
     outgoing: OutboxPoller,
 }
 
-impl Notifier {
+impl Poster {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
         let outgoing = shared.outgoing.poller();
-        Notifier { shared, outgoing }
+        Poster { shared, outgoing }
     }
 }
 
-impl fmt::Debug for Notifier {
+impl fmt::Debug for Poster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Notifier")
+        f.debug_struct("Poster")
             .field("connection", &self.shared.id())
             .finish()
     }
 }
 
-impl Service<Request> for Notifier {
+impl Service<Request> for Poster {
     type Response = ();
     type Error = Error;
     type Future = std::future::Ready<Result<(), Error>>;

@@ -84,7 +84,7 @@ impl Config {
     }
 
     /// How many outgoing frames may wait for the writer; `post_message`, `call` and the
-    /// [`Caller`](crate::Caller)/[`Notifier`](crate::Notifier) services wait (`poll_ready` is pending) while it is full.
+    /// [`Caller`](crate::Caller)/[`Poster`](crate::Poster) services wait (`poll_ready` is pending) while it is full.
     pub fn outgoing_queue(mut self, frames: usize) -> Self {
         self.outgoing_queue = frames.max(1);
         self

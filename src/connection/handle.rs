@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-use super::{deadline, BoundService, Caller, Events, Notifier, Shared};
+use super::{deadline, BoundService, Caller, Events, Poster, Shared};
 use crate::error::{BoxError, Error, Kind, RpcError};
 use crate::frame::{encode_call, Meta};
 use crate::handler::FromContext;
@@ -153,9 +153,10 @@ impl Connection {
         Caller::new(self.shared.clone())
     }
 
-    /// Outgoing notifications as a [`tower::Service`].
-    pub fn notifier(&self) -> Notifier {
-        Notifier::new(self.shared.clone())
+    /// Outgoing notifications as a [`tower::Service`], to wrap in tower layers; for one
+    /// notification, [`post_message`](Connection::post_message).
+    pub fn poster(&self) -> Poster {
+        Poster::new(self.shared.clone())
     }
 
     /// Replaces the service that handles the peer's calls, from the next frame on.

@@ -10,7 +10,7 @@
 //! | --- | --- |
 //! | `builder` | how a stream and a service become a running connection |
 //! | `handle` | what a [`Connection`] handle can do: post, call, close |
-//! | `call` | the calling side as tower services: [`Caller`], [`Notifier`], [`ResponseFuture`] |
+//! | `call` | the calling side as tower services: [`Caller`], [`Poster`], [`ResponseFuture`] |
 //! | `config`, `events`, `lifecycle` | limits; what is reported; the stages of a connection |
 //! | `reader` | bytes to frames; replies to the pending table, calls to the inbox |
 //! | `read_buf` | the chunks read into, which frames refer to instead of copying, and their bound |
@@ -124,7 +124,7 @@ use crate::peer::PeerInfo;
 pub(crate) use bound::BoundService;
 pub(crate) use builder::{launch, Parent};
 pub use builder::{serve_connection, serve_stdio, Builder};
-pub use call::{Caller, Notifier, ResponseFuture};
+pub use call::{Caller, Poster, ResponseFuture};
 pub use config::Config;
 pub use events::{Event, Events};
 pub use handle::Connection;

@@ -121,7 +121,7 @@ pub struct Params<C, A>(PhantomData<(C, A)>);
 /// Missing trailing arguments are read as `null` (Node passes them as `undefined`), so trailing
 /// `Option` parameters are optional; any other parameter still needs its argument.
 fn parse_args<T: DeserializeOwned>(args: &Args, arity: usize) -> Result<T, RpcError> {
-    let error = match args.deserialize() {
+    let error = match args.parse() {
         Ok(parsed) => return Ok(parsed),
         Err(e) => e,
     };

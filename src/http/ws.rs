@@ -20,7 +20,7 @@ use super::socket::WsTransport;
 use crate::connection::{launch, BoundService, Config, Parent};
 use crate::error::{code, RpcError};
 use crate::peer::{HttpPeer, Identity};
-use crate::server::MakeService;
+use crate::server::MakeConnectionService;
 
 /// A WebSocket endpoint: each upgraded request becomes one [`Connection`](crate::Connection),
 /// served by a service from `make`, exactly as [`serve`](crate::serve) serves a socket.
@@ -81,7 +81,7 @@ impl<M, Marker> std::fmt::Debug for Ws<M, Marker> {
 /// ```
 pub fn ws<M, Marker>(make: M) -> Ws<M, Marker>
 where
-    M: MakeService<Marker>,
+    M: MakeConnectionService<Marker>,
     Marker: 'static,
 {
     Ws {
@@ -95,7 +95,7 @@ where
 
 impl<M, Marker> Ws<M, Marker>
 where
-    M: MakeService<Marker>,
+    M: MakeConnectionService<Marker>,
     Marker: 'static,
 {
     /// Each connection's limits, as on a socket. The WebSocket refuses a message longer than

@@ -17,7 +17,7 @@
 //! # fn f() -> std::io::Result<()> {
 //! // This process's own user, plus members of group 1001.
 //! let stack = ServiceBuilder::new()
-//!     .layer(AllowPeersLayer::own_uid()?.gid(1001))
+//!     .layer(AllowPeersLayer::same_user()?.gid(1001))
 //!     .service(diarrhoea::Router::new());
 //! # Ok(()) }
 //! ```
@@ -62,8 +62,8 @@ impl AllowPeersLayer {
     }
 
     /// Admits the user this process runs as (its effective uid): the default policy.
-    pub fn own_uid() -> std::io::Result<Self> {
-        Ok(Self::none().uid(own_uid()?))
+    pub fn same_user() -> std::io::Result<Self> {
+        Ok(Self::none().uid(current_uid()?))
     }
 
     /// Also admits peers running as `uid`.
@@ -85,7 +85,7 @@ impl AllowPeersLayer {
 }
 
 /// The effective uid this process runs as.
-pub fn own_uid() -> std::io::Result<u32> {
+pub fn current_uid() -> std::io::Result<u32> {
     Ok(rustix::process::geteuid().as_raw())
 }
 
@@ -263,11 +263,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn own_uid_is_admitted_by_default() {
+    async fn the_same_user_is_admitted_by_default() {
         let cred = own_cred();
-        assert_eq!(own_uid().unwrap(), cred.uid);
+        assert_eq!(current_uid().unwrap(), cred.uid);
         let (mut service, mut handle) =
-            mock::spawn_layer::<Request, Response, _>(AllowPeersLayer::own_uid().unwrap());
+            mock::spawn_layer::<Request, Response, _>(AllowPeersLayer::same_user().unwrap());
         assert!(service.poll_ready().is_ready());
         let fut = service.call(request_from(Some(cred)));
         let (req, send) = bounded(

@@ -118,7 +118,9 @@ pub mod allow_peers;
 pub mod overload;
 pub mod trace;
 
-pub use allow_peers::{own_uid, AllowPeers, AllowPeersFuture, AllowPeersLayer, PEER_NOT_ALLOWED};
+pub use allow_peers::{
+    current_uid, AllowPeers, AllowPeersFuture, AllowPeersLayer, PEER_NOT_ALLOWED,
+};
 pub use overload::{overloaded, NameOverload, NameOverloadFuture, NameOverloadLayer};
 pub use trace::{Direction, Trace, TraceFuture, TraceLayer, DEFAULT_PAYLOAD_CHARS};
 

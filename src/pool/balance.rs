@@ -1,6 +1,6 @@
 //! Spreading calls: a `tower::balance::p2c::Balance` over the roster, per handle.
 //!
-//! Each handle ([`PoolCaller`], [`PoolNotifier`]) builds its own balancer the first time it is
+//! Each handle ([`PoolCaller`], [`PoolPoster`]) builds its own balancer the first time it is
 //! polled, so a handle needs no lock and no task between it and the workers; the load they
 //! compare (calls in flight per worker) is shared by all of them.
 
@@ -17,12 +17,12 @@ use tower::Service;
 use super::metrics::SlotStats;
 use super::roster::{Discovery, Worker};
 use super::PoolRef;
-use crate::connection::{Caller, Notifier};
+use crate::connection::{Caller, Poster};
 use crate::error::{BoxError, Error};
 use crate::request::Request;
 use crate::response::Response;
 
-/// One worker as the balancer sees it: its connection's caller or notifier, and its load.
+/// One worker as the balancer sees it: its connection's caller or poster, and its load.
 pub(super) struct Endpoint<S> {
     service: S,
     stats: Arc<SlotStats>,
@@ -54,7 +54,7 @@ impl Service<Request> for Endpoint<Caller> {
     }
 }
 
-impl Service<Request> for Endpoint<Notifier> {
+impl Service<Request> for Endpoint<Poster> {
     type Response = ();
     type Error = Error;
     type Future = std::future::Ready<Result<(), Error>>;
@@ -108,10 +108,10 @@ impl FromWorker for Caller {
     }
 }
 
-impl FromWorker for Notifier {
+impl FromWorker for Poster {
     fn from_worker(worker: &Worker) -> Endpoint<Self> {
         Endpoint {
-            service: worker.conn.notifier(),
+            service: worker.conn.poster(),
             stats: worker.stats.clone(),
         }
     }

@@ -124,7 +124,7 @@ use self::balance::{Balanced, Balancing};
 use self::metrics::SlotStats;
 use self::roster::Roster;
 use self::worker::{Health, Source};
-use crate::connection::{Builder, Caller, Config, Connection, Notifier};
+use crate::connection::{Builder, Caller, Config, Connection, Poster};
 use crate::error::{BoxError, Error};
 use crate::request::Request;
 use crate::response::Response;
@@ -380,7 +380,7 @@ struct PoolRef {
 }
 
 /// A pool of workers: see the [module docs](self). Cheap to clone; when the last clone (and
-/// the last [`PoolCaller`] and [`PoolNotifier`]) is dropped, the workers are ended.
+/// the last [`PoolCaller`] and [`PoolPoster`]) is dropped, the workers are ended.
 #[derive(Clone)]
 pub struct Pool {
     inner: Arc<PoolRef>,
@@ -414,8 +414,8 @@ impl Pool {
     }
 
     /// Notifications as a [`tower::Service`], each sent to one live worker, balanced as calls.
-    pub fn notifier(&self) -> PoolNotifier {
-        PoolNotifier {
+    pub fn poster(&self) -> PoolPoster {
+        PoolPoster {
             inner: Balanced::new(self.inner.clone()),
         }
     }
@@ -434,7 +434,7 @@ impl Pool {
     /// Sends a notification to one worker.
     pub async fn post_message(&self, method: &str, args: impl Serialize) -> Result<(), Error> {
         let request = Request::new(method, args)?;
-        self.notifier().oneshot(request).await
+        self.poster().oneshot(request).await
     }
 
     /// Sends a notification to every live worker; returns how many it was sent to.
@@ -546,37 +546,37 @@ impl Future for PoolResponseFuture {
 }
 
 /// Notifications balanced over a [`Pool`]'s workers, as a [`tower::Service`]: from
-/// [`Pool::notifier`].
+/// [`Pool::poster`].
 #[derive(Clone, Debug)]
-pub struct PoolNotifier {
-    inner: Balanced<Notifier>,
+pub struct PoolPoster {
+    inner: Balanced<Poster>,
 }
 
-impl Service<Request> for PoolNotifier {
+impl Service<Request> for PoolPoster {
     type Response = ();
     type Error = Error;
-    type Future = PoolNotifyFuture;
+    type Future = PoolPostFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> PoolNotifyFuture {
-        PoolNotifyFuture {
+    fn call(&mut self, req: Request) -> PoolPostFuture {
+        PoolPostFuture {
             inner: self.inner.call(req),
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// Completes once a notification sent through a [`PoolNotifier`] is queued.
-    pub struct PoolNotifyFuture {
+    /// Completes once a notification sent through a [`PoolPoster`] is queued.
+    pub struct PoolPostFuture {
         #[pin]
-        inner: Balancing<balance::BalanceFuture<Notifier>>,
+        inner: Balancing<balance::BalanceFuture<Poster>>,
     }
 }
 
-impl Future for PoolNotifyFuture {
+impl Future for PoolPostFuture {
     type Output = Result<(), Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -1,4 +1,4 @@
-//! [`MakeService`]: what [`serve`](crate::serve) takes to give each connection its service.
+//! [`MakeConnectionService`]: what [`serve`](crate::serve) takes to give each connection its service.
 
 use tower::Service;
 
@@ -10,12 +10,13 @@ use crate::response::Response;
 /// Makes the service for each new connection: implemented for any cloneable service (cloned
 /// per connection) and for any `FnMut(&Connection) -> S` factory.
 ///
-/// `Marker` only tells the two apart; callers never name it.
+/// `Marker` only tells the two apart; callers never name it. Unlike `tower::MakeService`,
+/// whose target may be anything, it is given the new [`Connection`].
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot make a service for each connection",
     note = "pass a cloneable `Service<Request, Response = Response>` (e.g. a `Router`), or a closure `|conn: &Connection| -> S`"
 )]
-pub trait MakeService<Marker>: Send + 'static {
+pub trait MakeConnectionService<Marker>: Send + 'static {
     /// The service a connection gets.
     type Service: Service<Request, Response = Response, Error: Into<BoxError>, Future: Send + 'static>
         + Clone
@@ -37,7 +38,7 @@ pub enum Cloned {}
 #[derive(Debug)]
 pub enum PerConnection {}
 
-impl<S> MakeService<Cloned> for S
+impl<S> MakeConnectionService<Cloned> for S
 where
     S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
@@ -50,7 +51,7 @@ where
     }
 }
 
-impl<F, S> MakeService<(PerConnection, S)> for F
+impl<F, S> MakeConnectionService<(PerConnection, S)> for F
 where
     F: FnMut(&Connection) -> S + Send + 'static,
     S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,

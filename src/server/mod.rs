@@ -20,7 +20,7 @@ use crate::error::Error;
 use accept::Acceptor;
 
 pub use listener::{from_stream, FromStream, Listener};
-pub use make::MakeService;
+pub use make::MakeConnectionService;
 pub use unix::UnixListener;
 
 /// The default limit of open connections per server.
@@ -81,7 +81,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn serve<L, M, Marker>(listener: L, make: M) -> Serve<L, M, Marker>
 where
     L: Listener,
-    M: MakeService<Marker>,
+    M: MakeConnectionService<Marker>,
 {
     Serve {
         listener,
@@ -120,7 +120,7 @@ impl Default for Options {
 impl<L, M, Marker> Serve<L, M, Marker>
 where
     L: Listener,
-    M: MakeService<Marker>,
+    M: MakeConnectionService<Marker>,
 {
     /// Limits and buffer sizes for every accepted connection.
     pub fn config(mut self, config: Config) -> Self {
@@ -171,7 +171,7 @@ pub type ServeFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 impl<L, M, Marker> IntoFuture for Serve<L, M, Marker>
 where
     L: Listener,
-    M: MakeService<Marker>,
+    M: MakeConnectionService<Marker>,
     Marker: 'static,
 {
     type Output = Result<(), Error>;
@@ -201,7 +201,7 @@ impl<L, M, Marker, F> std::fmt::Debug for WithGracefulShutdown<L, M, Marker, F> 
 impl<L, M, Marker, F> IntoFuture for WithGracefulShutdown<L, M, Marker, F>
 where
     L: Listener,
-    M: MakeService<Marker>,
+    M: MakeConnectionService<Marker>,
     Marker: 'static,
     F: Future<Output = ()> + Send + 'static,
 {
@@ -220,7 +220,7 @@ async fn run<L, M, Marker>(
 ) -> Result<(), Error>
 where
     L: Listener,
-    M: MakeService<Marker>,
+    M: MakeConnectionService<Marker>,
 {
     let Serve {
         listener,

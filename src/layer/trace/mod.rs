@@ -9,7 +9,7 @@
 //! | field | value |
 //! | --- | --- |
 //! | `connection` | the connection id ([`PeerInfo`](crate::PeerInfo), or the request's [`Connection`](crate::Connection), or the id given with [`TraceLayer::connection_id`]) |
-//! | `direction` | `incoming` (a peer's request, around a server stack) or `outgoing` (around [`Connection::caller`](crate::Connection::caller) or [`Connection::notifier`](crate::Connection::notifier)) |
+//! | `direction` | `incoming` (a peer's request, around a server stack) or `outgoing` (around [`Connection::caller`](crate::Connection::caller) or [`Connection::poster`](crate::Connection::poster)) |
 //! | `method` | the method name (truncated to 128 characters) |
 //! | `id` | the request id when it is known (incoming calls; an outgoing call gets its id only inside [`Caller`](crate::Caller)) |
 //! | `latency_us` | microseconds from `call` to the response |
@@ -55,7 +55,7 @@ const METHOD_CHARS: usize = 128;
 pub enum Direction {
     /// A request from the peer, handled here (around a server or client's bound stack).
     Incoming,
-    /// A request to the peer (around [`Connection::caller`](crate::Connection::caller) or [`Connection::notifier`](crate::Connection::notifier)).
+    /// A request to the peer (around [`Connection::caller`](crate::Connection::caller) or [`Connection::poster`](crate::Connection::poster)).
     Outgoing,
 }
 
@@ -110,7 +110,7 @@ impl TraceLayer {
     }
 
     /// Traces this side's requests: put it outermost around [`Connection::caller`](crate::Connection::caller) or
-    /// [`Connection::notifier`](crate::Connection::notifier), with [`connection_id`](Self::connection_id) set.
+    /// [`Connection::poster`](crate::Connection::poster), with [`connection_id`](Self::connection_id) set.
     pub const fn outgoing() -> Self {
         Self::new(Direction::Outgoing)
     }
