@@ -16,7 +16,7 @@
 //! summary; in call mode with the calls' latency percentiles.
 //!
 //! The limit flags are `flood_server`'s, with their calling-side meaning (see `--help`). In
-//! call mode they wrap `conn.caller()` in the order the crate docs' "Order" section gives for
+//! call mode they wrap `conn.caller()` in the order the `layer` docs' "Order" section gives for
 //! the calling side (outermost first):
 //!
 //! ```text

@@ -12,7 +12,7 @@
 //! encryption and no authentication: keep it on loopback.
 //!
 //! Flags put tower layers around the handlers, so the limits can be tried from the command
-//! line (see `--help`, and the crate docs' "Order" section for why the stack is in this order):
+//! line (see `--help`, and the `layer` docs' "Order" section for why the stack is in this order):
 //!
 //! ```text
 //! TraceLayer::incoming()                                   --trace

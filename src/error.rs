@@ -18,7 +18,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Error codes of protocol v1, carried in [`RpcError::code`].
 ///
-/// Codes from -32768 to -32000 are reserved for the protocol; handlers may use any other code.
+/// Codes from -32768 to -32000, and -32800 ([`CANCELLED`](crate::code::CANCELLED)), belong
+/// to the protocol; handlers may use any other code.
 pub mod code {
     /// The line is not valid JSON (or not valid UTF-8).
     pub const PARSE_ERROR: i64 = -32700;

@@ -1,5 +1,5 @@
 //! Hostile input: the codec under any chunking (a property test), regressions found by fuzzing
-//! (`fuzz/`), and the hostile-frames table of the README run against a real server.
+//! (`fuzz/`), and the hostile-frames table of docs/PROTOCOL.md run against a real server.
 //!
 //! Every table row checks three things: the documented outcome, no panic or stack overflow
 //! anywhere (logging included: a subscriber formats every event at `TRACE`), and that the

@@ -370,7 +370,8 @@ fn is_socket(path: &Path) -> bool {
 
 // --- (7) A server killed with SIGKILL -------------------------------------------------------
 
-/// The README's "within milliseconds" and "at once", with a wide margin for a loaded machine.
+/// "At once" (the connection docs: a killed peer's callers fail at once), with a wide margin
+/// for a loaded machine.
 const AT_ONCE: Duration = Duration::from_millis(200);
 
 #[tokio::test]

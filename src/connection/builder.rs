@@ -90,7 +90,8 @@ impl Builder {
         Ok(self.serve_connection(stream))
     }
 
-    /// Connects over TCP. TCP carries no encryption and no authentication: see the README.
+    /// Connects over TCP. TCP carries no encryption and no authentication: see
+    /// [beyond one machine](crate::transport#beyond-one-machine).
     pub async fn connect_tcp(self, addr: impl ToSocketAddrs) -> Result<Connection, Error> {
         let stream = TcpStream::connect(addr)
             .await

@@ -13,6 +13,36 @@ use crate::codec::DEFAULT_MAX_FRAME_SIZE;
 ///     .max_frame_size(1 << 20)
 ///     .max_concurrent_requests(64);
 /// ```
+///
+/// # Limits
+///
+/// A server sits on a socket that other local processes can reach, so every resource a peer
+/// can make it spend has a limit, each with a default, a setting, and a clear error when it
+/// is hit. The settings here apply to one connection; a server gives the same `Config` to
+/// every connection it accepts ([`Serve::config`](crate::Serve::config)).
+///
+/// | limit | default | setting | when it is hit |
+/// | --- | --- | --- | --- |
+/// | line length (one frame) | 8 MiB | [`max_frame_size`](Config::max_frame_size) | incoming: the line is discarded up to its `\n` without buffering it, error event -32003, the connection stays open; outgoing: the send fails locally with -32003 |
+/// | outgoing queue, frames | 1024 | [`outgoing_queue`](Config::outgoing_queue) | senders wait (`post_message`, `call`, `poll_ready`): backpressure |
+/// | outgoing queue, bytes | 8 MiB | [`outgoing_buffer`](Config::outgoing_buffer) | senders wait while it is spent (one frame may overshoot it); a peer that never reads costs about this much |
+/// | inbound buffer (calls waiting for dispatch or running) | 4 MiB | [`inbound_buffer`](Config::inbound_buffer) | the reader stops reading the socket: backpressure |
+/// | read chunks still held by incoming frames (their arguments and results are read where they arrived) | about the inbound buffer again: 128 chunks of at most 32 KiB | [`inbound_buffer`](Config::inbound_buffer) | frames are copied out of the read buffer, as small as they are, until frames let go of their chunks |
+/// | concurrent requests per connection | 1024 | [`max_concurrent_requests`](Config::max_concurrent_requests) | further requests wait, in wire order |
+/// | a line left unfinished | 30 s without a byte | [`partial_frame_timeout`](Config::partial_frame_timeout) | connection error -32600 `partial frame timeout`, then close |
+/// | request deadline | none | [`request_timeout`](Config::request_timeout), the peer's `meta.timeout_ms` (the earlier wins) | -32001; counts time waiting for a permit and for readiness |
+/// | connections per server | 1024 | [`Serve::max_connections`](crate::Serve::max_connections) | the next one gets `[null,null,{"code":-32002,...}]` and is closed |
+/// | graceful shutdown | 10 s | [`Serve::shutdown_timeout`](crate::Serve::shutdown_timeout) | remaining connections are closed |
+/// | out of descriptors (`EMFILE`, `ENFILE`) | - | - | accepting backs off 10 ms doubling to 1 s, logs at most once a second, recovers |
+/// | socket file mode | `0600` | [`UnixListener::bind_with_mode`](crate::UnixListener::bind_with_mode) | other users' `connect` gets `EACCES` |
+/// | WebSocket message (feature `axum`) | twice the line length (16 MiB) | `max_frame_size` given to `http::ws(..).config(..)` | the WebSocket is closed with 1009 "message too big" (a message is buffered whole); a line over the maximum inside a smaller message is dropped as above |
+/// | WebSocket connections per endpoint (feature `axum`) | 1024 | `http::ws(..).max_connections(n)` | the upgrade is answered 503 with a -32002 body |
+/// | HTTP call body (feature `axum`) | 8 MiB | `max_frame_size` given to `http::rest(..).config(..)` | 413 (-32003) from `Content-Length` before reading, or once a chunked body passes it; the rest is not read |
+///
+/// What bounds the memory a peer that does not read can cost: the inbound buffer (held by
+/// each request until it is answered), the outgoing byte budget, and the replies of at most
+/// `max_concurrent_requests` handlers being built. `tests/soak.rs` holds such a peer, 1,000
+/// connections, peers killed mid-call and a server out of descriptors to these bounds.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub(crate) max_frame_size: usize,

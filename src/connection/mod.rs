@@ -26,6 +26,73 @@
 //!
 //! The reader never waits on inbound work while it still has room in the inbound buffer, so
 //! replies to this side's calls get through even while the peer floods.
+//!
+//! # Ordering and flow control
+//!
+//! Per connection, notifications are handled in wire order among themselves: each handler's
+//! future completes before the next notification's starts. Requests are dispatched in wire
+//! order and run concurrently, up to [`Config::max_concurrent_requests`], and are never held
+//! behind a running notification: a notification handler that calls its peer, which calls
+//! back before answering, completes. (A request that arrives after a notification may
+//! therefore run before that notification has finished.)
+//!
+//! Replies to this side's own calls go straight from the reader to the waiting caller and
+//! never queue behind inbound work, as long as the inbound buffer
+//! ([`Config::inbound_buffer`]) has room; when it is full, the reader stops reading
+//! (backpressure). A request or notification keeps its share of that buffer until it is
+//! done, so slow handlers hold the reader back instead of letting work pile up. Outgoing
+//! frames wait in a queue bounded in frames and bytes ([`Config::outgoing_queue`],
+//! [`Config::outgoing_buffer`]), so [`Connection::post_message`], [`Connection::call`], and
+//! the `poll_ready` of [`Caller`] and [`Poster`] wait while the peer does not read.
+//!
+//! # Deadlines
+//!
+//! An incoming request's deadline is the earlier of [`Config::request_timeout`] and the
+//! peer's `meta.timeout_ms`, counted from when its frame was read, so time spent waiting for
+//! a permit or for the service to be ready counts; past it, the request is answered -32001
+//! and its handler dropped.
+//!
+//! Deadlines propagate, as tarpc's context does: a call made while serving a request (with
+//! [`Connection::call`], or a [`Caller`] called from the handler's task) inherits what is left
+//! of that request's deadline and tells its peer as `meta.timeout_ms`, so a chain
+//! A -> B -> C fails at every hop when A's deadline passes (`tests/engine_v2.rs` runs such a
+//! chain over four nodes). An explicit shorter timeout still wins. A call moved to another
+//! task (inside a `Buffer`, or a `tokio::spawn`) does not inherit: give it its timeout
+//! explicitly.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use diarrhoea::{Connection, Router};
+//!
+//! # async fn f(c: Connection) -> Result<(), diarrhoea::Error> {
+//! // B: answers `lookup` by asking C; that call inherits what is left of the caller's deadline.
+//! let router = Router::new().route("lookup", move |key: String| {
+//!     let c = c.clone();
+//!     async move { c.call::<String>("lookup", (key,)).await }
+//! });
+//! # let _ = router;
+//! // A: gives the whole chain 200 ms. If C is slow, A, B and C all see a timeout.
+//! let b = Connection::connect("./b.sock").await?;
+//! let value: String = b
+//!     .call_with_timeout("lookup", ("key",), Duration::from_millis(200))
+//!     .await?;
+//! # let _ = value;
+//! # Ok(()) }
+//! ```
+//!
+//! # When the peer goes away
+//!
+//! - Every call waiting for a reply fails with [`Error::is_closed`](crate::Error::is_closed)
+//!   as soon as the connection closes: a killed peer's callers are failed at once, not at
+//!   their deadline (`tests/processes.rs` kills a server with SIGKILL mid-call).
+//! - A peer killed while its calls still run here does not keep them running: after the end
+//!   of its stream, the connection checks every 100 ms whether the peer is still there (on
+//!   transports that can tell: see [`transport`](crate::transport)) and drops its calls once
+//!   it is gone. A peer that only half-closed still gets its replies.
+//! - Writing to a peer that went away is an error, never the death of the process: the first
+//!   connection installs a SIGPIPE handler (`tests/processes.rs` runs a client and a server
+//!   with SIGPIPE at its default and sees their writes fail with `EPIPE`).
 
 mod bound_service;
 mod budget;

@@ -23,6 +23,33 @@ pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response, Rpc
 
 /// An async function that can be bound to a method name with [`Router::route`].
 ///
+/// A handler takes up to 4 context parameters, in any order ([`FromContext`]: the
+/// `Connection` the request came on, to post or call back; the request's
+/// `CancellationToken`, cancelled by the peer's `$/cancel`; its [`PeerInfo`]; its
+/// [`Deadline`] or `Option<Deadline>`; or all arguments unparsed as [`Args`]), then up to 12
+/// positional parameters of any `Deserialize` type, read from the frame's argument array.
+/// Missing trailing arguments are read as `null`, so trailing `Option<T>` parameters are
+/// optional; arguments that do not fit are answered -32602. It returns anything
+/// [`IntoReply`]: `()`, a value, [`Json`](crate::Json)`(T)` for any `Serialize` type, or a
+/// `Result` whose error converts into [`RpcError`] (the error reply).
+///
+/// ```
+/// use diarrhoea::{Connection, Deadline, Router, RpcError};
+///
+/// async fn greet(peer: Connection, name: String, times: Option<u32>) -> Result<(), diarrhoea::Error> {
+///     for _ in 0..times.unwrap_or(1) {
+///         peer.post_message("greeting", (format!("hello, {name}"),)).await?;
+///     }
+///     Ok(())
+/// }
+///
+/// async fn divide(_deadline: Option<Deadline>, a: i64, b: i64) -> Result<i64, RpcError> {
+///     a.checked_div(b).ok_or_else(|| RpcError::new(4000, "division by zero"))
+/// }
+///
+/// let router = Router::new().route("greet", greet).route("divide", divide);
+/// ```
+///
 /// `M` only tells the implementations apart (the context and positional parameter types);
 /// callers never name it.
 ///

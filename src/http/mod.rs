@@ -52,9 +52,27 @@
 //! # }
 //! ```
 //!
+//! The remote address is there when the app is served with
+//! `into_make_service_with_connect_info::<SocketAddr>()`, as above.
+//! [`AllowPeersLayer`](crate::layer::AllowPeersLayer) (Unix credentials) refuses WebSocket
+//! and HTTP peers, as it does TCP ones: authenticate them in the axum app instead.
+//!
 //! WebSocket connections run in tasks of their own once upgraded: axum's graceful shutdown
 //! does not wait for them. [`Ws::shutdown`] drains them as [`serve`](crate::serve) drains
-//! its connections: call it after axum's shutdown.
+//! its connections (calls in flight finish, new ones get -32004): keep a clone of the
+//! endpoint and call it after axum's shutdown.
+//!
+//! How frames travel in WebSocket messages, and how HTTP calls map to statuses and headers,
+//! is part of [the protocol](crate::protocol#over-websocket-and-http). Which way to choose
+//! (TCP, TLS, WebSocket or HTTP) when peers are on other machines:
+//! [beyond one machine](crate::transport#beyond-one-machine). `examples/gateway.rs` serves
+//! one router on a Unix socket and on HTTP and WebSocket, with limits on both and
+//! tower-http's `TraceLayer` on the HTTP side:
+//!
+//! ```text
+//! cargo run --example gateway --features axum    # -- --http 127.0.0.1:8080 --socket ./test.sock
+//! curl -d '[2,3]' http://127.0.0.1:8080/rpc/add
+//! ```
 
 mod client;
 mod rest;

@@ -62,8 +62,8 @@ pub struct Rest<S> {
 ///
 /// Any `Content-Type` is taken (`curl -d` sends a form type); the body is read as JSON.
 ///
-/// Status by error code: -32700, -32600, -32602 -> 400; -32601 -> 404; -32001 -> 504;
-/// -32002 -> 503; -32003 -> 413; -32004 -> 503; any other -> 500.
+/// The status by error code, and the headers, are part of
+/// [the protocol](crate::protocol#over-websocket-and-http).
 ///
 /// A request's deadline is the earlier of [`Config::request_timeout`] and the
 /// `X-Diarrhoea-Timeout-Ms` header; past it the answer is 504 (-32001). Handlers that take

@@ -34,14 +34,64 @@
 //! }
 //! ```
 //!
-//! ## What happens when a worker goes away
-//! A worker that exits, closes its connection or stops answering the liveness probe leaves
-//! the balance at once. Its calls in flight fail with [`Error::is_closed`]; those of methods
-//! marked [`idempotent`](PoolBuilder::idempotent) are sent again to another worker, within a
-//! retry budget. The pool starts it again (or reconnects) after an exponential back-off with
-//! jitter, so a worker that crashes in a loop costs a few starts per second at most; it
-//! rejoins once it answers a first probe. Workers the pool starts read their requests from
-//! stdin: when the pool's process dies, even by `SIGKILL`, they see the end of it and exit.
+//! The pool starts its workers itself (the same binary with a flag,
+//! [`spawn_self`](PoolBuilder::spawn_self), or another program, over their stdin and stdout)
+//! or connects to servers on Unix or TCP sockets. Its caller is a tower service like any
+//! other, so it goes inside layers:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use diarrhoea::pool::Pool;
+//! use diarrhoea::Request;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # async fn f(pool: Pool) -> Result<(), tower::BoxError> {
+//! let mut calls = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(5))
+//!     .concurrency_limit(256)
+//!     .service(pool.caller());
+//! let reply = calls.ready().await?.call(Request::new("square", (12,))?).await?;
+//! println!("{}", reply.deserialize::<u64>()?);
+//! println!("{:?}", pool.metrics()); // per worker: in flight, completed, failed, restarts
+//! # Ok(()) }
+//! ```
+//!
+//! `examples/pool.rs` floods a CPU-bound method through a pool of copies of itself, and can
+//! kill a worker mid-run (`--kill-after`) or measure the pool's own cost (`--trivial`).
+//!
+//! # Balancing
+//! Each [`PoolCaller`] balances on its own (no lock, no task between it and the workers); the
+//! load it compares, calls in flight per worker, is shared by all of them. `poll_ready` is
+//! ready when some live worker has room, and waits while none is live. Keep a caller per
+//! task: a clone starts its own balancer on first use.
+//!
+//! # Supervision
+//! A worker that exits, closes its connection, or does not answer a `$/ping` probe (answered
+//! by its connection itself, no handler runs; every second by default, within 10 s:
+//! [`health_check`](PoolBuilder::health_check)) leaves the balance at once. It is started
+//! again (or reconnected) after 100 ms, doubling with jitter up to 5 s
+//! ([`restart_backoff`](PoolBuilder::restart_backoff)), so a worker that crashes in a loop
+//! costs a few starts per second at most, and rejoins once it answers its first probe.
+//!
+//! # Failures are honest
+//! Calls in flight on a worker that dies fail with [`Error::is_closed`]. Only methods marked
+//! [`idempotent`](PoolBuilder::idempotent) are sent again, to another worker
+//! ([`RetryIdempotent`], a `tower::retry::Policy`, with a `TpsBudget`: by default 20% of the
+//! calls of the last 10 s, at least 10 per second), and every retry is counted in
+//! `metrics().retried`. Use [`RetryIdempotent`] with tower's `Retry` to put retries elsewhere
+//! in a stack.
+//!
+//! # Notifications and calls back
+//! A notification goes to one worker ([`Pool::post_message`], [`Pool::poster`]), or to every
+//! live worker with [`Pool::broadcast`]. Workers can call back into the parent: give the pool
+//! a router with [`PoolBuilder::service`].
+//!
+//! # Shutdown
+//! [`Pool::shutdown`]`(timeout)` refuses new calls, lets calls in flight finish within
+//! `timeout`, then ends and reaps every worker. Dropping the last handle ends them too, and a
+//! worker started by the pool reads its requests from stdin and exits at its end, so none
+//! outlives the pool's process, even when that process is killed with `SIGKILL`.
 
 mod balance;
 mod metrics;

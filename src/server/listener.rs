@@ -25,7 +25,8 @@ pub trait Listener: Send + 'static {
     fn accept(&mut self) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
-/// TCP: listens where the user says. No encryption, no authentication: see the README.
+/// TCP: listens where the user says. No encryption, no authentication: see
+/// [beyond one machine](crate::transport#beyond-one-machine).
 impl Listener for TcpListener {
     type Io = TcpStream;
 

@@ -30,7 +30,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves every connection `listener` accepts with a service from `make`: axum's `serve`, for
-/// this protocol. Await it to run the server; add
+/// this protocol, and the one way to serve. Await it to run the server; add
 /// [`with_graceful_shutdown`](Serve::with_graceful_shutdown) to stop on a signal.
 ///
 /// `make` is either a cloneable service (usually a [`Router`](crate::Router), perhaps inside
@@ -38,7 +38,9 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// each new [`Connection`](crate::Connection) (its peer, a handle to greet it) before
 /// anything is read from it: for per-connection state, such as a per-connection
 /// `ConcurrencyLimit` (a cloned one shares its semaphore, so one built outside the factory is
-/// server-wide).
+/// server-wide). The factory can greet its peer, as diarrhoea 1.1.0's
+/// `server.on('connection', s => s.post_message('hello', 1234))` does: a frame posted there is
+/// the first one the peer reads.
 ///
 /// ```no_run
 /// use diarrhoea::{Connection, Router, UnixListener};
@@ -48,14 +50,34 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// let router = Router::new().route("add", |a: i64, b: i64| async move { a + b });
 /// let listener = UnixListener::bind("./app.sock")?;
 /// diarrhoea::serve(listener, move |conn: &Connection| {
-///     // diarrhoea 1.1.0's `server.on('connection', s => s.post_message('hello', 1234))`.
 ///     let _ = conn.try_post_message("hello", (1234,));
 ///     ServiceBuilder::new().concurrency_limit(64).service(router.clone())
 /// })
+/// .max_connections(256)
 /// .with_graceful_shutdown(diarrhoea::shutdown_signal())
 /// .await
 /// # }
 /// ```
+///
+/// # Listeners
+///
+/// A [`Listener`] is a [`UnixListener`] (with its socket-file rules), a
+/// `tokio::net::TcpListener` (`TCP_NODELAY` is set on every connection), tokio's own
+/// `UnixListener`, or any stream of accepted connections ([`from_stream`]). They share one
+/// accept loop: a connection limit ([`max_connections`](Serve::max_connections)), errors that
+/// concern one incoming connection skipped, a back-off when file descriptors run out
+/// (`EMFILE`, `ENFILE`: 10 ms doubling to 1 s, a warning at most once a second), graceful
+/// shutdown, and connection ids. One stream without a listener:
+/// [`serve_connection`](crate::serve_connection); a worker process's stdin and stdout:
+/// [`serve_stdio`](crate::serve_stdio).
+///
+/// # Shutting down
+///
+/// With [`shutdown_signal`] (Ctrl-C or SIGTERM) or any future given to
+/// [`with_graceful_shutdown`](Serve::with_graceful_shutdown), the server stops accepting
+/// (a [`UnixListener`] removes its socket file), refuses new calls with -32004, waits for the
+/// calls in flight up to [`shutdown_timeout`](Serve::shutdown_timeout) (10 s by default),
+/// then closes the connections that are left.
 pub fn serve<L, M, Marker>(listener: L, make: M) -> Serve<L, M, Marker>
 where
     L: Listener,

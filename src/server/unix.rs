@@ -11,11 +11,29 @@ use crate::error::Error;
 
 /// A Unix socket bound at a path, following the socket-file rules.
 ///
-/// Binding proves that an existing socket file is stale before replacing it, never touches
-/// anything at the path that is not a socket, and creates the socket with mode `0600` (or the
-/// mode given) with no moment at which it is reachable with looser permissions. The file is
-/// removed when the listener is dropped (a server drops it when it stops accepting), if it is
-/// still this listener's.
+/// Deleting whatever sits at the socket path before binding (as the Node library does) can
+/// evict a live server or destroy a file. [`bind`](UnixListener::bind) instead:
+///
+/// - replaces an existing socket file only after a connect to it is refused (a stale
+///   socket, such as one a killed server left behind);
+/// - never takes over a live server's socket: binding fails instead, and the live server
+///   keeps answering on its old and new connections;
+/// - never touches anything at the path that is not a socket (a regular file, a directory, a
+///   symlink, even one to a live socket or a dangling one): binding fails instead;
+/// - checks the path's length first: at most 107 bytes (the `sun_path` limit), refused up
+///   front rather than truncated;
+/// - creates the socket with mode `0600`, so only this user may connect (other users'
+///   `connect` gets `EACCES`; [`bind_with_mode`](UnixListener::bind_with_mode) to change
+///   it), with no moment at which it is reachable with looser permissions: the socket is
+///   bound in a private `0700` directory beside the path, given its mode there, and
+///   hard-linked into place, whatever the process's umask;
+/// - removes the file when the listener is dropped (a server drops it when it stops
+///   accepting), if it is still this listener's.
+///
+/// So one path has one server: of many processes binding one free path, or one holding a
+/// stale socket, at once, exactly one serves and the others fail with a bind error, and no
+/// staging files are left behind. `tests/processes.rs` races 20 real processes for each of
+/// these cases and watches the path's mode while binding.
 ///
 /// ```no_run
 /// # async fn f(router: diarrhoea::Router) -> Result<(), diarrhoea::Error> {

@@ -1,16 +1,85 @@
-//! [`Transport`]: what a connection needs from its byte stream.
+//! [`Transport`]: what a connection needs from its byte stream, and the ways to reach a peer.
 //!
 //! A connection runs over any `AsyncRead + AsyncWrite` stream. Reading and writing are all it
-//! needs; what only some streams have sits behind this one trait: who the peer is, and
-//! whether a peer that has ended its side is still there to read replies.
+//! needs; what only some streams have sits behind this one trait: who the peer is, whether a
+//! peer that has ended its side is still there to read replies (the hang-up check, which
+//! lets a connection drop the calls of a peer that died), and whether there is something to
+//! read before a read buffer is taken (so a connection whose peer went quiet gives its read
+//! buffer back while it waits).
 //!
-//! | stream | identity | hang-up check |
+//! | transport | client side | server side | peer identity | hang-up check |
+//! | --- | --- | --- | --- | --- |
+//! | Unix socket | [`Connection::connect`](crate::Connection::connect)`(path)` | [`UnixListener::bind`](crate::UnixListener::bind)`(path)` | [`Identity::Unix`]: uid, gid, pid (`SO_PEERCRED`) | yes |
+//! | TCP | [`Connection::connect_tcp`](crate::Connection::connect_tcp)`(addr)` | `tokio::net::TcpListener` given to [`serve`](crate::serve) | [`Identity::Tcp`]: the peer's address | yes |
+//! | a child's stdin and stdout | [`Builder::spawn_child`](crate::connection::Builder::spawn_child)`(&mut command)` ([`ChildStdio`]) | [`serve_stdio`](crate::serve_stdio)`(service)` in the child ([`Stdio`]) | none | in the child (stdout's reader is gone) |
+//! | in-process pair | [`Connection::pair`](crate::Connection::pair), [`Builder::pair`](crate::connection::Builder::pair) (a socket pair) | - | uid, gid, pid | yes |
+//! | WebSocket (feature `axum`) | `Connection::connect_ws(url)` | `http::ws(make).route()` in an axum app | `Identity::Http`: the remote address and the HTTP request's extensions | no |
+//! | anything else: TLS, `tokio::io::duplex` | [`Builder::serve_connection`](crate::connection::Builder::serve_connection)`(`[`Io`]`(stream))` | [`serve_connection`](crate::serve_connection), [`from_stream`](crate::from_stream) | none | no |
+//!
+//! # Child processes
+//!
+//! [`Builder::spawn_child`](crate::connection::Builder::spawn_child) pipes the child's stdin
+//! and stdout and kills the child when the returned `Child` is dropped;
+//! [`serve_stdio`](crate::serve_stdio) is the worker's whole `main`. When the parent dies,
+//! even by SIGKILL, the worker reads the end of its stdin and exits, and a worker still
+//! running calls notices that nobody reads its stdout any more and drops them: no worker
+//! outlives its parent (`tests/transports.rs` checks both within 1 s). Workers log to
+//! stderr: stdout carries the frames. `examples/stdio_worker.rs` is one file that is both;
+//! for many workers behind one service, see [`pool`](crate::pool).
+//!
+//! ```no_run
+//! #[tokio::main]
+//! async fn main() -> Result<(), diarrhoea::BoxError> {
+//!     if std::env::args().any(|a| a == "--worker") {
+//!         let router = diarrhoea::Router::new().route("add", |a: i64, b: i64| async move { a + b });
+//!         diarrhoea::serve_stdio(router).await;
+//!         return Ok(());
+//!     }
+//!     let mut command = tokio::process::Command::new(std::env::current_exe()?);
+//!     command.arg("--worker");
+//!     let (conn, _child) = diarrhoea::Connection::builder().spawn_child(&mut command)?;
+//!     let sum: i64 = conn.call("add", (2, 3)).await?;
+//!     assert_eq!(sum, 5);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Beyond one machine
+//!
+//! When peers outgrow one machine, the network side is tokio's, hyper's and axum's, which
+//! already run at internet scale; this crate brings the protocol. Four ways to be reached
+//! from elsewhere:
+//!
+//! | way | what it gives | what it does not |
 //! | --- | --- | --- |
-//! | `tokio::net::UnixStream` | [`Identity::Unix`] (uid, gid, pid) | yes |
-//! | `tokio::net::TcpStream` | [`Identity::Tcp`] (the peer's address) | yes |
-//! | [`ChildStdio`] (pipes to a child) | none | no |
-//! | [`Stdio`] (this process's own stdin and stdout) | none | yes (stdout's reader is gone) |
-//! | `tokio::io::DuplexStream`, or any stream in [`Io`] (TLS, ...) | none | no |
+//! | **TCP** (`TcpListener`, [`Connection::connect_tcp`](crate::Connection::connect_tcp)) | the whole protocol, both ways, the lowest cost off the machine | encryption, authentication: keep it on loopback or a private network |
+//! | **TLS** (`tokio-rustls` in [`Io`]) | TCP's protocol, encrypted, the server (and with client certificates the client) authenticated | HTTP infrastructure: proxies, browsers, the host server's auth layers |
+//! | **WebSocket** (feature `axum`: `http::ws`, `connect_ws`; `wss://` with your TLS stream in `connect_ws_stream`) | the whole protocol, both ways (calls back, `$/cancel`, deadlines, the per-connection factory), on an axum route: the host server's TLS, auth, CORS and tracing layers apply, and it passes HTTP proxies and load balancers | half-close: a WebSocket has none, so a peer that `end()`s stops hearing replies to its calls still running; wait for them first |
+//! | **HTTP** (feature `axum`: `http::rest`) | one call per `POST {prefix}/{method}`, from curl, a browser or any language, through the same tower stack | calls from the server back to the caller, ordering between calls, `$/cancel` (closing the request drops the handler) |
+//!
+//! TCP listens where you say and sets `TCP_NODELAY`. It gives reachability and nothing else:
+//! **no encryption and no authentication**. [`AllowPeersLayer`](crate::layer::AllowPeersLayer)
+//! refuses every peer without Unix credentials (a TCP or WebSocket peer included) with its
+//! usual -31001, so putting the recommended stack on TCP never silently opens it. For
+//! encryption, put a TLS stream in [`Io`] (`tests/tls.rs` runs calls over tokio-rustls with a
+//! certificate made at test time); authenticate in a layer, or in the axum app for
+//! WebSocket and HTTP peers (see `http`, feature `axum`). `examples/tcp_pair.rs` is a server
+//! and a client over loopback; `examples/gateway.rs` serves one router on a Unix socket and on
+//! HTTP and WebSocket.
+//!
+//! ```no_run
+//! use diarrhoea::{Connection, Router};
+//!
+//! # async fn f() -> Result<(), diarrhoea::BoxError> {
+//! let router = Router::new().route("add", |a: i64, b: i64| async move { a + b });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7000").await?;
+//! tokio::spawn(async move { diarrhoea::serve(listener, router).await });
+//!
+//! let conn = Connection::connect_tcp("127.0.0.1:7000").await?;
+//! let sum: i64 = conn.call("add", (2, 3)).await?;
+//! # let _ = sum;
+//! # Ok(()) }
+//! ```
 
 mod io;
 mod stdio;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent protocol-v1 peer used as an interoperability check.
 
-This script is written from the protocol text in the README ("Protocol v1"),
+This script is written from the protocol text in docs/PROTOCOL.md,
 not from the Rust code, and imports nothing from the crate: it is a second,
 separate implementation of the wire format, so that a shared misreading of
 the spec cannot hide in both ends.
