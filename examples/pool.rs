@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example pool -- [--workers N] [--work K] [--seconds S]
-//!     [--inflight K] [--kill-after S2] [--trivial]
+//!     [--inflight K] [--kill-after S2] [--kill-every S3] [--trivial]
 //! ```
 //!
 //! - `--workers N`: worker processes (default: the number of cores). Each serves
@@ -16,6 +16,8 @@
 //!   balance, retries its calls on the others (`count_primes` is marked idempotent) and
 //!   restarts it; `rejoin_ms` is the time from the kill to the first call the restarted worker
 //!   answered (read from the pool's per-worker counters, polled every millisecond).
+//! - `--kill-every S3`: `SIGKILL`s a random live worker every `S3` seconds (a fraction is
+//!   fine: `0.5`) for the whole run, to show the pool under churn: `kills` counts them.
 //! - `--trivial`: floods `noop()` instead, to show the pool's own cost, and before that
 //!   floods worker 0 over its single connection directly (the same loop, without the pool)
 //!   for the same time: `direct_calls_per_s`. Compare with `--workers 1`. `noop` is not
@@ -24,14 +26,19 @@
 //! Every second a meter line goes to stderr, with each worker's share; the last line on stdout:
 //!
 //! ```text
-//! {"calls_per_s":..,"failed":0,"lost":0,"p50_us":..,"p99_us":..,"per_worker":[..],
-//!  "received":..,"rejoin_ms":null,"restarts":0,"retried":0,"seconds":5,"sent":..,"workers":2}
+//! {"calls_per_s":..,"failed":0,"kills":0,"lost":0,"p50_us":..,"p99_us":..,"per_worker":[..],
+//!  "received":..,"rejoin_ms":null,"restarts":0,"retried":0,"seconds":5,"sent":..,"stuck":0,
+//!  "workers":2}
 //! ```
 //!
 //! `sent` counts calls made, `received` calls answered with the right result, `failed` calls
-//! that ended in an error, and `lost = sent - received`. No worker outlives the run: the pool
-//! ends them at its shutdown, and if this process is killed, each worker sees the end of its
-//! stdin and exits.
+//! that ended in an error, and `lost = sent - received`. When the flood ends (and the kills
+//! with it), calls still in flight get [`DRAIN`] to resolve. Then the pool shuts down, which
+//! fails every call still waiting (for a worker to come back, say) with `is_closed()`; a call
+//! that has not resolved a second after that is counted as `stuck` (the pool promises every
+//! call resolves, so it must be 0), and the program goes on to its report instead of waiting
+//! forever. No worker outlives the run: the pool ends them at its
+//! shutdown, and if this process is killed, each worker sees the end of its stdin and exits.
 
 mod report;
 
@@ -64,12 +71,26 @@ struct Opts {
     /// SIGKILL worker 0 this many seconds in.
     #[arg(long)]
     kill_after: Option<u64>,
+    /// SIGKILL a random live worker every this many seconds, for the whole run.
+    #[arg(long, value_parser = positive_seconds)]
+    kill_every: Option<f64>,
     /// Flood `noop()`, and a direct connection to one worker first, to show the pool's cost.
     #[arg(long)]
     trivial: bool,
     /// Internal: run as a worker over stdin and stdout.
     #[arg(long, hide = true)]
     worker: bool,
+}
+
+/// How long calls still in flight when the flood ends get to resolve before they count as
+/// stuck.
+const DRAIN: Duration = Duration::from_secs(5);
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -138,7 +159,7 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
 
     let direct_calls_per_s = if opts.trivial {
         let conn = pool.connections().swap_remove(0);
-        let (counts, _, elapsed) = flood(
+        let (counts, _, elapsed, _) = flood(
             |_| conn.caller(),
             method,
             &args,
@@ -162,8 +183,17 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
             rejoin_ms.clone(),
         ));
     }
+    let kills = Arc::new(AtomicU64::new(0));
+    let killing = opts.kill_every.map(|every| {
+        tokio::spawn(kill_every(
+            pool.clone(),
+            Duration::from_secs_f64(every),
+            Duration::from_secs(opts.seconds),
+            kills.clone(),
+        ))
+    });
     let metered = pool.clone();
-    let (counts, histogram, elapsed) = flood(
+    let (counts, histogram, elapsed, stuck) = flood(
         |_| pool.caller(),
         method,
         &args,
@@ -173,6 +203,9 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
         Some(metered),
     )
     .await;
+    if let Some(killing) = killing {
+        killing.abort();
+    }
     let end = pool.metrics();
     pool.shutdown(Duration::from_secs(5)).await;
 
@@ -192,6 +225,8 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
         "received": received,
         "lost": sent - received,
         "failed": counts.failed.load(Relaxed),
+        "stuck": stuck,
+        "kills": kills.load(Relaxed),
         "retried": end.retried - start.retried,
         "restarts": end.workers.iter().map(|w| w.restarts).sum::<u64>(),
         "per_worker": per_worker,
@@ -205,7 +240,9 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
 }
 
 /// Keeps `inflight` calls of `method` going for `seconds`, each task through its own service
-/// made by `service(task)`; then waits for the answers still on their way.
+/// made by `service(task)`; then waits up to [`DRAIN`] for the answers still on their way.
+/// Calls still unresolved then get a second more after `pool` (if any) is shut down; returns
+/// how many had not resolved even then (their tasks are aborted).
 async fn flood<S, F>(
     service: F,
     method: &'static str,
@@ -213,8 +250,8 @@ async fn flood<S, F>(
     expected: &str,
     inflight: usize,
     seconds: Duration,
-    meter: Option<Pool>,
-) -> (Arc<Counts>, Histogram<u64>, Duration)
+    pool: Option<Pool>,
+) -> (Arc<Counts>, Histogram<u64>, Duration, usize)
 where
     F: Fn(usize) -> S,
     S: Service<Request, Response = Response, Error = diarrhoea::Error> + Send + 'static,
@@ -252,20 +289,48 @@ where
             })
         })
         .collect();
-    let metering = meter.map(|pool| tokio::spawn(print_meter(pool)));
+    let metering = pool.clone().map(|pool| tokio::spawn(print_meter(pool)));
     tokio::time::sleep(seconds).await;
     stop.store(true, Relaxed);
     let elapsed = started.elapsed();
     let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits");
-    for task in tasks {
-        if let Ok(done) = task.await {
-            histogram.add(done).expect("same precision");
+    // Each task has at most one call in flight: a task still running is a call unresolved.
+    let drain_until = tokio::time::Instant::now() + DRAIN;
+    let mut unresolved = Vec::new();
+    for mut task in tasks {
+        match tokio::time::timeout_at(drain_until, &mut task).await {
+            Ok(done) => add(&mut histogram, done),
+            Err(_) => unresolved.push(task),
+        }
+    }
+    let mut stuck = 0;
+    if !unresolved.is_empty() {
+        if let Some(pool) = &pool {
+            pool.shutdown(Duration::ZERO).await;
+        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        for mut task in unresolved {
+            match tokio::time::timeout_at(until, &mut task).await {
+                Ok(done) => add(&mut histogram, done),
+                Err(_) => {
+                    task.abort();
+                    stuck += 1;
+                }
+            }
         }
     }
     if let Some(metering) = metering {
         metering.abort();
     }
-    (counts, histogram, elapsed)
+    (counts, histogram, elapsed, stuck)
+}
+
+/// Adds a finished flood task's latencies.
+fn add(histogram: &mut Histogram<u64>, done: Result<Histogram<u64>, tokio::task::JoinError>) {
+    match done {
+        Ok(done) => histogram.add(done).expect("same precision"),
+        Err(failed) => eprintln!("a flood task failed: {failed}"),
+    }
 }
 
 /// A line a second on stderr: calls answered in that second, and each worker's share.
@@ -296,16 +361,53 @@ fn meter_line(second: u64, last: &PoolMetrics, now: &PoolMetrics) -> String {
     )
 }
 
+/// SIGKILLs a random live worker every `every` for `run`, counting the kills.
+async fn kill_every(pool: Pool, every: Duration, run: Duration, kills: Arc<AtomicU64>) {
+    // Which worker: a small generator seeded from the clock is random enough here.
+    let mut seed = u64::from(
+        std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .unwrap_or_default()
+            .subsec_nanos(),
+    ) | 1;
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(start + every, every);
+    loop {
+        if tick.tick().await >= start + run {
+            return;
+        }
+        let live: Vec<u32> = (pool.metrics().workers.iter())
+            .filter(|w| w.live)
+            .filter_map(|w| w.pid)
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let pid = live[(seed % live.len() as u64) as usize];
+        if kill9(pid) {
+            kills.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Sends SIGKILL to `pid`; `false` if it was gone already.
+fn kill9(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32).is_some_and(|pid| {
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok()
+    })
+}
+
 /// Kills worker 0 after `after`, then records when its restarted successor answers a call.
 async fn kill_one(pool: Pool, after: Duration, rejoin_ms: Arc<AtomicU64>) {
     tokio::time::sleep(after).await;
     let before = pool.metrics().workers[0].clone();
     let Some(pid) = before.pid else { return };
     let killed = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status();
-    eprintln!("killed worker 0 (pid {pid}): {status:?}");
+    let killed_it = kill9(pid);
+    eprintln!("killed worker 0 (pid {pid}): {killed_it}");
     let deadline = killed + Duration::from_secs(10);
     let mut restarted_at: Option<u64> = None;
     while Instant::now() < deadline {

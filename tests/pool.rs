@@ -14,7 +14,7 @@
 
 mod support;
 
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -454,6 +454,38 @@ async fn shutdown_finishes_calls_in_flight_then_leaves_no_child_process() {
     );
 }
 
+/// A call that never finishes does not hold a shutdown past its timeout: its worker gets no
+/// grace beyond the deadline, and the call fails with `is_closed()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_by_its_timeout_whatever_the_calls_do() {
+    let pool = workers(1).build().unwrap();
+    within("a live worker", pool.until_live(1)).await;
+    let pid = pids(&pool)[0];
+    let mut caller = pool.caller();
+    let held = tokio::spawn(send(&mut caller, "hold", ()).await);
+    until("the call to be in flight", || {
+        pool.metrics().workers[0].in_flight == 1
+    })
+    .await;
+
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    within("shutdown", pool.shutdown(timeout)).await;
+    let took = started.elapsed();
+    // Before, the worker (which never ends while its call runs) got its whole second of
+    // grace after the timeout; now the deadline is the limit, and what is left is reaping.
+    assert!(
+        took < timeout + Duration::from_millis(600),
+        "shutdown({timeout:?}) took {took:?}"
+    );
+    assert!(reaped(pid), "the worker is ended and reaped");
+    let error = within("the held call", held)
+        .await
+        .unwrap()
+        .expect_err("its worker was ended");
+    assert!(error.is_closed(), "{error:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pools_parent_killed_with_sigkill_leaves_no_worker_alive_after_1s() {
     let mut parent = Command::new(pool_worker_exe())
@@ -752,4 +784,234 @@ async fn a_call_given_up_no_longer_counts_against_its_worker() {
     until("the call to count", || in_flight() == 1).await;
     drop(reply);
     until("the dropped call to stop counting", || in_flight() == 0).await;
+}
+
+/// A small deterministic generator, so a churn run's schedule is the same every time.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// How long one call may take under churn before it counts as stuck: far more than a call
+/// that waits for a restarted worker needs (restarts back off 10 to 100 ms here).
+const CALL_BOUND: Duration = Duration::from_secs(5);
+
+/// What became of the calls of a churn run.
+#[derive(Debug, Default)]
+struct Churned {
+    /// Idempotent calls (`nap`) answered, and those that failed, with their errors.
+    idempotent_ok: u64,
+    idempotent_failed: Vec<String>,
+    /// Other calls (`sleep`) answered, failed with `is_closed()`, and failed otherwise.
+    other_ok: u64,
+    other_closed: u64,
+    other_failed: Vec<String>,
+    /// Calls that neither resolved nor failed within [`CALL_BOUND`].
+    stuck: u64,
+}
+
+/// Keeps 64 tasks calling through `pool` for `run` (half `nap`, which the pool retries, half
+/// `sleep`, which it does not), while `kill` is called every 50 to 200 ms; every call gets
+/// [`CALL_BOUND`] to resolve.
+///
+/// Each call is polled as a busy task polls it: with all but one unit of the task's tokio
+/// scheduling budget (127 of 128) spent before every poll, as when many calls share a task
+/// (a `FuturesUnordered`, a `select!`). A wait inside the pool that counts on budget being
+/// left (tokio's channels give up a poll without registering for a wake-up once it is spent)
+/// then shows as a stuck call.
+async fn churn(pool: &Pool, seed: u64, run: Duration, mut kill: impl FnMut(&mut Lcg)) -> Churned {
+    let stop = CancellationToken::new();
+    let tasks: Vec<JoinHandle<Churned>> = (0..64u64)
+        .map(|task| {
+            let mut caller = pool.caller();
+            let stop = stop.clone();
+            let method = if task % 2 == 0 { "nap" } else { "sleep" };
+            let mut rng = Lcg(seed ^ task);
+            tokio::spawn(async move {
+                let mut seen = Churned::default();
+                while !stop.is_cancelled() {
+                    let request = Request::new(method, (rng.below(5),)).expect("serializes");
+                    let call = busy(async { caller.ready().await?.call(request).await });
+                    let Ok(reply) = tokio::time::timeout(CALL_BOUND, call).await else {
+                        seen.stuck += 1;
+                        break;
+                    };
+                    match (method, reply) {
+                        ("nap", Ok(_)) => seen.idempotent_ok += 1,
+                        ("nap", Err(e)) => seen.idempotent_failed.push(format!("{e:?}")),
+                        (_, Ok(_)) => seen.other_ok += 1,
+                        (_, Err(e)) if e.is_closed() => seen.other_closed += 1,
+                        (_, Err(e)) => seen.other_failed.push(format!("{e:?}")),
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut rng = Lcg(seed);
+    let until = Instant::now() + run;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50 + rng.below(151))).await;
+        kill(&mut rng);
+    }
+    stop.cancel();
+    let mut all = Churned::default();
+    for task in tasks {
+        let seen = within("a churn task to end", task).await.expect("no panic");
+        all.idempotent_ok += seen.idempotent_ok;
+        all.idempotent_failed.extend(seen.idempotent_failed);
+        all.other_ok += seen.other_ok;
+        all.other_closed += seen.other_closed;
+        all.other_failed.extend(seen.other_failed);
+        all.stuck += seen.stuck;
+    }
+    all
+}
+
+/// Polls `fut` after spending all but one unit of the task's scheduling budget, every time.
+async fn busy<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        for _ in 0..127 {
+            // Once the budget is spent this asks for another poll, which comes with a new
+            // budget: the call is polled again either way.
+            let _ = std::pin::pin!(tokio::task::consume_budget()).poll(cx);
+        }
+        fut.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// The checks every churn run must pass: every call resolved; with an ample budget, every
+/// idempotent call was answered; the others were answered or failed with `is_closed()`.
+fn check_churn(round: u64, churned: &Churned, metrics: &diarrhoea::pool::PoolMetrics) {
+    assert_eq!(
+        churned.stuck, 0,
+        "round {round}: calls stuck: {churned:?}, {metrics:?}"
+    );
+    assert!(
+        churned.idempotent_failed.is_empty() && churned.other_failed.is_empty(),
+        "round {round}: {churned:?}"
+    );
+    assert!(
+        churned.idempotent_ok > 0 && churned.other_ok > 0,
+        "round {round}: calls went through: {churned:?}"
+    );
+}
+
+/// A budget no churn run here can spend: every idempotent call is retried until answered.
+fn ample_budget() -> TpsBudget {
+    TpsBudget::new(Duration::from_secs(1), 100_000, 1000.0)
+}
+
+/// The pool survives its workers dying again and again: SIGKILL to a random live worker
+/// every 50 to 200 ms, while 64 tasks call. Every call resolves (none waits on a worker that
+/// no longer exists); idempotent calls are all answered; the others are answered or fail
+/// with `is_closed()`. Several rounds on fresh pools, each with its own seeded schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_resolves_while_workers_are_killed_again_and_again() {
+    for round in 0..5 {
+        let pool = workers(3)
+            .idempotent(["nap"])
+            .retry_budget(ample_budget())
+            .restart_backoff(Duration::from_millis(30), Duration::from_millis(300))
+            .build()
+            .unwrap();
+        within("three live workers", pool.until_live(3)).await;
+        let mut kills = 0;
+        let churned = churn(&pool, round, Duration::from_secs(2), |rng| {
+            let live: Vec<u32> = (pool.metrics().workers.iter())
+                .filter(|w| w.live)
+                .filter_map(|w| w.pid)
+                .collect();
+            if !live.is_empty() {
+                let pid = live[rng.below(live.len() as u64) as usize];
+                // The worker may have died meanwhile: that is the point.
+                let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid is positive");
+                if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+                    kills += 1;
+                }
+            }
+        })
+        .await;
+        let metrics = pool.metrics();
+        check_churn(round, &churned, &metrics);
+        // Kills every 50 to 200 ms, but only of a live worker: fewer while restarts lag.
+        assert!(kills >= 4, "round {round}: {kills} kills");
+        within("shutdown", pool.shutdown(Duration::from_secs(1))).await;
+    }
+}
+
+/// Names the socket a `listen` worker serves on (see tests/pool_worker.rs).
+const LISTEN_PATH: &str = "DIARRHOEA_POOL_WORKER_PATH";
+
+/// A server process serving the worker's methods on a Unix socket: SIGKILLed and reaped when
+/// dropped, and ended by the end of its stdin if this test process dies first.
+struct Server(std::process::Child);
+
+impl Server {
+    fn start(path: &Path) -> Server {
+        let child = std::process::Command::new(pool_worker_exe())
+            .env(WORKER_MODE, "listen")
+            .env(LISTEN_PATH, path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start a server");
+        Server(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The same churn against endpoints the pool connects to: three server processes, one of
+/// them SIGKILLed and started again on its path (its stale socket file replaced) every 50 to
+/// 200 ms. Every call resolves; idempotent ones are all answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_resolves_while_its_servers_are_killed_and_restarted() {
+    let dir = temp_dir();
+    let paths: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("server{i}.sock")))
+        .collect();
+    let mut servers: Vec<Server> = paths.iter().map(|path| Server::start(path)).collect();
+    let pool = (paths.iter())
+        .fold(Pool::builder(), |pool, path| pool.connect(path))
+        .idempotent(["nap"])
+        .retry_budget(ample_budget())
+        .restart_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .build()
+        .unwrap();
+    within("three live endpoints", pool.until_live(3)).await;
+    let mut restarts = 0;
+    let churned = churn(&pool, 7, Duration::from_secs(3), |rng| {
+        let i = rng.below(3) as usize;
+        servers[i].kill();
+        servers[i] = Server::start(&paths[i]);
+        restarts += 1;
+    })
+    .await;
+    let metrics = pool.metrics();
+    check_churn(0, &churned, &metrics);
+    assert!(restarts >= 12, "{restarts} restarts");
+    assert!(
+        metrics.workers.iter().map(|w| w.restarts).sum::<u64>() >= 6,
+        "the pool reconnected again and again: {metrics:?}"
+    );
+    within("shutdown", pool.shutdown(Duration::from_secs(1))).await;
 }

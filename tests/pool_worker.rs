@@ -11,6 +11,9 @@
 //! - `DIARRHOEA_POOL_WORKER=parent`: builds a pool of two copies of itself
 //!   (`spawn_self(2, ["--serve"])`), waits until both are live, prints their pids on one line
 //!   of its own stdout (not a protocol stream here), then waits to be killed.
+//! - `DIARRHOEA_POOL_WORKER=listen`: serves [`router`] on the Unix socket at
+//!   `DIARRHOEA_POOL_WORKER_PATH` (a stale socket file left there by a killed predecessor is
+//!   replaced) until its stdin ends: its parent keeps the other end, so it never outlives it.
 //! - neither (`cargo test` runs every test target): does nothing and exits 0.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +27,7 @@ use tokio::sync::watch;
 const MODE: &str = "DIARRHOEA_POOL_WORKER";
 const CRASH_AFTER_MS: &str = "DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS";
 const FREEZE_AT_START_MS: &str = "DIARRHOEA_POOL_WORKER_FREEZE_AT_START_MS";
+const PATH: &str = "DIARRHOEA_POOL_WORKER_PATH";
 
 fn main() {
     let mode = if std::env::args().skip(1).any(|a| a == "--serve") {
@@ -42,6 +46,13 @@ fn main() {
                 .expect("runtime");
             runtime.block_on(serve());
         }
+        "listen" => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(listen());
+        }
         "parent" => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -55,6 +66,23 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+async fn listen() {
+    let path = std::env::var(PATH).expect("DIARRHOEA_POOL_WORKER_PATH names the socket");
+    let listener = diarrhoea::UnixListener::bind(&path).expect("bind");
+    let parent_gone = async {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 64];
+        while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf)
+            .await
+            .is_ok_and(|n| n > 0)
+        {}
+    };
+    let serving = diarrhoea::serve(listener, router()).with_graceful_shutdown(parent_gone);
+    std::future::IntoFuture::into_future(serving)
+        .await
+        .expect("served");
 }
 
 async fn serve() {
@@ -80,7 +108,8 @@ async fn serve() {
 /// The worker's methods:
 ///
 /// - `pid()` -> this process's id.
-/// - `sleep(ms)` -> pid, after sleeping `ms` (without blocking the runtime).
+/// - `sleep(ms)` and `nap(ms)` -> pid, after sleeping `ms` (without blocking the runtime):
+///   one body under two names, one of which the churn tests mark idempotent.
 /// - `hold()` and `hold_once()` -> pid, once a `release` notification has come (at once if one
 ///   came before): the same body under two names, one of which the tests mark idempotent.
 /// - `release` (notification): lets every `hold` return, now and later.
@@ -105,6 +134,10 @@ fn router() -> Router {
     Router::new()
         .route("pid", || async { std::process::id() })
         .route("sleep", |ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            std::process::id()
+        })
+        .route("nap", |ms: u64| async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             std::process::id()
         })

@@ -92,6 +92,14 @@
 //! `timeout`, then ends and reaps every worker. Dropping the last handle ends them too, and a
 //! worker started by the pool reads its requests from stdin and exits at its end, so none
 //! outlives the pool's process, even when that process is killed with `SIGKILL`.
+//!
+//! # Every call resolves
+//! A call made through a pool ends, with a reply or an error, as soon as its worker's
+//! connection is gone: it fails with [`Error::is_closed`], or, if it is retried, ends as
+//! soon as its last attempt does. No call waits on a worker that no longer exists. A call
+//! made while no worker is live waits for one to join (wrap the caller in a tower `Timeout`
+//! to bound that wait); [`Pool::shutdown`] fails every call still waiting and returns by its
+//! timeout whatever the calls do.
 
 mod balance;
 mod metrics;
@@ -112,6 +120,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::process::Command;
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tower::retry::backoff::ExponentialBackoffMaker;
@@ -324,6 +333,7 @@ impl PoolBuilder {
             backoff,
             start_timeout: self.start_timeout,
             grace: GRACE,
+            end_by: std::sync::OnceLock::new(),
             closing: stop.child_token(),
             stop: stop.clone(),
             keys: AtomicU64::new(0),
@@ -355,6 +365,8 @@ struct Shared {
     backoff: ExponentialBackoffMaker,
     start_timeout: Duration,
     grace: Duration,
+    /// Set by [`Pool::shutdown`]: the workers' grace ends by then, whatever is left of it.
+    end_by: std::sync::OnceLock<Instant>,
     /// No new calls, no restarts: set by shutdown (and by `stop`).
     closing: CancellationToken,
     /// Ends the workers and the supervisors.
@@ -366,6 +378,17 @@ struct Shared {
 impl Shared {
     fn is_closing(&self) -> bool {
         self.closing.is_cancelled()
+    }
+
+    /// How long a worker the pool no longer needs may take to exit on its own before it is
+    /// killed: [`GRACE`], cut short by a shutdown's deadline.
+    fn grace(&self) -> Duration {
+        match self.end_by.get() {
+            Some(end_by) => self
+                .grace
+                .min(end_by.saturating_duration_since(Instant::now())),
+            None => self.grace,
+        }
     }
 
     fn next_key(&self) -> u64 {
@@ -479,14 +502,16 @@ impl Pool {
         }
     }
 
-    /// Shuts down gracefully: new calls fail with [`Error::is_closed`] at once, calls in flight
-    /// get up to `timeout` to finish, then every worker is ended (a process gets a second to
-    /// exit on its own before it is killed) and reaped.
+    /// Shuts down gracefully, and returns by `timeout` whatever the calls do: new calls fail
+    /// with [`Error::is_closed`] at once, calls in flight get until the deadline to finish,
+    /// then every worker is ended (a process gets up to a second, but never past the deadline,
+    /// to exit on its own before it is killed) and reaped. Calls still waiting then fail with
+    /// [`Error::is_closed`].
     pub async fn shutdown(&self, timeout: Duration) {
         let shared = &self.inner.shared;
+        let deadline = Instant::now() + timeout;
         shared.closing.cancel();
         shared.roster.clear();
-        let deadline = tokio::time::Instant::now() + timeout;
         'wait: for stats in &shared.slots {
             loop {
                 let idle = stats.idle().notified();
@@ -500,6 +525,8 @@ impl Pool {
                 }
             }
         }
+        // Only the first shutdown's deadline counts.
+        let _ = shared.end_by.set(deadline);
         shared.stop.cancel();
         shared.tracker.wait().await;
     }

@@ -74,16 +74,15 @@ impl Roster {
         let mut rx = self.live.subscribe();
         rx.mark_changed();
         Discovery {
-            peek: rx.clone(),
             changed: ReusableBoxFuture::new(changed(rx)),
             known: HashSet::new(),
             queue: VecDeque::new(),
             make,
-            waiting: None,
         }
     }
 }
 
+/// The next change of the roster (`false` once the roster is gone).
 async fn changed(mut rx: watch::Receiver<Live>) -> (bool, watch::Receiver<Live>) {
     let open = rx.changed().await.is_ok();
     (open, rx)
@@ -92,15 +91,14 @@ async fn changed(mut rx: watch::Receiver<Live>) -> (bool, watch::Receiver<Live>)
 /// The roster as a stream of [`Change`]s: what a `tower::balance::p2c::Balance` discovers
 /// its endpoints from. Each change of the roster is turned into removals and insertions.
 pub(super) struct Discovery<S> {
+    /// The next change, polled on every poll of the stream, never skipped: its wake-up may
+    /// come for a change already read (the roster's version goes up before its waiters are
+    /// told), and only a poll registers it again. A balancer that skipped it while "nothing
+    /// changed" missed every later join, and its calls waited forever with workers live.
     changed: ReusableBoxFuture<'static, (bool, watch::Receiver<Live>)>,
     known: HashSet<u64>,
     queue: VecDeque<Change<u64, S>>,
     make: fn(&Worker) -> S,
-    /// The waker registered with the roster's change notice. A balancer polls its discovery
-    /// on every call: while nothing changed (`peek` tells without a lock), polling the notice
-    /// again for the same task would only take its lock.
-    waiting: Option<std::task::Waker>,
-    peek: watch::Receiver<Live>,
 }
 
 impl<S> Discovery<S> {
@@ -125,26 +123,13 @@ impl<S> futures_core::Stream for Discovery<S> {
             if let Some(change) = self.queue.pop_front() {
                 return Poll::Ready(Some(Ok(change)));
             }
-            let unchanged = !self.peek.has_changed().unwrap_or(true);
-            if unchanged
-                && self
-                    .waiting
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                return Poll::Pending;
-            }
-            let Poll::Ready((open, mut rx)) = self.changed.poll(cx) else {
-                self.waiting = Some(cx.waker().clone());
-                return Poll::Pending;
-            };
-            self.waiting = None;
+            let (open, mut rx) = std::task::ready!(self.changed.poll(cx));
+            let live = rx.borrow_and_update().clone();
+            // Once the roster is gone this is ready at once, with `false` again.
+            self.changed.set(changed(rx));
             if !open {
                 return Poll::Ready(None);
             }
-            let live = rx.borrow_and_update().clone();
-            self.peek.mark_unchanged();
-            self.changed.set(changed(rx));
             self.sync(&live);
         }
     }
@@ -154,7 +139,7 @@ impl<S> Unpin for Discovery<S> {}
 
 #[cfg(test)]
 mod tests {
-    use std::future::poll_fn;
+    use std::future::{poll_fn, Future};
     use std::pin::Pin;
 
     use futures_core::Stream;
@@ -167,6 +152,15 @@ mod tests {
         Arc::new(Worker {
             key,
             conn,
+            stats: Arc::default(),
+        })
+    }
+
+    /// Worker `key` on `conn`: many workers may share one connection where none is used.
+    fn worker_on(conn: &Connection, key: u64) -> Arc<Worker> {
+        Arc::new(Worker {
+            key,
+            conn: conn.clone(),
             stats: Arc::default(),
         })
     }
@@ -247,6 +241,102 @@ mod tests {
                 .expect("woken by the join")
                 .expect("no panic");
             assert_eq!(change, (true, 7));
+        })
+        .await;
+    }
+
+    /// tokio's watch channel gives up its poll without registering for the change when the
+    /// task has spent its scheduling budget (and asks for another poll): a balancer must poll
+    /// it again then, not take "pending" to mean "registered", or it sleeps through every
+    /// later join while workers are live.
+    #[tokio::test]
+    async fn a_change_wakes_a_balancer_that_ran_out_of_budget() {
+        bounded(async {
+            let roster = Roster::new();
+            let mut discovery = roster.discover(|w| w.key);
+            assert!(!now_ready(&mut discovery), "no worker yet");
+            roster.join(worker(1));
+            // The balancer's task: it finds the join, spends the rest of its budget, as a
+            // busy flood task does, and asks for the next change; from then on it runs only
+            // when woken.
+            let waiting = tokio::spawn(async move {
+                let mut first = true;
+                poll_fn(|cx| {
+                    if std::mem::take(&mut first) {
+                        let joined = Pin::new(&mut discovery).poll_next(cx);
+                        assert!(matches!(
+                            joined,
+                            Poll::Ready(Some(Ok(Change::Insert(1, 1))))
+                        ));
+                        while std::pin::pin!(tokio::task::consume_budget())
+                            .poll(cx)
+                            .is_ready()
+                        {}
+                    }
+                    Pin::new(&mut discovery).poll_next(cx)
+                })
+                .await
+            });
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+            assert!(!waiting.is_finished(), "nothing new to find yet");
+            roster.join(worker(7));
+            let change = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+                .await
+                .expect("woken by the join")
+                .expect("no panic");
+            let change = change.expect("the roster is alive").expect("infallible");
+            assert_eq!(key_of(&change), (true, 7));
+        })
+        .await;
+    }
+
+    /// The other lost wake-up behind calls that hung under churn: a join or leave that a
+    /// balancer has already read can still wake its next notice (the roster's version goes up
+    /// before the waiters are told), and a balancer that then took "nothing changed" to mean
+    /// "still registered" slept through every later change. Many balancers wait while the
+    /// roster changes quickly on other threads; then one more worker joins, and every balancer
+    /// must hear of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_balancer_hears_of_the_last_join_after_a_burst_of_changes() {
+        bounded(async {
+            let roster = Arc::new(Roster::new());
+            let (conn, _peer) = Connection::pair().expect("socket pair");
+            let last = 1_000_000;
+            let balancers: Vec<_> = (0..64)
+                .map(|_| {
+                    let mut discovery = roster.discover(|w| w.key);
+                    tokio::spawn(async move {
+                        loop {
+                            if let Change::Insert(key, _) = next(&mut discovery).await {
+                                if key == last {
+                                    return;
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let churn = std::thread::spawn({
+                let (roster, conn) = (roster.clone(), conn.clone());
+                move || {
+                    for key in 0..20_000 {
+                        roster.join(worker_on(&conn, key));
+                        roster.leave(key);
+                    }
+                }
+            });
+            tokio::task::spawn_blocking(move || churn.join().expect("no panic"))
+                .await
+                .expect("joined");
+            roster.join(worker_on(&conn, last));
+            for balancer in balancers {
+                tokio::time::timeout(std::time::Duration::from_secs(5), balancer)
+                    .await
+                    .expect("every balancer hears of the last join")
+                    .expect("no panic");
+            }
         })
         .await;
     }

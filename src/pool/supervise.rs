@@ -53,7 +53,7 @@ pub(super) async fn supervise(slot: usize, shared: Arc<Shared>) {
                 shared.roster.leave(key);
                 stats.down();
                 let Some(why) = down else {
-                    running.end(shared.grace).await;
+                    running.end(shared.grace()).await;
                     return;
                 };
                 tracing::warn!(
