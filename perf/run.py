@@ -462,8 +462,8 @@ def section_flood(ctx, results, out):
     out.append("")
     out.append("### With a deadline and a concurrency limit\n")
     out.append(
-        "The call flood with the server's `Config::request_timeout` and a per-connection "
-        "`ConcurrencyLimit`, run right after the plain call flood in each round; the ratio is "
+        "The call flood with the server's router behind a tower `Timeout` and a per-connection "
+        "`ConcurrencyLimit` (`flood`'s limit flags), run right after the plain call flood in each round; the ratio is "
         "the median of the limited rounds over the median of the plain ones.\n"
     )
     out.append("| run | FLAGS | calls per second | rounds | p50 / p99 µs | lost | ratio to plain |")
