@@ -20,12 +20,13 @@ Scenarios (NAME for --only):
             the output, when valgrind is missing)
 
 Full mode (the default) runs 3 rounds of 10 s floods and writes BENCHMARKS.md at the
-repository root; it takes about 20 minutes on 2 cores. --quick runs 2 rounds of 1 s (shorter
-pool, criterion and callgrind runs too) and writes target/BENCHMARKS-quick.md, which is for
-trying the script, not for committing: it takes under 3 minutes on 2 cores, not counting the
-build (--only writes target/BENCHMARKS-only.md). The build comes first (cargo build --release of the examples, with and without feature
-axum, cargo bench --no-run, and perf/tarpc_flood's own build); when nothing changed it takes a
-few seconds, after a change to src/ it takes as long as release builds take.
+repository root: about 15 minutes on 2 cores. --quick runs 2 rounds of 1 s (and shorter pool,
+criterion and callgrind runs) and writes target/BENCHMARKS-quick.md, for trying the script,
+not for committing: about 2 minutes on 2 cores, under 3 even on a loaded machine. --only
+writes target/BENCHMARKS-only.md. These times leave out the build, which comes first: cargo
+build --release of the examples (with and without feature axum), cargo bench --no-run, and
+perf/tarpc_flood's own build. When nothing changed it takes seconds; after a change to src/
+it takes as long as two release builds of the crate (minutes on 2 cores).
 
 Rounds interleave: each round runs every scenario once, so a slow stretch of a shared machine
 lands on all of them, and the figures are medians over the rounds. A run that fails or loses
@@ -114,21 +115,27 @@ def on_signal(signum, _frame):
 
 
 def end_group(proc):
-    """Ends a tool and whatever it started (its process group)."""
-    for sig, wait in ((signal.SIGTERM, 2), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+    """Ends a tool and whatever it started (its process group): SIGTERM, then SIGKILL for
+    whatever is left 2 s later. After a tool's normal exit this only sweeps up leftovers."""
+    if not signal_group(proc, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        proc.poll()  # reaps the leader once it exits, so the group can empty
+        if not signal_group(proc, 0):
             return
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-    # The leader is gone; end what it left behind in its group, if anything.
+        time.sleep(0.05)
+    signal_group(proc, signal.SIGKILL)
+    proc.wait()
+
+
+def signal_group(proc, sig):
+    """Sends `sig` to the tool's process group; False when the group is gone."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, sig)
     except ProcessLookupError:
-        pass
+        return False
+    return True
 
 
 def end_all():
@@ -155,13 +162,12 @@ def run(argv, log, timeout, env=None, cwd=ROOT):
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            end_group(proc)
-            raise Failed(f"timed out after {timeout} s (log: {log})")
+            raise Failed(f"timed out after {timeout} s (log: {Path(log).name})")
         finally:
             RUNNING.pop(proc.pid, None)
             end_group(proc)
     if proc.returncode != 0:
-        raise Failed(f"exit status {proc.returncode} (log: {log})")
+        raise Failed(f"exit status {proc.returncode} (log: {Path(log).name})")
     return out.decode(errors="replace")
 
 
@@ -171,7 +177,7 @@ def json_line(out, log):
         line = line.strip()
         if line.startswith("{"):
             return json.loads(line)
-    raise Failed(f"no JSON result line (log: {log})")
+    raise Failed(f"no JSON result line (log: {Path(log).name})")
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,7 +245,7 @@ def attempt(results, key, fn):
     try:
         value = fn()
     except Failed as e:
-        print(f"  {key}: FAILED: {e}", file=sys.stderr)
+        print(f"  {' '.join(map(str, key))}: FAILED: {e}", file=sys.stderr)
         results.fail(key, str(e))
         return None
     results.add(key, value)
@@ -347,7 +353,7 @@ def roundtrip_round(ctx, results, r):
                     "ratio": float(m.group(6)),
                 }
         if set(figures) != set(ROUNDTRIP_BENCHES):
-            raise Failed(f"the bench's summary lines are missing (log: {log})")
+            raise Failed(f"the bench's summary lines are missing (log: {Path(log).name})")
         return figures
 
     value = attempt(results, ("roundtrip",), bench)
@@ -378,7 +384,7 @@ def probe_once(ctx, results):
                     run(argv, log, 900)
                     m = SUMMARY_LINE.search(out_file.read_text())
                     if not m:
-                        raise Failed(f"no summary line in callgrind's output (log: {log})")
+                        raise Failed(f"no summary line in callgrind's output (log: {Path(log).name})")
                     totals[n] = int(m.group(1))
                 value["instructions_per_rt"] = (totals[large] - totals[small]) / (large - small)
                 value["totals"] = totals
@@ -791,8 +797,10 @@ def main():
         built = time.monotonic()
 
         results = Results()
+        round_loads = []
         for r in range(1, mode["rounds"] + 1):
             print(f"round {r}/{mode['rounds']}", file=sys.stderr)
+            round_loads.append(loadavg().split()[0])
             if "flood" in only:
                 flood_round(ctx, results, r)
             elif "tarpc" in only:
@@ -829,7 +837,8 @@ def main():
             "",
             f"- Date: {date}",
             f"- Commit: {commit}" + (f" with uncommitted changes to {', '.join(changed)}" if changed else ""),
-            f"- Machine: {machine()}; load average {load_start} at the start, {loadavg()} at the end",
+            f"- Machine: {machine()}; load average {load_start} at the start, {loadavg()} at the end "
+            f"(1 minute, at the start of each round: {' / '.join(round_loads)})",
             f"- Compiler: {capture(['rustc', '--version']) or 'unknown'}; release builds; tokio "
             f"{lock_version(ROOT / 'Cargo.lock', 'tokio')}, serde_json {lock_version(ROOT / 'Cargo.lock', 'serde_json')}"
             + (f"; {capture(['valgrind', '--version'])}" if ctx.valgrind else "; valgrind not found"),
