@@ -1,5 +1,5 @@
 //! `flood --mode call`, rebuilt on tarpc: the baseline that the crate's `flood` example is
-//! compared with, measured in the same run (`perf/same_run.sh` alternates the two).
+//! compared with, measured in the same run (`perf/run.py` runs the two one after the other).
 //!
 //! ```text
 //! cargo run --release --manifest-path perf/tarpc_flood/Cargo.toml -- [--codec json|bincode]
