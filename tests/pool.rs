@@ -455,7 +455,8 @@ async fn shutdown_finishes_calls_in_flight_then_leaves_no_child_process() {
 }
 
 /// A call that never finishes does not hold a shutdown past its timeout: its worker gets no
-/// grace beyond the deadline, and the call fails with `is_closed()`.
+/// grace beyond the deadline (it used to get a second more), and the call fails with
+/// `is_closed()`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_by_its_timeout_whatever_the_calls_do() {
     let pool = workers(1).build().unwrap();
@@ -473,9 +474,10 @@ async fn shutdown_returns_by_its_timeout_whatever_the_calls_do() {
     within("shutdown", pool.shutdown(timeout)).await;
     let took = started.elapsed();
     // Before, the worker (which never ends while its call runs) got its whole second of
-    // grace after the timeout; now the deadline is the limit, and what is left is reaping.
+    // grace after the timeout (1.86 s here); now the deadline is the limit, and what is left
+    // is killing and reaping it, far less than that second even on a loaded machine.
     assert!(
-        took < timeout + Duration::from_millis(600),
+        took < timeout + Duration::from_secs(1),
         "shutdown({timeout:?}) took {took:?}"
     );
     assert!(reaped(pid), "the worker is ended and reaped");
