@@ -36,6 +36,8 @@ use support::{eventually, process_gone, temp_dir, within, KillOnDrop};
 const WORKER_MODE: &str = "DIARRHOEA_POOL_WORKER";
 /// Makes a worker exit this many milliseconds after it started.
 const CRASH_AFTER_MS: &str = "DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS";
+/// Makes a worker create this file 100 ms after its input ends, then exit.
+const FAREWELL: &str = "DIARRHOEA_POOL_WORKER_FAREWELL";
 /// Makes a worker block this many milliseconds before it serves.
 const FREEZE_AT_START_MS: &str = "DIARRHOEA_POOL_WORKER_FREEZE_AT_START_MS";
 
@@ -451,6 +453,31 @@ async fn shutdown_finishes_calls_in_flight_then_leaves_no_child_process() {
     assert!(
         took < Duration::from_secs(3),
         "shutdown took {took:?} after the last call"
+    );
+}
+
+/// A worker whose calls are done gets time to exit on its own at shutdown (up to a second,
+/// within the deadline): one that takes 100 ms after its input ends to finish up does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_a_worker_time_to_exit_on_its_own() {
+    let dir = temp_dir();
+    let farewell = dir.path().join("farewell");
+    let pool = Pool::builder()
+        .spawn(1, {
+            let (exe, farewell) = (pool_worker_exe(), farewell.clone());
+            move |_| {
+                let mut command = Command::new(&exe);
+                command.env(WORKER_MODE, "serve").env(FAREWELL, &farewell);
+                command
+            }
+        })
+        .build()
+        .unwrap();
+    within("a live worker", pool.until_live(1)).await;
+    within("shutdown", pool.shutdown(Duration::from_secs(5))).await;
+    assert!(
+        farewell.exists(),
+        "the worker was killed before it could finish"
     );
 }
 

@@ -7,7 +7,9 @@
 //!   stdin and stdout on a current-thread runtime (so `freeze` stops everything, the
 //!   connection's own answers to the pool's probes too), then exits 0. With
 //!   `DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS=n` it exits with status 3 `n` ms after it started;
-//!   with `DIARRHOEA_POOL_WORKER_FREEZE_AT_START_MS=n` it blocks for `n` ms before it serves.
+//!   with `DIARRHOEA_POOL_WORKER_FREEZE_AT_START_MS=n` it blocks for `n` ms before it serves;
+//!   with `DIARRHOEA_POOL_WORKER_FAREWELL=path` it takes 100 ms after its input ends, then
+//!   creates the file at `path` and exits (what a worker given time to exit on its own does).
 //! - `DIARRHOEA_POOL_WORKER=parent`: builds a pool of two copies of itself
 //!   (`spawn_self(2, ["--serve"])`), waits until both are live, prints their pids on one line
 //!   of its own stdout (not a protocol stream here), then waits to be killed.
@@ -28,6 +30,7 @@ const MODE: &str = "DIARRHOEA_POOL_WORKER";
 const CRASH_AFTER_MS: &str = "DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS";
 const FREEZE_AT_START_MS: &str = "DIARRHOEA_POOL_WORKER_FREEZE_AT_START_MS";
 const PATH: &str = "DIARRHOEA_POOL_WORKER_PATH";
+const FAREWELL: &str = "DIARRHOEA_POOL_WORKER_FAREWELL";
 
 fn main() {
     let mode = if std::env::args().skip(1).any(|a| a == "--serve") {
@@ -103,6 +106,10 @@ async fn serve() {
         });
     }
     diarrhoea::serve_stdio(router()).await;
+    if let Ok(path) = std::env::var(FAREWELL) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::write(path, b"bye").expect("write the farewell file");
+    }
 }
 
 /// The worker's methods:
