@@ -935,9 +935,14 @@ fn check_churn(round: u64, churned: &Churned, metrics: &diarrhoea::pool::PoolMet
     );
 }
 
-/// A budget no churn run here can spend: every idempotent call is retried until answered.
-fn ample_budget() -> TpsBudget {
-    TpsBudget::new(Duration::from_secs(1), 100_000, 1000.0)
+/// A pool for a churn run: `nap` retried within a budget no run here can spend (so every
+/// idempotent call is retried until answered), restarts from `restart` up to ten times it.
+fn for_churn(pool: PoolBuilder, restart: Duration) -> Pool {
+    pool.idempotent(["nap"])
+        .retry_budget(TpsBudget::new(Duration::from_secs(1), 100_000, 1000.0))
+        .restart_backoff(restart, restart * 10)
+        .build()
+        .unwrap()
 }
 
 /// The pool survives its workers dying again and again: SIGKILL to a random live worker
@@ -947,12 +952,9 @@ fn ample_budget() -> TpsBudget {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_resolves_while_workers_are_killed_again_and_again() {
     for round in 0..5 {
-        let pool = workers(3)
-            .idempotent(["nap"])
-            .retry_budget(ample_budget())
-            .restart_backoff(Duration::from_millis(30), Duration::from_millis(300))
-            .build()
-            .unwrap();
+        // Restarts slower than the kills: moments with no worker live, when a balancer has
+        // only the roster to wake it (with 10-100 ms the old bug showed in 2 runs of 9).
+        let pool = for_churn(workers(3), Duration::from_millis(30));
         within("three live workers", pool.until_live(3)).await;
         let mut kills = 0;
         let churned = churn(&pool, round, Duration::from_secs(2), |rng| {
@@ -1019,13 +1021,8 @@ async fn every_call_resolves_while_its_servers_are_killed_and_restarted() {
         .map(|i| dir.path().join(format!("server{i}.sock")))
         .collect();
     let mut servers: Vec<Server> = paths.iter().map(|path| Server::start(path)).collect();
-    let pool = (paths.iter())
-        .fold(Pool::builder(), |pool, path| pool.connect(path))
-        .idempotent(["nap"])
-        .retry_budget(ample_budget())
-        .restart_backoff(Duration::from_millis(10), Duration::from_millis(100))
-        .build()
-        .unwrap();
+    let endpoints = (paths.iter()).fold(Pool::builder(), |pool, path| pool.connect(path));
+    let pool = for_churn(endpoints, Duration::from_millis(10));
     within("three live endpoints", pool.until_live(3)).await;
     let mut restarts = 0;
     let churned = churn(&pool, 7, Duration::from_secs(3), |rng| {

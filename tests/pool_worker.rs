@@ -42,20 +42,8 @@ fn main() {
         }
     };
     match mode.as_str() {
-        "serve" => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(serve());
-        }
-        "listen" => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(listen());
-        }
+        "serve" => current_thread().block_on(serve()),
+        "listen" => current_thread().block_on(listen()),
         "parent" => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -69,6 +57,14 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// One thread: `freeze` then stops everything the worker does, its probes' answers too.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 async fn listen() {
