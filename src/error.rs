@@ -35,6 +35,9 @@ pub mod code {
     pub const TIMEOUT: i64 = -32001;
     /// A limit rejected the request.
     pub const OVERLOADED: i64 = -32002;
+    /// A typed service method returned `Err`: the message is the error's `Display`, the data
+    /// the error itself (`#[rpc(code = N)]` chooses another code).
+    pub const SERVICE_ERROR: i64 = -32000;
     /// The frame is larger than the receiver's maximum frame size.
     pub const FRAME_TOO_LARGE: i64 = -32003;
     /// The receiver is shutting down.
@@ -237,6 +240,8 @@ pub(crate) enum Kind {
     Io,
     /// Options that cannot work together (e.g. a pool without workers).
     Config(Box<str>),
+    /// A tower layer around a typed client's caller failed the call (its error is the source).
+    Layer,
 }
 
 impl Error {
@@ -275,6 +280,22 @@ impl Error {
         Self::new(Kind::Protocol(rpc))
     }
 
+    /// A layer's error, from a stack of calls: this crate's errors pass through, a timeout
+    /// or an error reply keeps its meaning, anything else is kept as the source.
+    pub(crate) fn from_layer(error: BoxError) -> Self {
+        let error = match error.downcast::<Error>() {
+            Ok(error) => return *error,
+            Err(error) => error,
+        };
+        match error.downcast::<RpcError>() {
+            Ok(rpc) => Self::new(Kind::Remote(*rpc)),
+            Err(error) if error.is::<tower::timeout::error::Elapsed>() => {
+                Self::new(Kind::Timeout).with_source(error)
+            }
+            Err(error) => Self::new(Kind::Layer).with_source(error),
+        }
+    }
+
     pub(crate) fn bind(what: &'static str, source: impl Into<BoxError>) -> Self {
         Self::new(Kind::Bind(what)).with_source(source)
     }
@@ -297,9 +318,17 @@ impl Error {
     }
 
     /// The outgoing queue was full (from methods that do not wait for room, such as
-    /// [`Connection::try_post_message`](crate::Connection::try_post_message)).
+    /// [`Connection::try_post_message`](crate::Connection::try_post_message)), or a load
+    /// shedding layer around a typed client's caller refused the call.
     pub fn is_overloaded(&self) -> bool {
-        matches!(self.kind, Kind::Full)
+        match &self.kind {
+            Kind::Full => true,
+            Kind::Layer => self
+                .source
+                .as_ref()
+                .is_some_and(|e| e.is::<tower::load_shed::error::Overloaded>()),
+            _ => false,
+        }
     }
 
     /// Arguments could not be serialized, or a reply or arguments could not be deserialized.
@@ -380,6 +409,7 @@ impl fmt::Display for Error {
             Kind::Bind(what) => write!(f, "cannot bind socket path: {what}")?,
             Kind::Io => f.write_str("I/O error")?,
             Kind::Config(what) => write!(f, "invalid options: {what}")?,
+            Kind::Layer => f.write_str("a layer failed the call")?,
         }
         // The cause is `source()`, not repeated here: an error reporter prints the whole
         // chain, `error: connect to ./app.sock: No such file or directory (os error 2)`.

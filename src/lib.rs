@@ -99,6 +99,8 @@ mod server;
 #[cfg(test)]
 mod test_util;
 pub mod transport;
+// Above the pool: a typed client sends through a connection or a pool.
+pub mod typed;
 mod wire;
 // Above the server: it mounts connections and calls in an axum app.
 #[cfg(feature = "axum")]
@@ -128,6 +130,54 @@ pub use peer::{Credentials, Identity, PeerInfo};
 pub use request::{Deadline, Extensions, Request};
 pub use response::{IntoReply, Json, Response};
 pub use router::Router;
+#[doc(hidden)]
+pub use typed::__private;
+
+/// Turns a trait of `async fn`s into a typed service: Router routes for the server and a typed
+/// client `<Trait>Client`, on protocol v1's wire (a Node peer still calls it by name).
+///
+/// ```
+/// use diarrhoea::{Connection, Router};
+///
+/// #[diarrhoea::service]
+/// pub trait Calc {
+///     /// Adds two numbers.
+///     async fn add(&self, a: i64, b: i64) -> i64;
+///     #[rpc(notification)]
+///     async fn log(&self, line: String);
+/// }
+///
+/// #[derive(Clone)]
+/// struct MyCalc;
+///
+/// impl Calc for MyCalc {
+///     async fn add(&self, a: i64, b: i64) -> i64 {
+///         a + b
+///     }
+///     async fn log(&self, line: String) {
+///         eprintln!("{line}");
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), diarrhoea::Error> {
+/// let router: Router = MyCalc.into_router();
+/// let (server, client) = Connection::pair()?;
+/// server.set_service(router);
+///
+/// let calc = CalcClient::new(client.clone());
+/// assert_eq!(calc.add(2, 3).await?, 5);           // ["add",[2,3],1] -> [1,5]
+/// calc.log("hi".into()).await?;                    // ["log",["hi"]]
+/// let sum: i64 = client.call("add", (2, 3)).await?; // the same wire, untyped
+/// assert_eq!(sum, 5);
+/// # Ok(()) }
+/// ```
+///
+/// The rules (parameters, `#[context]`, results and errors, names, the client over a
+/// connection, a pool or tower stacks, `$/methods`) are in [`typed`].
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use diarrhoea_macros::service;
 pub use server::{
     from_stream, serve, shutdown_signal, FromStream, Listener, MakeConnectionService, Serve,
     UnixListener, WithGracefulShutdown, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT,

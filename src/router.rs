@@ -1,6 +1,6 @@
 //! [`Router`]: method name to handler, the Rust form of diarrhoea 1.1.0's `bind(object)`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -8,14 +8,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use serde::Serialize;
 use tower::{Service, ServiceExt};
 
-use crate::error::{BoxError, RpcError};
+use crate::error::{BoxError, Error, RpcError};
 use crate::handler::{Erased, ErasedHandler, Handler, HandlerFuture};
 use crate::request::Request;
 use crate::response::Response;
 
 type Route = Arc<dyn ErasedHandler>;
+
+/// The one reserved method a connection hands to its service: a [`Router`] answers it with its
+/// methods.
+pub(crate) const METHODS_METHOD: &str = "$/methods";
 
 /// Method name to route. The names are the app's and few; a peer only looks them up and never
 /// adds one, so a keyed hash (against collision flooding) buys nothing, and FNV-1a is cheaper
@@ -44,6 +49,10 @@ impl Hasher for Fnv1a {
 
 /// Routes requests by method name to handlers, with an optional catch-all.
 ///
+/// It also answers `["$/methods",[],id]` with the sorted list of the methods it routes: each
+/// a name, or for a method of a typed service its [`MethodInfo`] as an object
+/// (`{"name":"add","kind":"request","params":["a","b"]}`).
+///
 /// A `Router` is a [`tower::Service`] that is always ready, cheap to clone, and fails only with
 /// an [`RpcError`] (boxed): -32601 for an unknown method without a fallback, -32602 for
 /// arguments that do not fit, or the handler's own error. The connection turns those into error
@@ -64,6 +73,8 @@ impl Hasher for Fnv1a {
 #[derive(Clone, Default)]
 pub struct Router {
     routes: Arc<Routes>,
+    /// What `$/methods` says of the routes a typed service registered.
+    described: Arc<BTreeMap<Box<str>, MethodInfo>>,
     fallback: Option<Route>,
     /// The method routed last and its route. A connection's router is its own clone, and a
     /// peer usually repeats a method: its name is then the same shared string (the reader
@@ -123,6 +134,87 @@ impl Router {
         self.routes.contains_key(method)
     }
 
+    /// The routes of both routers, to serve several services on one connection:
+    /// `Calc::into_router(calc).merge(Files::into_router(files))?`.
+    ///
+    /// Fails with [`Error::is_config`] when both route one method, or both have a fallback:
+    /// one router silently losing a route would answer a peer with the wrong handler.
+    ///
+    /// ```
+    /// use diarrhoea::Router;
+    ///
+    /// let math = Router::new().route("add", |a: i64, b: i64| async move { a + b });
+    /// let text = Router::new().route("upper", |s: String| async move { s.to_uppercase() });
+    /// let both = math.clone().merge(text).unwrap();
+    /// assert!(both.has_route("add") && both.has_route("upper"));
+    /// assert!(both.merge(math).unwrap_err().is_config());
+    /// ```
+    pub fn merge(mut self, other: Router) -> Result<Router, Error> {
+        let mut clashes: Vec<&str> = other
+            .routes
+            .keys()
+            .filter(|method| self.routes.contains_key(&***method))
+            .map(|method| &**method)
+            .collect();
+        if !clashes.is_empty() {
+            clashes.sort_unstable();
+            return Err(Error::config(format!(
+                "both routers route {}",
+                clashes
+                    .iter()
+                    .map(|method| format!("`{method}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if self.fallback.is_some() && other.fallback.is_some() {
+            return Err(Error::config("both routers have a fallback"));
+        }
+        let routes = Arc::make_mut(&mut self.routes);
+        for (method, route) in other.routes.iter() {
+            routes.insert(method.clone(), route.clone());
+        }
+        let described = Arc::make_mut(&mut self.described);
+        for (method, info) in other.described.iter() {
+            described.insert(method.clone(), *info);
+        }
+        self.fallback = self.fallback.or(other.fallback);
+        self.last = None;
+        Ok(self)
+    }
+
+    /// Binds a typed service's method, described for `$/methods`.
+    pub(crate) fn route_described<H: Handler<M>, M: 'static>(
+        self,
+        info: &MethodInfo,
+        handler: H,
+    ) -> Self {
+        let mut router = self.route(info.name, handler);
+        Arc::make_mut(&mut router.described).insert(info.name.into(), *info);
+        router
+    }
+
+    /// The answer to `$/methods`: every routed method in name order, as its description
+    /// where it has one, else as its name.
+    fn methods(&self) -> Result<Response, RpcError> {
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Entry<'a> {
+            Name(&'a str),
+            Described(&'a MethodInfo),
+        }
+        let mut methods: Vec<&str> = self.routes.keys().map(|k| &**k).collect();
+        methods.sort_unstable();
+        let entries: Vec<Entry<'_>> = methods
+            .into_iter()
+            .map(|method| match self.described.get(method) {
+                Some(info) => Entry::Described(info),
+                None => Entry::Name(method),
+            })
+            .collect();
+        Response::new(&entries)
+    }
+
     fn insert(mut self, method: &str, route: Route) -> Self {
         assert!(
             !method.is_empty(),
@@ -133,6 +225,9 @@ impl Router {
             "diarrhoea: method `{method}` starts with `$/`, which is reserved for the protocol"
         );
         Arc::make_mut(&mut self.routes).insert(method.into(), route);
+        if self.described.contains_key(method) {
+            Arc::make_mut(&mut self.described).remove(method);
+        }
         self.last = None;
         self
     }
@@ -170,11 +265,16 @@ impl Service<Request> for Router {
         if let Some(route) = route {
             self.last = Some((req.method_arc().clone(), route.clone()));
         }
+        if route.is_none() && req.method() == METHODS_METHOD && req.is_call() {
+            return RouteFuture {
+                inner: Err(Some(self.methods())),
+            };
+        }
         let route = route.or(self.fallback.as_ref());
         RouteFuture {
             inner: match route {
                 Some(route) => Ok(route.call(req)),
-                None => Err(Some(RpcError::method_not_found(req.method()))),
+                None => Err(Some(Err(RpcError::method_not_found(req.method())))),
             },
         }
     }
@@ -182,7 +282,8 @@ impl Service<Request> for Router {
 
 /// The future of [`Router`]'s `call`.
 pub struct RouteFuture {
-    inner: Result<HandlerFuture, Option<RpcError>>,
+    /// A handler's future, or the answer given without one.
+    inner: Result<HandlerFuture, Option<Result<Response, RpcError>>>,
 }
 
 impl Future for RouteFuture {
@@ -191,10 +292,12 @@ impl Future for RouteFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.inner {
             Ok(fut) => fut.as_mut().poll(cx).map_err(BoxError::from),
-            Err(error) => Poll::Ready(Err(error
-                .take()
-                .expect("RouteFuture polled after completion")
-                .into())),
+            Err(answer) => Poll::Ready(
+                answer
+                    .take()
+                    .expect("RouteFuture polled after completion")
+                    .map_err(BoxError::from),
+            ),
         }
     }
 }
@@ -203,6 +306,42 @@ impl fmt::Debug for RouteFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteFuture").finish_non_exhaustive()
     }
+}
+
+/// A method of a service: its wire name, whether it is a call or a notification, and the
+/// names of the parameters it takes from the wire, in order. A typed client's `METHODS` lists
+/// them, and a [`Router`] answers `$/methods` with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct MethodInfo {
+    /// The name on the wire (after any `namespace` and `#[rpc(name)]`).
+    pub name: &'static str,
+    /// A call (answered) or a notification.
+    pub kind: MethodKind,
+    /// The parameter names, in wire order; `#[context]` parameters are not on the wire.
+    pub params: &'static [&'static str],
+}
+
+impl MethodInfo {
+    /// A method's description.
+    pub const fn new(
+        name: &'static str,
+        kind: MethodKind,
+        params: &'static [&'static str],
+    ) -> Self {
+        MethodInfo { name, kind, params }
+    }
+}
+
+/// Whether a method is a call or a notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum MethodKind {
+    /// Answered with a reply.
+    Request,
+    /// Never answered: `#[rpc(notification)]`.
+    Notification,
 }
 
 struct ServiceRoute<S>(S);

@@ -22,6 +22,7 @@ use super::{Shared, CANCEL_METHOD};
 use crate::error::{code, Error, RpcError};
 use crate::frame::Frame;
 use crate::request::{Deadline, Request};
+use crate::router::METHODS_METHOD;
 
 /// A frame's cost in the inbound buffer beyond its payload, for the request's own fields.
 const FRAME_OVERHEAD: usize = 128;
@@ -94,8 +95,11 @@ impl Inbox {
         }
         let refusal = if let Some(why) = &self.refusal {
             Some(why.clone())
-        } else if req.method().starts_with("$/") {
-            // Reserved for the protocol; never routed to user handlers or the fallback.
+        } else if req.method().starts_with("$/")
+            && !(req.method() == METHODS_METHOD && req.is_call())
+        {
+            // Reserved for the protocol; never routed to user handlers or the fallback. A
+            // `$/methods` call goes to the service: a Router answers it.
             Some(RpcError::method_not_found(req.method()))
         } else {
             None

@@ -258,9 +258,10 @@ impl PoolBuilder {
     pub fn idempotent<I, M>(mut self, methods: I) -> Self
     where
         I: IntoIterator<Item = M>,
-        M: Into<Box<str>>,
+        M: AsRef<str>,
     {
-        self.idempotent.extend(methods.into_iter().map(Into::into));
+        self.idempotent
+            .extend(methods.into_iter().map(|method| method.as_ref().into()));
         self
     }
 
