@@ -18,6 +18,11 @@
 //!   replaced) until its stdin ends: its parent keeps the other end, so it never outlives it.
 //! - neither (`cargo test` runs every test target): does nothing and exits 0.
 
+#[allow(unused_imports, unreachable_pub)]
+#[rustfmt::skip]
+#[path = "support/calc.rs"]
+mod calc;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +126,8 @@ async fn serve() {
 /// - `ask_parent(n)` -> the parent's `double(n)`, called back over the same connection.
 /// - `freeze(ms)`: blocks this (single) runtime thread for `ms`: the worker stops answering
 ///   everything, probes included.
+/// - the typed service `Calc` of tests/support/calc.rs (`add`, `div`, `log`, `whoAmI`), for
+///   tests/service.rs.
 fn router() -> Router {
     let (release_tx, release_rx) = watch::channel(false);
     let release_tx = Arc::new(release_tx);
@@ -165,6 +172,8 @@ fn router() -> Router {
             std::thread::sleep(Duration::from_millis(ms));
             std::process::id()
         })
+        .merge(calc::my_calc().0)
+        .expect("the typed service's names are free")
 }
 
 async fn parent() {

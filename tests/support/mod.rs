@@ -249,6 +249,7 @@ pub fn harnessless_exe(target: &str, tests: &str) -> PathBuf {
     let mut sources = vec![
         root.join(format!("tests/{target}.rs")),
         root.join("tests/support/mod.rs"),
+        root.join("tests/support/calc.rs"),
     ];
     collect_rs(&root.join("src"), &mut sources);
     for source in sources {
