@@ -272,8 +272,8 @@ impl Method {
             typed.attrs.retain(|attr| {
                 let is_context = attr.path().is_ident("context");
                 if is_context {
-                    if let Err(error) = attr.meta.require_path_only() {
-                        errors.push(error);
+                    if !matches!(attr.meta, syn::Meta::Path(_)) {
+                        errors.at(&attr.meta, "`#[context]` takes no arguments");
                     }
                     context = true;
                 }
