@@ -1,13 +1,16 @@
 //! The client half of the Node README example: post a notification, make a call, and
-//! handle what the server posts back.
+//! handle what the server posts back. It calls the service trait `Hello`
+//! (examples/hello/mod.rs) through its typed client.
 //!
 //! ```text
 //! cargo run --example hello_client [-- PATH]
 //! ```
 
+mod hello;
 mod report;
 
 use diarrhoea::{Connection, Router};
+use hello::HelloClient;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -28,11 +31,13 @@ async fn run() -> Result<(), diarrhoea::Error> {
         .connect(&path)
         .await?;
 
+    let greeter = HelloClient::new(conn.clone());
+
     // A notification, as in diarrhoea 1.1.0: `["hello",["rust"]]`, no reply.
-    conn.post_message("hello", ("rust",)).await?;
+    greeter.hello("rust".into()).await?;
 
     // A call: `["add",[2,3],1]`, answered by `[1,5]`.
-    let sum: i64 = conn.call("add", (2, 3)).await?;
+    let sum = greeter.add(2, 3).await?;
     println!("add(2, 3) = {sum}");
 
     // Stop sending: the server finishes what it received and closes its side; `closed()`

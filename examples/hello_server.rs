@@ -1,4 +1,5 @@
-//! The Node README example, ported: a server that greets, adds, and talks back.
+//! The Node README example, ported: a server that greets, adds, and talks back. Its methods
+//! are the service trait `Hello` (examples/hello/mod.rs), which `hello_client` calls.
 //!
 //! ```text
 //! cargo run --example hello_server [-- PATH]   # then, in another terminal:
@@ -7,21 +8,29 @@
 //!
 //! Stop it with Ctrl-C or SIGTERM: in-flight calls finish and the socket file is removed.
 
+mod hello;
 mod report;
 
-use diarrhoea::{Connection, Router, UnixListener};
+use diarrhoea::{Connection, UnixListener};
+use hello::Hello;
 
-/// A notification handler: no reply goes back, but taking the `Connection` lets it post to
-/// the peer, like `client.post_message(...)` in the Node example.
-async fn hello(peer: Connection, name: String) -> Result<(), diarrhoea::Error> {
-    println!("received hello from {name}");
-    peer.post_message("pong", (format!("hello, {name}!"),))
-        .await
-}
+struct Greeter;
 
-/// A request handler: whatever it returns is the reply to `conn.call("add", (a, b))`.
-async fn add(a: i64, b: i64) -> i64 {
-    a + b
+impl Hello for Greeter {
+    async fn hello(&self, peer: Connection, name: String) {
+        println!("received hello from {name}");
+        // A notification has no reply to carry an error: say it here.
+        if let Err(e) = peer
+            .post_message("pong", (format!("hello, {name}!"),))
+            .await
+        {
+            eprintln!("could not answer {name}: {e}");
+        }
+    }
+
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
 }
 
 #[tokio::main]
@@ -34,11 +43,9 @@ async fn run() -> Result<(), diarrhoea::Error> {
         .nth(1)
         .unwrap_or_else(|| "./test.sock".into());
 
-    let router = Router::new().route("hello", hello).route("add", add);
-
     let listener = UnixListener::bind(&path)?;
     println!("listening on {path}");
-    diarrhoea::serve(listener, router)
+    diarrhoea::serve(listener, Greeter.into_router())
         .with_graceful_shutdown(diarrhoea::shutdown_signal())
         .await?;
     println!("shut down, {path} removed");

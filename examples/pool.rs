@@ -113,10 +113,29 @@ fn run() -> Result<(), BoxError> {
     runtime.block_on(parent(opts))
 }
 
+/// What a worker serves. `noop` stays unmarked: `--trivial` shows the cost of balancing
+/// itself; an idempotent method adds the copy of each request that a retry would send.
+#[diarrhoea::service]
+trait Work {
+    /// Primes below `k`: CPU-bound work.
+    #[rpc(idempotent)]
+    async fn count_primes(&self, k: u64) -> u64;
+    /// Nothing at all: the cost of a call itself.
+    async fn noop(&self);
+}
+
+struct Worker;
+
+impl Work for Worker {
+    async fn count_primes(&self, k: u64) -> u64 {
+        count_primes(k)
+    }
+
+    async fn noop(&self) {}
+}
+
 fn worker_router() -> Router {
-    Router::new()
-        .route("count_primes", |k: u64| async move { count_primes(k) })
-        .route("noop", || async {})
+    Worker.into_router()
 }
 
 /// Primes below `k`, by trial division: work that only a CPU can do.
@@ -140,9 +159,7 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let pool = Pool::builder()
         .spawn_self(workers, ["--worker"])
-        // `noop` stays unmarked: `--trivial` shows the cost of balancing itself; a marked
-        // method adds the copy of each request that a retry would send.
-        .idempotent(["count_primes"])
+        .idempotent(WorkClient::IDEMPOTENT)
         .build()?;
     tokio::time::timeout(Duration::from_secs(30), pool.until_live(workers))
         .await

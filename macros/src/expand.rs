@@ -174,11 +174,14 @@ fn client_of(service: &Service, client: &syn::Ident) -> TokenStream {
         #(#trait_docs)*
         #[doc = ""]
         #[doc = #about]
+        // A program that only serves the trait leaves its client unused.
+        #[allow(dead_code)]
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
         #vis struct #client<R = ::diarrhoea::Connection> {
             remote: R,
         }
 
+        #[allow(dead_code)]
         impl #client {
             /// Each method's wire name, kind and parameter names, in the trait's order.
             #vis const METHODS: &'static [::diarrhoea::typed::MethodInfo] = &[#(#infos),*];
@@ -188,6 +191,7 @@ fn client_of(service: &Service, client: &syn::Ident) -> TokenStream {
             #vis const IDEMPOTENT: &'static [&'static str] = &[#(#idempotent),*];
         }
 
+        #[allow(dead_code)]
         impl<R: ::diarrhoea::typed::Remote> #client<R> {
             /// A client that sends through `remote`: a `Connection` or a `Pool`.
             #vis fn new(remote: R) -> Self {
@@ -202,6 +206,7 @@ fn client_of(service: &Service, client: &syn::Ident) -> TokenStream {
             #(#calls)*
         }
 
+        #[allow(dead_code)]
         impl<C, P> #client<::diarrhoea::typed::Services<C, P>>
         where
             ::diarrhoea::typed::Services<C, P>: ::diarrhoea::typed::Remote,
