@@ -9,6 +9,9 @@
 //!   up to 1024 pings unanswered (as `flood --mode notify`).
 //! - `call`: `echo(x, i)` calls from 256 tasks, one call in flight each.
 //! - `seq`: `echo(x, i)` calls one after another.
+//! - `seq-typed` and `seq-route`: the cost of a typed service: `probe.twice(x, i)` through the
+//!   typed client of the service trait `Probe`, against `conn.call("twice_route", (x, i))` to
+//!   a hand-written route of the same parameters; `x` is a `String` made for each call in both.
 //!
 //! One JSON line on stdout: `mode`, `n`, `allocs_per_rt`, `bytes_allocated_per_rt` (allocations
 //! made while the round trips ran, both ends, divided by N) and `secs`.
@@ -89,6 +92,23 @@ enum Mode {
     Notify,
     Call,
     Seq,
+    SeqTyped,
+    SeqRoute,
+}
+
+/// The typed side of `seq-typed`.
+#[diarrhoea::service]
+trait Probe {
+    /// Its arguments back.
+    async fn twice(&self, x: String, i: u64) -> (String, u64);
+}
+
+struct Prober;
+
+impl Probe for Prober {
+    async fn twice(&self, x: String, i: u64) -> (String, u64) {
+        (x, i)
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -131,7 +151,11 @@ async fn probe(opts: Opts) -> Result<(), diarrhoea::BoxError> {
         .route("ping", |peer: Connection, x: String, i: u64| async move {
             peer.post_message("pong", (x, i)).await
         })
-        .route("echo", |args: Args| async move { args });
+        .route("echo", |args: Args| async move { args })
+        .route("twice_route", |x: String, i: u64| async move {
+            diarrhoea::Json((x, i))
+        })
+        .merge(Prober.into_router())?;
     let client = Connection::builder().service(client_router);
     let server = Connection::builder().service(server_router);
     let (client, _server) = match opts.over {
@@ -160,6 +184,19 @@ async fn probe(opts: Opts) -> Result<(), diarrhoea::BoxError> {
                 let _: (String, u64) = client.call("echo", ("0123456789", i)).await?;
             }
         }
+        Mode::SeqTyped => {
+            let probe = ProbeClient::new(client.clone());
+            for i in 0..n {
+                let _: (String, u64) = probe.twice("0123456789".to_owned(), i).await?;
+            }
+        }
+        Mode::SeqRoute => {
+            for i in 0..n {
+                let _: (String, u64) = client
+                    .call("twice_route", ("0123456789".to_owned(), i))
+                    .await?;
+            }
+        }
         Mode::Call => {
             let mut callers = tokio::task::JoinSet::new();
             for task in 0..CALLERS {
@@ -181,7 +218,10 @@ async fn probe(opts: Opts) -> Result<(), diarrhoea::BoxError> {
     let secs = started.elapsed().as_secs_f64();
     let allocs = ALLOCS.load(Relaxed) - allocs;
     let bytes = BYTES.load(Relaxed) - bytes;
-    let mode = format!("{:?}", opts.mode).to_lowercase();
+    let mode = opts
+        .mode
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_owned());
     let per = |x: u64| (x as f64 / n as f64 * 100.0).round() / 100.0;
     println!(
         "{}",

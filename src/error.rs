@@ -241,6 +241,7 @@ pub(crate) enum Kind {
     /// Options that cannot work together (e.g. a pool without workers).
     Config(Box<str>),
     /// A tower layer around a typed client's caller failed the call (its error is the source).
+    #[cfg_attr(not(feature = "macros"), allow(dead_code))]
     Layer,
 }
 
@@ -282,6 +283,7 @@ impl Error {
 
     /// A layer's error, from a stack of calls: this crate's errors pass through, a timeout
     /// or an error reply keeps its meaning, anything else is kept as the source.
+    #[cfg(feature = "macros")]
     pub(crate) fn from_layer(error: BoxError) -> Self {
         let error = match error.downcast::<Error>() {
             Ok(error) => return *error,

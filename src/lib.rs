@@ -100,6 +100,8 @@ mod server;
 mod test_util;
 pub mod transport;
 // Above the pool: a typed client sends through a connection or a pool.
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub mod typed;
 mod wire;
 // Above the server: it mounts connections and calls in an axum app.
@@ -112,8 +114,8 @@ pub mod http;
 #[doc = include_str!("../docs/PROTOCOL.md")]
 pub mod protocol {}
 
-// `cargo test --doc` compiles the README's examples.
-#[cfg(doctest)]
+// `cargo test --doc` compiles the README's examples (one is a typed service).
+#[cfg(all(doctest, feature = "macros"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
@@ -130,6 +132,7 @@ pub use peer::{Credentials, Identity, PeerInfo};
 pub use request::{Deadline, Extensions, Request};
 pub use response::{IntoReply, Json, Response};
 pub use router::Router;
+#[cfg(feature = "macros")]
 #[doc(hidden)]
 pub use typed::__private;
 

@@ -184,6 +184,7 @@ impl Router {
     }
 
     /// Binds a typed service's method, described for `$/methods`.
+    #[cfg(feature = "macros")]
     pub(crate) fn route_described<H: Handler<M>, M: 'static>(
         self,
         info: &MethodInfo,
@@ -313,6 +314,7 @@ impl fmt::Debug for RouteFuture {
 /// them, and a [`Router`] answers `$/methods` with them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
+#[cfg_attr(not(feature = "macros"), allow(dead_code, unreachable_pub))]
 pub struct MethodInfo {
     /// The name on the wire (after any `namespace` and `#[rpc(name)]`).
     pub name: &'static str,
@@ -322,6 +324,8 @@ pub struct MethodInfo {
     pub params: &'static [&'static str],
 }
 
+// Without feature `macros`, only `$/methods` reads them, and nothing makes them.
+#[cfg_attr(not(feature = "macros"), allow(dead_code, unreachable_pub))]
 impl MethodInfo {
     /// A method's description.
     pub const fn new(
@@ -337,6 +341,7 @@ impl MethodInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
+#[cfg_attr(not(feature = "macros"), allow(dead_code, unreachable_pub))]
 pub enum MethodKind {
     /// Answered with a reply.
     Request,

@@ -431,3 +431,63 @@ async fn every_connection_answers_methods_with_what_its_service_routes() {
         .unwrap_err();
     assert_eq!(error.code(), Some(code::METHOD_NOT_FOUND));
 }
+
+/// The Node program of the `typed` module's docs, run by a real `node` against `Calc` on a
+/// Unix socket. `.ci/run` installs Node.js; elsewhere, without `node` on the PATH, the test
+/// says so and passes, unless `CI` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_process_calls_a_typed_server() {
+    let Ok(node) = which("node") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs node on the PATH"
+        );
+        eprintln!("skipped: no `node` on the PATH");
+        return;
+    };
+    let dir = temp_dir();
+    let path = dir.path().join("calc.sock");
+    let (router, lines) = my_calc();
+    let server = diarrhoea::serve(UnixListener::bind(&path).unwrap(), router);
+    let server = tokio::spawn(server.into_future());
+    let script = r#"
+        const sock = require('net').createConnection(process.argv[1])
+        let seen = 0
+        require('readline').createInterface({ input: sock })
+          .on('line', (line) => { console.log(line); if (++seen === 2) sock.end() })
+        sock.write(JSON.stringify(['log', ['from node']]) + '\n')
+        sock.write(JSON.stringify(['add', [2, 3], 1]) + '\n')
+        sock.write(JSON.stringify(['div', [1, 0], 2]) + '\n')
+    "#;
+    let output = Command::new(node)
+        .arg("-e")
+        .arg(script)
+        .arg(&path)
+        .kill_on_drop(true)
+        .output();
+    let output = within("node", output).await.unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let replies: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(
+        replies,
+        [
+            json!([1, 5]),
+            json!([2, null, {"code": -32000, "message": "division by zero", "data": "ByZero"}]),
+        ]
+    );
+    assert!(logged(&lines, "from node").await);
+    server.abort();
+}
+
+/// `program` on the PATH.
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .ok_or(())
+}

@@ -100,7 +100,7 @@ pub(crate) enum Output {
     /// A value, sent as the reply.
     Value(Type),
     /// `Result<T, E>`: `Ok` is the reply, `Err` an error reply carrying `E`.
-    Result { ok: Type, err: Type },
+    Result { ok: Type, err: Box<Type> },
 }
 
 /// Collects every error of a trait, so one build reports them all.
@@ -229,7 +229,7 @@ impl Method {
         let options = RpcOptions::read(&mut function.attrs, &mut errors);
         let sig = &mut function.sig;
         if sig.asyncness.is_none() {
-            errors.at(&sig.fn_token, "service methods must be `async fn`");
+            errors.at(sig.fn_token, "service methods must be `async fn`");
         }
         if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
             errors.at(
@@ -393,7 +393,7 @@ impl Output {
                     if let [ok, err] = types[..] {
                         return Output::Result {
                             ok: ok.clone(),
-                            err: err.clone(),
+                            err: Box::new(err.clone()),
                         };
                     }
                 }
