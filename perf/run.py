@@ -362,13 +362,16 @@ def roundtrip_round(ctx, results, r):
 
 
 SUMMARY_LINE = re.compile(r"^summary:\s*(\d+)", re.M)
+# `seq-route` and `seq-typed`: one call at a time to a hand-written route and through a typed
+# service's client, with the same arguments: what `#[diarrhoea::service]` costs.
+PROBE_MODES = ["notify", "call", "seq", "seq-route", "seq-typed"]
 
 
 def probe_once(ctx, results):
     """Instructions (callgrind, two sizes) and allocations per round trip, once: both counts
     are repeatable, so rounds would only cost time."""
     small, large = ctx.mode["callgrind_n"]
-    for mode in ["notify", "call", "seq"]:
+    for mode in PROBE_MODES:
         key = ("probe", mode)
 
         def measure():
@@ -660,8 +663,12 @@ def section_probe(ctx, results, out):
         f"{large - small}, so the start-up cost cancels. Allocations: counted by the probe's "
         f"global allocator over {ctx.mode['alloc_n']} round trips, outside valgrind. `notify`: "
         "ping -> pong, 1024 unanswered; `call`: echo, 256 tasks with one call each; `seq`: "
-        "echo, one call at a time. Both counts repeat from run to run (code placement moves "
-        "instructions by a few dozen), so each is measured once.\n"
+        "echo, one call at a time; `seq-route`: `conn.call(\"twice_route\", (x, i))` to a "
+        "hand-written route `|x: String, i: u64|`, one at a time; `seq-typed`: the same "
+        "through a `#[diarrhoea::service]` trait's client and `into_router()` (the typed "
+        "service's cost is the difference between these two rows). Both counts repeat from "
+        "run to run (code placement moves instructions by a few dozen), so each is measured "
+        "once.\n"
     )
     out.append("```sh\ncargo build --release --example perfprobe")
     out.append(f"target/release/examples/perfprobe --mode MODE --n {ctx.mode['alloc_n']}")
@@ -672,7 +679,7 @@ def section_probe(ctx, results, out):
         out.append("**Instructions skipped: `valgrind` was not found on this machine.**\n")
     out.append(f"| mode | instructions per round trip | callgrind totals ({small} / {large}) | allocations per round trip | bytes allocated per round trip |")
     out.append("| --- | ---: | ---: | ---: | ---: |")
-    for mode in ["notify", "call", "seq"]:
+    for mode in PROBE_MODES:
         key = ("probe", mode)
         runs = results.get(key)
         v = runs[0] if runs else {}

@@ -58,6 +58,7 @@
 //! | [`layer`] | the crate's own middleware: tracing, naming overloads, an allow list of peers |
 //! | `server` | [`serve`]: listeners, the accept loop, per-connection factories, graceful shutdown |
 //! | [`pool`] | [`Pool`](pool::Pool): many worker connections behind one service, balanced, supervised, retried |
+//! | [`typed`] (feature `macros`) | what `#[diarrhoea::service]`'s code stands on: typed clients over a connection, a pool or tower stacks |
 //! | [`future`] | every public named future, in one place |
 //! | `http` (feature `axum`) | WebSocket connections and HTTP calls mounted in an axum app; a WebSocket client |
 //! | [`protocol`] | no code: the description of the wire format |
@@ -68,6 +69,7 @@
 //! | --- | --- |
 //! | protocol v1: frames, ids, `meta`, error codes, bad input, Node.js interop | [`protocol`] |
 //! | handlers: typed parameters, context parameters, replies | [`Router`], [`Handler`], [`FromContext`] |
+//! | typed services: a trait as routes and a typed client, and when to use one rather than a Router | [`service`], [`typed`] |
 //! | a connection: notifications, calls, ordering, deadlines, flow control | [`connection`], [`Connection`] |
 //! | serving: listeners, per-connection factories, graceful shutdown | [`serve`] |
 //! | the socket file: stale sockets, permissions, removal | [`UnixListener`] |

@@ -108,6 +108,15 @@ async fn the_program_runs_through_a_pool_of_two_stdio_workers() {
         assert_eq!(calc.who_am_i().await.unwrap(), None);
         let sum: i64 = pool.call("add", (2, 3)).await.unwrap();
         assert_eq!(sum, 5);
+        // The pool's caller and poster inside layers of their own.
+        let limited = CalcClient::from_services(
+            ServiceBuilder::new()
+                .concurrency_limit(4)
+                .service(pool.caller()),
+            pool.poster(),
+        );
+        assert_eq!(limited.add(4, 5).await.unwrap(), 9);
+        limited.log("limited".into()).await.unwrap();
     })
     .await;
     within("shutdown", pool.shutdown(BOUND)).await;
