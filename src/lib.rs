@@ -123,7 +123,7 @@ pub struct ReadmeDoctests;
 
 pub use args::Args;
 pub use connection::{
-    serve_connection, serve_stdio, Caller, Config, Connection, Event, Events, Poster,
+    serve_connection, serve_stdio, CallStream, Caller, Config, Connection, Event, Events, Poster,
 };
 pub use error::{code, BoxError, Error, RpcError};
 pub use frame::{Frame, InvalidFrame, Meta, MAX_ID};
@@ -132,7 +132,7 @@ pub use handler::{FromContext, Handler};
 pub use peer::HttpPeer;
 pub use peer::{Credentials, Identity, PeerInfo};
 pub use request::{Deadline, Extensions, Request};
-pub use response::{IntoReply, Json, Response};
+pub use response::{IntoReply, Json, Response, StreamReply};
 pub use router::Router;
 #[cfg(feature = "macros")]
 #[doc(hidden)]

@@ -115,6 +115,7 @@ fn frame(rng: &mut Rng) -> Frame {
             id: id(rng),
             meta: Meta {
                 timeout_ms: rng.one_in(2).then(|| rng.next()),
+                stream: rng.one_in(2).then(|| rng.next()),
             },
         },
         3 => Frame::Reply {

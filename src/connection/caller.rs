@@ -66,10 +66,11 @@ impl Shared {
 /// Forgets a call whose future is dropped (or timed out) before its reply came, and tells the
 /// peer with `["$/cancel",[id]]` so it can stop working on it. A reply that came but was not
 /// taken goes with its entry, and nothing is sent: the peer is done with the call.
-struct CallGuard {
-    shared: Arc<Shared>,
-    id: u64,
-    armed: bool,
+pub(super) struct CallGuard {
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: u64,
+    /// Cleared once nothing is left to forget (the reply was taken, or never asked for).
+    pub(super) armed: bool,
 }
 
 impl Drop for CallGuard {
@@ -78,13 +79,20 @@ impl Drop for CallGuard {
         {
             return;
         }
+        self.shared.cancel_call(self.id);
+    }
+}
+
+impl Shared {
+    /// Tells the peer this side gave up on its call `id`: `["$/cancel",[id]]`.
+    pub(super) fn cancel_call(&self, id: u64) {
         let cancel = Frame::Notification {
             method: CANCEL_METHOD.into(),
-            args: Args::new(&(self.id,)).expect("an id serializes"),
+            args: Args::new(&(id,)).expect("an id serializes"),
         };
         // Not charged, so never refused for room: Drop cannot wait. It fails only once the
         // writer is gone, and then there is no peer to tell.
-        let _ = self.shared.outgoing.send_control(cancel);
+        let _ = self.outgoing.send_control(cancel);
     }
 }
 

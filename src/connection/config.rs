@@ -29,6 +29,7 @@ use crate::codec::DEFAULT_MAX_FRAME_SIZE;
 /// | inbound buffer (calls waiting for dispatch or running) | 4 MiB | [`inbound_buffer`](Config::inbound_buffer) | the reader stops reading the socket: backpressure |
 /// | read chunks still held by incoming frames (their arguments and results are read where they arrived) | about the inbound buffer again: 128 chunks of at most 32 KiB | [`inbound_buffer`](Config::inbound_buffer) | frames are copied out of the read buffer, as small as they are, until frames let go of their chunks |
 /// | concurrent requests per connection | 1024 | [`max_concurrent_requests`](Config::max_concurrent_requests) | further requests wait, in wire order |
+/// | streams open at once per connection (calls answered with a [`StreamReply`](crate::StreamReply)) | 256 | [`max_streams`](Config::max_streams) | the stream is refused: error reply -32002, `data.limit` `"max_streams"` |
 /// | a line left unfinished | 30 s without a byte | [`partial_frame_timeout`](Config::partial_frame_timeout) | connection error -32600 `partial frame timeout`, then close |
 /// | request deadline | none | [`request_timeout`](Config::request_timeout), the peer's `meta.timeout_ms` (the earlier wins) | -32001; counts time waiting for a permit and for readiness |
 /// | connections per server | 1024 | [`Serve::max_connections`](crate::Serve::max_connections) | the next one gets `[null,null,{"code":-32002,...}]` and is closed |
@@ -51,6 +52,7 @@ pub struct Config {
     pub(crate) partial_frame_timeout: Duration,
     pub(crate) inbound_buffer: usize,
     pub(crate) max_concurrent_requests: usize,
+    pub(crate) max_streams: usize,
     pub(crate) request_timeout: Option<Duration>,
 }
 
@@ -63,6 +65,7 @@ impl Default for Config {
             partial_frame_timeout: Duration::from_secs(30),
             inbound_buffer: 4 * 1024 * 1024,
             max_concurrent_requests: 1024,
+            max_streams: 256,
             request_timeout: None,
         }
     }
@@ -70,8 +73,8 @@ impl Default for Config {
 
 impl Config {
     /// The defaults: 8 MiB frames, 1024 queued outgoing frames holding at most 8 MiB, a 4 MiB
-    /// inbound buffer, 1024 concurrent incoming requests per connection, 30 s for a peer to
-    /// finish a line it started, no request timeout.
+    /// inbound buffer, 1024 concurrent incoming requests per connection, 256 streams open at
+    /// once per connection, 30 s for a peer to finish a line it started, no request timeout.
     pub fn new() -> Self {
         Self::default()
     }
@@ -125,6 +128,16 @@ impl Config {
     /// in wire order.
     pub fn max_concurrent_requests(mut self, n: usize) -> Self {
         self.max_concurrent_requests = n.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// How many streams (calls answered with a [`StreamReply`](crate::StreamReply)) may be
+    /// open at once on one connection (default 256); one more is refused with -32002, its
+    /// `data.limit` `"max_streams"`. A running stream counts here, not against
+    /// [`max_concurrent_requests`](Config::max_concurrent_requests): it costs memory, not
+    /// work, while its caller grants no credit.
+    pub fn max_streams(mut self, n: usize) -> Self {
+        self.max_streams = n;
         self
     }
 

@@ -113,6 +113,7 @@ impl Connection {
         let timeout = deadline::effective(explicit);
         let meta = Meta {
             timeout_ms: timeout.map(deadline::to_millis),
+            ..Meta::default()
         };
         let (id, reply) = self.shared.start_call(timeout)?;
         let send = self.shared.outgoing.send_with(move |buf| {

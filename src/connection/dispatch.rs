@@ -31,6 +31,7 @@ use tower::Service;
 use super::budget::{Budget, Share};
 use super::deadline::Serving;
 use super::inbound_queue::{self, Empty};
+use super::streaming::{self, Answer};
 use super::{BoundService, Shared};
 use crate::error::{code, truncate, BoxError, Error, RpcError};
 use crate::frame::Frame;
@@ -146,25 +147,47 @@ pub(super) async fn run(
         };
         // Most handlers finish at once: answer inline, without a task of their own.
         if let Poll::Ready(outcome) = poll_once(|cx| Pin::new(&mut response).poll(cx)).await {
-            tokio::select! {
-                biased;
-                _ = &mut abort => return,
-                _ = answer(&shared, id, outcome.map_err(RpcError::from_box_error)) => {}
+            let outcome = outcome.map_err(RpcError::from_box_error);
+            match Answer::of(&shared, id, outcome) {
+                Answer::Reply(result) => {
+                    tokio::select! {
+                        biased;
+                        _ = &mut abort => return,
+                        _ = answer(&shared, id, result) => {}
+                    }
+                }
+                Answer::Stream(running) => {
+                    // A stream runs in a task of its own; it holds no permit and no share
+                    // of the inbound buffer (`Config::max_streams` bounds streams).
+                    let task_shared = shared.clone();
+                    let task = tasks.spawn(async move {
+                        let stream = Serving::new(deadline, streaming::run(&task_shared, id, running));
+                        let result = within(deadline, stream).await;
+                        answer(&task_shared, id, result).await;
+                    });
+                    shared.in_flight.set_task(id, task);
+                }
             }
             drop((permit, budget));
             continue;
         }
         let task_shared = shared.clone();
         let task = tasks.spawn(async move {
-            let outcome = match deadline {
-                None => response.await.map_err(RpcError::from_box_error),
-                Some(deadline) => match tokio::time::timeout_at(deadline, response).await {
-                    Ok(outcome) => outcome.map_err(RpcError::from_box_error),
-                    Err(_) => Err(timed_out()),
-                },
+            let mut held = Some((permit, budget));
+            let work = async {
+                let outcome = response.await.map_err(RpcError::from_box_error);
+                match Answer::of(&task_shared, id, outcome) {
+                    Answer::Reply(result) => result,
+                    Answer::Stream(running) => {
+                        held = None;
+                        Serving::new(deadline, streaming::run(&task_shared, id, running)).await
+                    }
+                }
             };
+            // The deadline covers a stream too, to its last item.
+            let outcome = within(deadline, work).await;
             answer(&task_shared, id, outcome).await;
-            drop((permit, budget));
+            drop(held);
         });
         shared.in_flight.set_task(id, task);
     }
@@ -323,6 +346,19 @@ async fn poll_once<T>(mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll
 async fn answer(shared: &Shared, id: u64, result: Result<Response, RpcError>) {
     if shared.in_flight.finish(id) {
         send_reply(shared, id, result).await;
+    }
+}
+
+/// Runs `work` until the deadline, if there is one: past it, -32001.
+async fn within(
+    deadline: Option<Instant>,
+    work: impl Future<Output = Result<Response, RpcError>>,
+) -> Result<Response, RpcError> {
+    match deadline {
+        None => work.await,
+        Some(deadline) => tokio::time::timeout_at(deadline, work)
+            .await
+            .unwrap_or_else(|_| Err(timed_out())),
     }
 }
 

@@ -3,6 +3,8 @@
 //! buffer.
 //!
 //! - `["$/cancel",[id]]` takes effect here, ahead of queued work.
+//! - Streams: `["$/credit",[id,n]]` adds to the credit of the peer's stream `id`; an item of
+//!   this side's stream, `["$/item",[id,item]]`, goes to the pending table as a reply does.
 //! - Other `$/` methods are reserved: -32601 (requests) or a warning (notifications).
 //! - A request whose id is in flight already gets -32600.
 //! - A request's deadline is the earlier of `Config::request_timeout` and the peer's
@@ -17,10 +19,12 @@ use tokio::time::Instant;
 
 use super::budget::{Budget, Share};
 use super::inbound_queue;
-use super::incoming_calls::Cancelled;
+use super::incoming_calls::{Cancelled, Granted};
+use super::outgoing_calls::ItemDelivery;
 use super::{Shared, CANCEL_METHOD};
+use crate::args::Args;
 use crate::error::{code, Error, RpcError};
-use crate::frame::Frame;
+use crate::frame::{Frame, CREDIT_METHOD, ITEM_METHOD};
 use crate::request::{Deadline, Request};
 use crate::router::METHODS_METHOD;
 
@@ -86,6 +90,17 @@ impl Inbox {
     #[allow(clippy::result_large_err)]
     pub(super) fn try_submit(&mut self, call: Frame) -> Result<bool, Later> {
         let shared = &self.shared;
+        let call = match call {
+            // A stream's frames take effect here, at once, whatever waits to be dispatched.
+            Frame::Notification { method, args } if method.starts_with("$/") => {
+                match &*method {
+                    ITEM_METHOD => return Ok(self.item(args)),
+                    CREDIT_METHOD => return Ok(self.credit(&args)),
+                    _ => Frame::Notification { method, args },
+                }
+            }
+            call => call,
+        };
         let cost = (call.payload_len() + FRAME_OVERHEAD).min(shared.config.inbound_buffer);
         let Some(mut req) = Request::incoming(call, shared.clone()) else {
             return Ok(true);
@@ -108,7 +123,7 @@ impl Inbox {
             return Err(Later::Refuse(req.id(), error));
         }
         if let Some(id) = req.id() {
-            if !shared.in_flight.insert(id) {
+            if !shared.in_flight.insert(id, req.meta().stream) {
                 let dup = RpcError::invalid_frame(format!(
                     "duplicate id {id}: a request with this id is in flight"
                 ));
@@ -192,6 +207,53 @@ impl Inbox {
         }
     }
 
+    /// `["$/item",[id,item]]`: an item of one of this side's streams.
+    fn item(&self, args: Args) -> bool {
+        let shared = &self.shared;
+        let Some(id) = item_id(args.get().as_bytes()) else {
+            shared.warning(Error::protocol(RpcError::invalid_params(
+                "$/item takes a stream id and an item",
+            )));
+            return true;
+        };
+        let ignored = match shared.pending.item(id, args) {
+            ItemDelivery::Delivered | ItemDelivery::Late => return true,
+            ItemDelivery::Unknown => format!("item for unknown stream id {id} ignored"),
+            ItemDelivery::NotStream => {
+                format!("item for call {id}, which is not an open stream, ignored")
+            }
+            ItemDelivery::Overrun => {
+                shared.error(Error::protocol(RpcError::invalid_frame(format!(
+                    "stream {id}: more items than the credit granted; the stream is cancelled"
+                ))));
+                shared.cancel_call(id);
+                return true;
+            }
+        };
+        shared.warning(Error::protocol(RpcError::invalid_frame(ignored)));
+        true
+    }
+
+    /// `["$/credit",[id,n]]`: the peer grants its stream `id` `n` more items.
+    fn credit(&self, args: &Args) -> bool {
+        let shared = &self.shared;
+        let Ok((id, n)) = args.deserialize::<(u64, u64)>() else {
+            shared.warning(Error::protocol(RpcError::invalid_params(
+                "$/credit takes a stream id and a count (an unsigned integer)",
+            )));
+            return true;
+        };
+        match shared.in_flight.grant(id, n) {
+            Granted::Stream => {}
+            Granted::NotStream | Granted::Unknown => tracing::debug!(
+                connection = shared.id(),
+                id,
+                "diarrhoea: credit for a request that is not an open stream"
+            ),
+        }
+        true
+    }
+
     /// Queues an error reply; `false` if the connection is being torn down.
     pub(super) async fn reply_error(&self, id: u64, error: RpcError) -> bool {
         let frame = Frame::Reply {
@@ -214,6 +276,18 @@ fn deadline_of(local: Option<Duration>, req: &Request) -> Option<Duration> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// The stream id of a `$/item`'s arguments, `[id,item]`: read directly in the usual form
+/// (`[` and digits), else by serde_json. The item is read by its consumer.
+fn item_id(args: &[u8]) -> Option<u64> {
+    let digits = args.get(1..)?;
+    let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    if (1..=15).contains(&len) && digits.get(len) == Some(&b',') && (digits[0] != b'0' || len == 1) {
+        return Some(digits[..len].iter().fold(0, |id, d| id * 10 + u64::from(d - b'0')));
+    }
+    let (id, _): (u64, serde::de::IgnoredAny) = serde_json::from_slice(args).ok()?;
+    (id <= crate::frame::MAX_ID).then_some(id)
 }
 
 fn cancelled() -> RpcError {

@@ -3,13 +3,18 @@
 //!
 //! A request is answered exactly once, by whoever removes its entry: its task when it
 //! finishes, a `$/cancel` (which also aborts the task), or an expired deadline.
+//!
+//! A request that asks for a stream (`meta.stream`) keeps its [`Credit`] here from the moment
+//! it is read, so a `$/credit` that comes while it waits to start still counts.
 
 use std::collections::hash_map::{Entry as Slot, HashMap, RandomState};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
+
+use super::credit::Credit;
 
 #[derive(Default)]
 pub(crate) struct InFlight(Mutex<HashMap<u64, Entry, PeerIds>>);
@@ -81,19 +86,35 @@ struct Entry {
     token: Option<CancellationToken>,
     /// Set once the request runs in a task of its own.
     task: Option<AbortHandle>,
+    /// The items the caller allows, for a request that asked for a stream.
+    credit: Option<Arc<Credit>>,
     started: bool,
 }
 
 impl Entry {
-    /// Stops the request's work: its task, and whatever watches its token.
+    /// Stops the request's work: its task, its stream, and whatever watches its token.
     fn cancel(self) {
         if let Some(task) = self.task {
             task.abort();
+        }
+        if let Some(credit) = self.credit {
+            credit.close();
         }
         if let Some(token) = self.token {
             token.cancel();
         }
     }
+}
+
+/// What a `$/credit` found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Granted {
+    /// Added to a stream's credit.
+    Stream,
+    /// A request in flight that asked for no stream: ignored.
+    NotStream,
+    /// No such request (unknown, finished, or not yet read): ignored.
+    Unknown,
 }
 
 /// What a `$/cancel` found.
@@ -111,14 +132,46 @@ impl InFlight {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a request; `false` if the id is already in flight.
-    pub(crate) fn insert(&self, id: u64) -> bool {
+    /// Registers a request, with its initial credit if it asks for a stream; `false` if the
+    /// id is already in flight.
+    pub(crate) fn insert(&self, id: u64, stream: Option<u64>) -> bool {
         match self.lock().entry(id) {
             Slot::Occupied(_) => false,
             Slot::Vacant(slot) => {
-                slot.insert(Entry::default());
+                slot.insert(Entry {
+                    credit: stream.map(|initial| Arc::new(Credit::new(initial))),
+                    ..Entry::default()
+                });
                 true
             }
+        }
+    }
+
+    /// The credit of a request that asked for a stream.
+    pub(crate) fn credit(&self, id: u64) -> Option<Arc<Credit>> {
+        self.lock().get(&id).and_then(|entry| entry.credit.clone())
+    }
+
+    /// Adds `n` to a stream's credit (`$/credit`).
+    pub(crate) fn grant(&self, id: u64, n: u64) -> Granted {
+        match self.lock().get(&id) {
+            Some(Entry {
+                credit: Some(credit),
+                ..
+            }) => {
+                credit.grant(n);
+                Granted::Stream
+            }
+            Some(_) => Granted::NotStream,
+            None => Granted::Unknown,
+        }
+    }
+
+    /// No more credit can come (the caller's side has ended): every stream stops waiting
+    /// for it.
+    pub(crate) fn close_streams(&self) {
+        for credit in self.lock().values().filter_map(|e| e.credit.as_ref()) {
+            credit.close();
         }
     }
 
@@ -143,10 +196,12 @@ impl InFlight {
         self.lock().get_mut(&id).map(|e| e.started = true).is_some()
     }
 
-    /// Remembers the task a request runs in, so a cancel can stop it.
+    /// Remembers the task a request runs in, so a cancel can stop it; a request cancelled
+    /// before its task was known has its task stopped now.
     pub(crate) fn set_task(&self, id: u64, task: AbortHandle) {
-        if let Some(entry) = self.lock().get_mut(&id) {
-            entry.task = Some(task);
+        match self.lock().get_mut(&id) {
+            Some(entry) => entry.task = Some(task),
+            None => task.abort(),
         }
     }
 
@@ -215,18 +270,18 @@ mod tests {
     #[test]
     fn an_id_is_in_flight_once() {
         let table = InFlight::default();
-        assert!(table.insert(1));
-        assert!(!table.insert(1));
+        assert!(table.insert(1, None));
+        assert!(!table.insert(1, None));
         assert!(table.finish(1));
         assert!(!table.finish(1), "answered once");
-        assert!(table.insert(1), "free again once answered");
+        assert!(table.insert(1, None), "free again once answered");
     }
 
     #[test]
     fn only_a_request_that_has_not_started_is_removed_as_unstarted() {
         let table = InFlight::default();
-        table.insert(1);
-        table.insert(2);
+        table.insert(1, None);
+        table.insert(2, None);
         assert!(table.start(2));
         assert!(table.remove_unstarted(1));
         assert!(!table.remove_unstarted(2), "running: its task answers it");
@@ -237,8 +292,8 @@ mod tests {
     #[test]
     fn cancel_tells_queued_from_running_and_cancels_the_token() {
         let table = InFlight::default();
-        table.insert(1);
-        table.insert(2);
+        table.insert(1, None);
+        table.insert(2, None);
         table.start(2);
         let token = table.token(2);
         assert!(!token.is_cancelled());
@@ -251,5 +306,26 @@ mod tests {
             table.token(3).is_cancelled(),
             "not in flight: already cancelled"
         );
+    }
+
+    #[test]
+    fn credit_goes_to_streams_in_flight_only_and_a_cancel_closes_it() {
+        let table = InFlight::default();
+        assert_eq!(table.grant(1, 5), Granted::Unknown, "before the request");
+        table.insert(1, Some(2));
+        table.insert(2, None);
+        assert_eq!(table.grant(1, 5), Granted::Stream);
+        assert_eq!(table.credit(1).unwrap().left(), 7);
+        assert_eq!(table.grant(2, 5), Granted::NotStream);
+        assert!(table.credit(2).is_none());
+        let credit = table.credit(1).unwrap();
+        table.cancel(1);
+        let waker = std::task::Waker::noop();
+        let available = std::pin::pin!(credit.available());
+        assert!(matches!(
+            available.poll(&mut std::task::Context::from_waker(waker)),
+            std::task::Poll::Ready(Err(_))
+        ));
+        assert_eq!(table.grant(1, 5), Granted::Unknown, "finished");
     }
 }

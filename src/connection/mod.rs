@@ -22,6 +22,7 @@
 //! | `dispatch`, `bound_service` | runs calls through the service bound to the connection |
 //! | `deadline` | the deadline of the request being served, inherited by calls made meanwhile |
 //! | `outgoing_calls`, `incoming_calls` | this side's calls waiting for replies; the peer's requests running here |
+//! | `call_stream`, `streaming`, `credit` | this side's stream calls ([`CallStream`]); the peer's streams running here, paced by their credit |
 //! | `outbox`, `writer` | the bounded outgoing queue; the one task that writes |
 //!
 //! The reader never waits on inbound work while it still has room in the inbound buffer, so
@@ -97,11 +98,13 @@
 mod bound_service;
 mod budget;
 mod builder;
+mod call_stream;
 mod caller;
 mod config;
 // Private, and re-exported: users only ever see `connection::Connection`.
 #[allow(clippy::module_inception)]
 mod connection;
+mod credit;
 mod deadline;
 mod dispatch;
 mod driver;
@@ -115,6 +118,7 @@ mod outgoing_calls;
 mod poster;
 mod read_buf;
 mod reader;
+mod streaming;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,6 +133,7 @@ use crate::peer::PeerInfo;
 
 pub(crate) use bound_service::BoundService;
 pub use builder::{serve_connection, serve_stdio, Builder};
+pub use call_stream::CallStream;
 pub use caller::{Caller, ResponseFuture};
 pub use config::Config;
 pub use connection::Connection;
@@ -140,6 +145,7 @@ use incoming_calls::InFlight;
 use lifecycle::Lifecycle;
 use outbox::Outbox;
 use outgoing_calls::Pending;
+use streaming::OpenStreams;
 
 /// The protocol's cancellation notification: `["$/cancel",[id]]`.
 const CANCEL_METHOD: &str = "$/cancel";
@@ -155,6 +161,8 @@ pub(crate) struct Shared {
     next_call_id: AtomicU64,
     /// The peer's requests in flight here, to refuse a duplicate id and to cancel.
     in_flight: InFlight,
+    /// The peer's streams running here, against `Config::max_streams`.
+    open_streams: OpenStreams,
     /// Made by the first subscriber: most connections have none, and the channel's ring of
     /// 256 events is most of an idle connection's memory.
     events: OnceLock<broadcast::Sender<Event>>,
@@ -178,6 +186,7 @@ impl Shared {
             outgoing,
             pending: Pending::default(),
             in_flight: InFlight::default(),
+            open_streams: OpenStreams::default(),
             next_call_id: AtomicU64::new(0),
             events: OnceLock::new(),
             binding,

@@ -86,13 +86,19 @@ impl Queue {
     }
 
     /// Whether a sender may add a frame now: `Ok(false)` when over a limit, `Err` once the
-    /// writer is gone.
-    fn has_room(&self, state: &State) -> Result<bool, Error> {
+    /// writer is gone. Stream items see half of each limit, so however fast streams flood,
+    /// the other half is left for replies and other frames, which are never queued behind
+    /// more than the items already in the buffer.
+    fn has_room(&self, state: &State, share: Share) -> Result<bool, Error> {
         if state.closed {
             return Err(Error::closed());
         }
-        Ok(state.frames + state.reserved < self.frames
-            && state.bytes + state.held + state.reserved < self.budget)
+        let (frames, budget) = match share {
+            Share::Whole => (self.frames, self.budget),
+            Share::Half => (self.frames.div_ceil(2), self.budget / 2),
+        };
+        Ok(state.frames + state.reserved < frames
+            && state.bytes + state.held + state.reserved < budget)
     }
 
     /// Unlocks, then wakes the senders waiting for room, if any.
@@ -105,14 +111,14 @@ impl Queue {
     }
 
     /// Locks the state once there is room for a frame; `Err` once the writer is gone.
-    async fn room(&self) -> Result<MutexGuard<'_, State>, Error> {
+    async fn room(&self, share: Share) -> Result<MutexGuard<'_, State>, Error> {
         loop {
-            if let Some(state) = self.admit(false)? {
+            if let Some(state) = self.admit(false, share)? {
                 return Ok(state);
             }
             // Made before the second look, so room freed after that look wakes it.
             let notified = self.room.notified();
-            if let Some(state) = self.admit(true)? {
+            if let Some(state) = self.admit(true, share)? {
                 return Ok(state);
             }
             notified.await;
@@ -121,9 +127,9 @@ impl Queue {
 
     /// The state, locked, if there is room for a frame now; if not and `wait`, asks for a
     /// wake-up when room frees.
-    fn admit(&self, wait: bool) -> Result<Option<MutexGuard<'_, State>>, Error> {
+    fn admit(&self, wait: bool, share: Share) -> Result<Option<MutexGuard<'_, State>>, Error> {
         let mut state = self.lock();
-        if self.has_room(&state)? {
+        if self.has_room(&state, share)? {
             return Ok(Some(state));
         }
         state.waited |= wait;
@@ -156,6 +162,14 @@ impl Queue {
         }
         Ok(())
     }
+}
+
+/// How much of the queue's limits a frame may fill.
+#[derive(Clone, Copy)]
+enum Share {
+    Whole,
+    /// Stream items: half, so they cannot crowd out replies.
+    Half,
 }
 
 /// A line being encoded into the buffer: taken out again unless finished (`mem::forget`), so
@@ -208,13 +222,30 @@ impl Outbox {
         &self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        if let Some(state) = self.queue.admit(false)? {
+        self.send_within(Share::Whole, encode).await
+    }
+
+    /// As [`Outbox::send_with`], for a stream's item: it waits while the queue is half full,
+    /// so replies and other frames always find room beside a flooding stream.
+    pub(crate) async fn send_item(
+        &self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.send_within(Share::Half, encode).await
+    }
+
+    async fn send_within(
+        &self,
+        share: Share,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if let Some(state) = self.queue.admit(false, share)? {
             return self.queue.append(state, true, encode);
         }
         // Boxed: waiting for room is the rare path, and its state would make every sender's
         // future (a handler's, say, which is moved into a box of its own) larger.
         Box::pin(async move {
-            let state = self.queue.room().await?;
+            let state = self.queue.room(share).await?;
             self.queue.append(state, true, encode)
         })
         .await
@@ -225,7 +256,7 @@ impl Outbox {
         &self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        match self.queue.admit(false)? {
+        match self.queue.admit(false, Share::Whole)? {
             Some(state) => self.queue.append(state, true, encode),
             None => Err(Error::new(Kind::Full)),
         }
@@ -387,7 +418,7 @@ impl OutboxPoller {
 
     /// Reserves a frame if there is room now (see [`Queue::admit`]).
     fn try_reserve(&mut self, wait: bool) -> Result<bool, Error> {
-        let Some(mut state) = self.queue.admit(wait)? else {
+        let Some(mut state) = self.queue.admit(wait, Share::Whole)? else {
             return Ok(false);
         };
         state.reserved += 1;
@@ -602,6 +633,39 @@ mod tests {
             assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn stream_items_fill_half_the_queue_and_leave_the_rest_to_replies() {
+        bounded(async {
+            let (outbox, rx) = Outbox::new(4, BUDGET);
+            outbox.send_item(line(10)).await.unwrap();
+            outbox.send_item(line(10)).await.unwrap();
+            // Half the frames are items: the next item waits, a reply gets in at once.
+            let third = tokio::spawn({
+                let outbox = outbox.clone();
+                async move { outbox.send_item(line(30)).await }
+            });
+            tokio::task::yield_now().await;
+            assert!(!third.is_finished());
+            outbox.try_send_with(line(20)).unwrap();
+            let mut buf = BytesMut::new();
+            rx.take(&mut buf).await;
+            assert_eq!(buf.len(), 40, "two items, then the reply");
+            third.await.unwrap().unwrap();
+            // Half the bytes too.
+            let (outbox, _rx) = Outbox::new(64, BUDGET);
+            outbox.send_item(line(BUDGET / 2)).await.unwrap();
+            let waiting = outbox.send_item(line(1));
+            tokio::pin!(waiting);
+            assert!(futures_poll(waiting.as_mut()).is_pending());
+            outbox.try_send_with(line(100)).unwrap();
+        })
+        .await;
+    }
+
+    fn futures_poll<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
+        fut.poll(&mut Context::from_waker(std::task::Waker::noop()))
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! reply there and wakes the caller, whose future takes it. A caller that drops its future
 //! removes its entry, answered or not (see `CallGuard`); a connection that ends fails every
 //! waiter with a closed error, so nothing waits forever.
+//!
+//! A stream call's slot holds its items as they come (`$/item`), never more than the credit
+//! this side has granted, then its end, the ordinary reply.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -11,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::error::Error;
+use crate::args::Args;
+use crate::error::{Error, RpcError};
 use crate::response::Response;
 
 #[derive(Default)]
@@ -45,6 +49,57 @@ enum Slot {
     /// its largest state: 48 bytes instead of 104 (an `Error`), for the rare error reply's
     /// allocation.
     Done(Result<Response, Box<Error>>),
+    /// A stream call. Boxed: most calls do not stream, and every entry is as large as its
+    /// largest state.
+    Stream(Box<StreamSlot>),
+}
+
+/// A stream call's items, from the reader to the stream's consumer.
+#[derive(Default)]
+struct StreamSlot {
+    /// Items come and not yet taken, as they arrived (`[id,item]`, still in their line).
+    items: VecDeque<Args>,
+    /// The ending reply, once it came (or the closed error); the items before it are still
+    /// taken first.
+    end: Option<Result<Response, Box<Error>>>,
+    waker: Option<Waker>,
+    /// How many more items the peer may send: the credit granted, less the items come.
+    allowed: u64,
+}
+
+impl Slot {
+    /// Whether the call still expects something from the peer.
+    fn is_waiting(&self) -> bool {
+        match self {
+            Slot::Waiting(_) => true,
+            Slot::Done(_) => false,
+            Slot::Stream(stream) => stream.end.is_none(),
+        }
+    }
+}
+
+/// What became of a stream's item.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ItemDelivery {
+    /// Kept for the stream's consumer.
+    Delivered,
+    /// Its stream was given up on: dropped quietly.
+    Late,
+    /// No call of this side is waiting under that id: dropped.
+    Unknown,
+    /// The call under that id asked for no stream: dropped.
+    NotStream,
+    /// More items than the credit granted: the stream now ends with an error, and the
+    /// caller of this tells the peer with `$/cancel`.
+    Overrun,
+}
+
+/// What a stream's consumer finds next.
+pub(crate) enum StreamEvent {
+    /// An item, `[id,item]`.
+    Item(Args),
+    /// The end: the trailer, or the error the stream ends with. The entry is gone.
+    End(Result<Response, Error>),
 }
 
 /// Hashes this side's own call ids. They count up from 1 and only this side adds them (a
@@ -113,11 +168,102 @@ impl Pending {
                 }
                 Delivery::Delivered
             }
+            Some(Slot::Stream(stream)) if stream.end.is_none() => {
+                stream.end = Some(result.map_err(Box::new));
+                let waker = stream.waker.take();
+                drop(guard);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                Delivery::Delivered
+            }
             // A second reply to a call whose first is not yet taken: the first stands.
             Some(_) => Delivery::Unknown,
             None if inner.forgotten.remove(&id) => Delivery::Late,
             None => Delivery::Unknown,
         }
+    }
+
+    /// Registers a stream call that grants `credit` items at first; fails if the connection
+    /// can no longer receive replies.
+    pub(crate) fn insert_stream(&self, id: u64, credit: u64) -> Result<(), Error> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(Error::closed());
+        }
+        let slot = StreamSlot {
+            allowed: credit,
+            ..StreamSlot::default()
+        };
+        inner.calls.insert(id, Slot::Stream(Box::new(slot)));
+        Ok(())
+    }
+
+    /// Keeps an item (`args`, `[id,item]`) for its stream and wakes the consumer.
+    pub(crate) fn item(&self, id: u64, args: Args) -> ItemDelivery {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let stream = match inner.calls.get_mut(&id) {
+            Some(Slot::Stream(stream)) if stream.end.is_none() => stream,
+            // An item after the stream's end is the peer's mistake, as one to a plain call.
+            Some(_) => return ItemDelivery::NotStream,
+            // Items keep coming until the peer reads the `$/cancel`: expected, not counted.
+            None if inner.forgotten.contains(&id) => return ItemDelivery::Late,
+            None => return ItemDelivery::Unknown,
+        };
+        let delivery = if stream.allowed == 0 {
+            stream.items.clear();
+            let overrun = RpcError::invalid_frame(format!(
+                "stream {id}: the peer sent more items than the credit granted"
+            ));
+            stream.end = Some(Err(Box::new(Error::protocol(overrun))));
+            ItemDelivery::Overrun
+        } else {
+            stream.allowed -= 1;
+            stream.items.push_back(args);
+            ItemDelivery::Delivered
+        };
+        let waker = stream.waker.take();
+        drop(guard);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        delivery
+    }
+
+    /// Counts credit this side grants a stream, before it tells the peer.
+    pub(crate) fn grant(&self, id: u64, n: u64) {
+        if let Some(Slot::Stream(stream)) = self.lock().calls.get_mut(&id) {
+            stream.allowed = stream.allowed.saturating_add(n);
+        }
+    }
+
+    /// The stream's next item, or its end once the items before it are taken (removing the
+    /// entry); until then, wakes `cx` when one comes.
+    pub(crate) fn poll_stream(&self, id: u64, cx: &mut Context<'_>) -> Poll<StreamEvent> {
+        let mut inner = self.lock();
+        let Some(Slot::Stream(stream)) = inner.calls.get_mut(&id) else {
+            // Only the stream's own consumer removes its entry: a poll after its end.
+            return Poll::Ready(StreamEvent::End(Err(Error::closed())));
+        };
+        if let Some(item) = stream.items.pop_front() {
+            return Poll::Ready(StreamEvent::Item(item));
+        }
+        if stream.end.is_none() {
+            if stream.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                return Poll::Pending;
+            }
+            let old = stream.waker.replace(cx.waker().clone());
+            drop(inner);
+            drop(old);
+            return Poll::Pending;
+        }
+        let Some(Slot::Stream(stream)) = inner.calls.remove(&id) else {
+            unreachable!("a stream slot was just found under this id");
+        };
+        drop(inner);
+        let end = stream.end.expect("the end was just found");
+        Poll::Ready(StreamEvent::End(end.map_err(|e| *e)))
     }
 
     /// The reply, once it is there; until then, wakes `cx` when it comes. Removes the entry
@@ -156,7 +302,7 @@ impl Pending {
     pub(crate) fn forget(&self, id: u64) -> bool {
         let mut inner = self.lock();
         let slot = inner.calls.remove(&id);
-        let waiting = matches!(slot, Some(Slot::Waiting(_)));
+        let waiting = slot.as_ref().is_some_and(Slot::is_waiting);
         if waiting {
             if inner.forgotten_order.len() == FORGOTTEN {
                 if let Some(oldest) = inner.forgotten_order.pop_front() {
@@ -186,7 +332,11 @@ impl Pending {
                         *slot = Slot::Done(Err(Box::new(Error::closed())));
                         waker
                     }
-                    Slot::Done(_) => None,
+                    Slot::Stream(stream) if stream.end.is_none() => {
+                        stream.end = Some(Err(Box::new(Error::closed())));
+                        stream.waker.take()
+                    }
+                    Slot::Done(_) | Slot::Stream(_) => None,
                 })
                 .collect()
         };
@@ -206,7 +356,7 @@ impl Pending {
         self.lock()
             .calls
             .values()
-            .filter(|slot| matches!(slot, Slot::Waiting(_)))
+            .filter(|slot| slot.is_waiting())
             .count()
     }
 }
@@ -395,6 +545,67 @@ mod tests {
         assert!(matches!(
             pending.complete(2, Ok(Response::null())),
             Delivery::Unknown
+        ));
+    }
+
+    fn poll_stream(pending: &Pending, id: u64) -> Poll<StreamEvent> {
+        let waker = std::task::Waker::noop();
+        pending.poll_stream(id, &mut Context::from_waker(waker))
+    }
+
+    #[test]
+    fn a_stream_gets_its_items_within_its_credit_then_its_end() {
+        let pending = Pending::default();
+        pending.insert_stream(1, 2).unwrap();
+        let item = |n: u32| Args::new(&(1, n)).unwrap();
+        assert!(poll_stream(&pending, 1).is_pending());
+        assert_eq!(pending.item(1, item(0)), ItemDelivery::Delivered);
+        assert_eq!(pending.item(1, item(1)), ItemDelivery::Delivered);
+        pending.grant(1, 1);
+        assert_eq!(pending.item(1, item(2)), ItemDelivery::Delivered);
+        assert_eq!(pending.len(), 1, "a stream without its end waits");
+        pending.complete(1, Ok(Response::new(&3).unwrap()));
+        assert_eq!(pending.item(1, item(9)), ItemDelivery::NotStream, "after the end");
+        for n in 0..3 {
+            match poll_stream(&pending, 1) {
+                Poll::Ready(StreamEvent::Item(args)) => assert_eq!(args, item(n)),
+                _ => panic!("item {n} first"),
+            }
+        }
+        match poll_stream(&pending, 1) {
+            Poll::Ready(StreamEvent::End(Ok(trailer))) => assert_eq!(trailer.get(), "3"),
+            _ => panic!("then the end"),
+        }
+        assert_eq!(entries(&pending), 0);
+        assert_eq!(pending.item(1, item(0)), ItemDelivery::Unknown);
+    }
+
+    #[test]
+    fn an_item_beyond_the_credit_ends_the_stream_and_dropped_streams_take_late_items() {
+        let pending = Pending::default();
+        pending.insert_stream(1, 1).unwrap();
+        let item = Args::new(&(1, 0)).unwrap();
+        assert_eq!(pending.item(1, item.clone()), ItemDelivery::Delivered);
+        assert_eq!(pending.item(1, item.clone()), ItemDelivery::Overrun);
+        match poll_stream(&pending, 1) {
+            Poll::Ready(StreamEvent::End(Err(e))) => assert!(e.is_protocol(), "{e}"),
+            _ => panic!("the overrun ends it, and its items go"),
+        }
+        pending.insert_stream(2, 8).unwrap();
+        assert!(pending.forget(2), "a stream without its end is cancelled");
+        assert_eq!(pending.item(2, item.clone()), ItemDelivery::Late);
+        assert_eq!(pending.item(2, item.clone()), ItemDelivery::Late);
+        assert!(matches!(
+            pending.complete(2, Err(Error::closed())),
+            Delivery::Late
+        ));
+        pending.insert(3).unwrap();
+        assert_eq!(pending.item(3, item), ItemDelivery::NotStream);
+        pending.insert_stream(4, 8).unwrap();
+        pending.close();
+        assert!(matches!(
+            poll_stream(&pending, 4),
+            Poll::Ready(StreamEvent::End(Err(e))) if e.is_closed()
         ));
     }
 

@@ -126,8 +126,9 @@ pub(super) async fn run<T: Transport>(
             }
         }
     };
-    // No reply can arrive any more.
+    // No reply can arrive any more, nor credit for the peer's streams.
     shared.pending.close();
+    shared.in_flight.close_streams();
     drop(inbox);
     ended.then_some(read)
 }

@@ -23,17 +23,22 @@ pub const MAX_ID: u64 = (1 << 53) - 1;
 
 /// Optional per-request metadata, the fourth element of a request frame.
 ///
-/// Unknown keys are ignored, so peers can add keys without breaking older receivers.
+/// Unknown keys are ignored, so peers can add keys without breaking older receivers. Build
+/// one with `..Default::default()`: keys may be added.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     /// A relative deadline in milliseconds, counted from when the receiver reads the frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The caller asks for a stream of items, and grants this many at first: its initial
+    /// credit (see the [`protocol`](crate::protocol)'s streams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u64>,
 }
 
 impl Meta {
     fn is_empty(&self) -> bool {
-        self.timeout_ms.is_none()
+        self.timeout_ms.is_none() && self.stream.is_none()
     }
 }
 
@@ -220,6 +225,25 @@ impl Frame {
 /// Serializes a `str`, an integer or the error struct into memory, which cannot fail.
 fn json<B: BufMut, T: Serialize + ?Sized>(buf: &mut B, value: &T) {
     serde_json::to_writer(buf.writer(), value).expect("in-memory JSON serialization");
+}
+
+/// The notification that carries one item of a stream: `["$/item",[id,item]]`.
+pub(crate) const ITEM_METHOD: &str = "$/item";
+/// The notification that grants a stream more items: `["$/credit",[id,n]]`.
+pub(crate) const CREDIT_METHOD: &str = "$/credit";
+
+/// Encodes one item of stream `id`, `["$/item",[id,<item>]]`, whose JSON `write_item` appends.
+pub(crate) fn encode_item<E>(
+    buf: &mut BytesMut,
+    id: u64,
+    write_item: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+) -> Result<(), E> {
+    buf.put_slice(b"[\"$/item\",[");
+    json(buf, &id);
+    buf.put_u8(b',');
+    write_item(buf)?;
+    buf.put_slice(b"]]\n");
+    Ok(())
 }
 
 /// Encodes a notification `["method",[args...]]`, or with an id a request

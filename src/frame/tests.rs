@@ -47,6 +47,7 @@ fn every_frame_round_trips() {
             id: MAX_ID,
             meta: Meta {
                 timeout_ms: Some(250),
+                stream: Some(16),
             },
         },
         Frame::Reply {
@@ -74,9 +75,20 @@ fn wire_shapes_match_the_spec() {
         id: 3,
         meta: Meta {
             timeout_ms: Some(5),
+            ..Meta::default()
         },
     };
     assert_eq!(encode(&req), "[\"m\",[],3,{\"timeout_ms\":5}]\n");
+    let stream = Frame::Request {
+        method: "count".into(),
+        args: Args::new(&(1000,)).unwrap(),
+        id: 7,
+        meta: Meta {
+            stream: Some(16),
+            ..Meta::default()
+        },
+    };
+    assert_eq!(encode(&stream), "[\"count\",[1000],7,{\"stream\":16}]\n");
     let err = Frame::Reply {
         id: 3,
         result: Err(RpcError::method_not_found("m")),
@@ -99,7 +111,8 @@ fn meta_ignores_unknown_keys() {
         frame,
         Frame::Request {
             meta: Meta {
-                timeout_ms: Some(9)
+                timeout_ms: Some(9),
+                stream: None,
             },
             ..
         }

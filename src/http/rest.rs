@@ -189,6 +189,7 @@ where
                 id: next_id(),
                 meta: Meta {
                     timeout_ms: timeout,
+                    ..Meta::default()
                 },
             }
         };

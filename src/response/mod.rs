@@ -1,6 +1,8 @@
-//! [`Response`]: the result of a call, and [`IntoReply`] for what handlers may return.
+//! [`Response`]: the result of a call, and [`IntoReply`] for what handlers may return;
+//! [`StreamReply`], a result that is a stream of items.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -10,14 +12,24 @@ use crate::args::Args;
 use crate::error::{Error, Kind, RpcError};
 use crate::wire::{Line, WireText};
 
+mod stream;
+
+pub(crate) use stream::{ItemSource, StreamBody};
+pub use stream::StreamReply;
+
 /// The result of a call, still as JSON: what a handler answered, or what a peer replied.
 ///
 /// A reply a typed call (`Connection::call`) reads is deserialized where it arrived, in the
 /// connection's read buffer; one handed out whole (by [`Caller`](crate::Caller)) is a copy
 /// of its own, as is a `clone`.
+///
+/// A handler's [`StreamReply`] travels through the stack as a `Response` too
+/// ([`Response::is_stream`]): its JSON text reads as `null`, and the connection runs the
+/// stream when the response reaches it. A clone of it shares the one stream, which the first
+/// to run it takes.
 pub struct Response(Repr);
 
-/// Two forms, so a `Response` is 40 bytes (see `Args`' representation).
+/// Three forms, so a `Response` is 40 bytes (see `Args`' representation).
 enum Repr {
     /// Valid JSON text, by construction (serialized here, or checked where it was read);
     /// empty for `null`, by far the most common result (every notification handler's), which
@@ -27,6 +39,8 @@ enum Repr {
     /// alive, so it never reaches code that may keep it (see [`Response::detached`]); the
     /// reader bounds the chunks such replies hold while their callers are yet to read them.
     Wire(WireText),
+    /// A stream of items to run, taken once (a lock, so a `Response` stays `Sync`).
+    Stream(Arc<Mutex<Option<StreamBody>>>),
 }
 
 impl Response {
@@ -44,6 +58,24 @@ impl Response {
 
     fn json(text: Box<str>) -> Self {
         Response(Repr::Json(text))
+    }
+
+    fn stream(body: StreamBody) -> Self {
+        Response(Repr::Stream(Arc::new(Mutex::new(Some(body)))))
+    }
+
+    /// Whether this is a handler's [`StreamReply`], still to run.
+    pub fn is_stream(&self) -> bool {
+        matches!(self.0, Repr::Stream(_))
+    }
+
+    /// The stream to run (`Ok(None)` if a clone took it first), or the response itself if it
+    /// is not a stream.
+    pub(crate) fn into_stream(self) -> Result<Option<StreamBody>, Response> {
+        match self.0 {
+            Repr::Stream(body) => Ok(body.lock().unwrap_or_else(|p| p.into_inner()).take()),
+            _ => Err(self),
+        }
     }
 
     /// Wraps raw JSON.
@@ -66,6 +98,7 @@ impl Response {
             Repr::Json(text) if text.is_empty() => b"null",
             Repr::Json(text) => text.as_bytes(),
             Repr::Wire(text) => text.as_bytes(),
+            Repr::Stream(_) => b"null",
         }
     }
 
@@ -105,6 +138,7 @@ impl Response {
             Repr::Json(text) if text.is_empty() => RawValue::NULL.get(),
             Repr::Json(text) => text,
             Repr::Wire(text) => text.get(),
+            Repr::Stream(_) => RawValue::NULL.get(),
         }
     }
 
@@ -112,6 +146,7 @@ impl Response {
     pub fn into_raw(self) -> Box<RawValue> {
         match self.0 {
             Repr::Json(text) if text.is_empty() => RawValue::NULL.to_owned(),
+            Repr::Stream(_) => RawValue::NULL.to_owned(),
             Repr::Json(text) => {
                 RawValue::from_string(text.into()).expect("a response is valid JSON")
             }
@@ -129,13 +164,19 @@ impl Clone for Response {
         match &self.0 {
             Repr::Json(text) => Response::json(text.clone()),
             Repr::Wire(text) => Response::json(text.get().into()),
+            Repr::Stream(body) => Response(Repr::Stream(body.clone())),
         }
     }
 }
 
+/// Equal JSON text; a stream equals only its clones.
 impl PartialEq for Response {
     fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
+        match (&self.0, &other.0) {
+            (Repr::Stream(a), Repr::Stream(b)) => Arc::ptr_eq(a, b),
+            (Repr::Stream(_), _) | (_, Repr::Stream(_)) => false,
+            _ => self.get() == other.get(),
+        }
     }
 }
 
@@ -143,7 +184,10 @@ impl Eq for Response {}
 
 impl fmt::Debug for Response {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Response({} bytes)", self.get().len())
+        match self.0 {
+            Repr::Stream(_) => f.write_str("Response(stream)"),
+            _ => write!(f, "Response({} bytes)", self.get().len()),
+        }
     }
 }
 
