@@ -1041,3 +1041,31 @@ async fn every_call_resolves_while_its_servers_are_killed_and_restarted() {
     );
     within("shutdown", pool.shutdown(Duration::from_secs(1))).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_stream_stays_on_its_worker_and_ends_closed_when_it_dies() {
+    use futures_util::StreamExt;
+    let pool = workers(2).build().expect("pool");
+    within("two live workers", pool.until_live(2)).await;
+    let mut pids = pool.call_stream::<u32>("pids", ()).window(4);
+    let pid = within("an item", pids.next()).await.unwrap().unwrap();
+    for _ in 0..50 {
+        let next = within("an item", pids.next()).await.unwrap().unwrap();
+        assert_eq!(next, pid, "a stream stays on one worker");
+    }
+    kill9(pid);
+    // The items already come are taken, then the end: a closed error, no retry.
+    let error = within("the stream's end", async {
+        loop {
+            match pids.next().await {
+                Some(Ok(next)) => assert_eq!(next, pid),
+                Some(Err(e)) => return e,
+                None => panic!("the stream ended without an error"),
+            }
+        }
+    })
+    .await;
+    assert!(error.is_closed(), "{error}");
+    assert!(within("the end", pids.next()).await.is_none());
+    within("the shutdown", pool.shutdown(Duration::from_secs(2))).await;
+}

@@ -165,6 +165,10 @@ fn router() -> Router {
             let n = counted.load(Ordering::SeqCst);
             async move { n }
         })
+        // A stream of this worker's pid, for ever.
+        .route("pids", || async {
+            diarrhoea::StreamReply::new(futures_util::stream::repeat(std::process::id()))
+        })
         .route("ask_parent", |conn: Connection, n: i64| async move {
             conn.call::<i64>("double", (n,)).await
         })

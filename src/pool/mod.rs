@@ -133,7 +133,7 @@ use self::balance::{Balanced, Balancing};
 use self::metrics::SlotStats;
 use self::roster::Roster;
 use self::worker::{Health, Source};
-use crate::connection::{Builder, Caller, Config, Connection, Poster};
+use crate::connection::{Builder, CallStream, Caller, Config, Connection, Poster};
 use crate::error::{BoxError, Error};
 use crate::request::Request;
 use crate::response::Response;
@@ -453,6 +453,38 @@ impl Pool {
     ) -> Result<R, Error> {
         let request = Request::new(method, args)?;
         self.caller().oneshot(request).await?.deserialize()
+    }
+
+    /// Calls `method`, which answers with a stream of items, on one worker, and returns the
+    /// stream; see [`Connection::call_stream`]. The worker is picked on the first poll (the
+    /// live one with the fewest calls in flight, waiting while none is live), and the stream
+    /// stays on it: if that worker dies, the stream ends with an [`Error::is_closed`] error,
+    /// and is not retried elsewhere mid-stream. The workers' in-flight counts (balancing,
+    /// [`metrics`](Self::metrics), [`shutdown`](Self::shutdown)'s wait) do not count streams.
+    pub fn call_stream<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+    ) -> CallStream<T> {
+        let pool = self.inner.clone();
+        let pick = async move {
+            let shared = &pool.shared;
+            loop {
+                if shared.is_closing() {
+                    return Err(Error::closed());
+                }
+                let live = shared.roster.live();
+                let least_busy = live.iter().min_by_key(|worker| worker.stats.in_flight());
+                if let Some(worker) = least_busy {
+                    return Ok(worker.conn.clone());
+                }
+                tokio::select! {
+                    _ = shared.roster.until(|live| live > 0) => {}
+                    _ = shared.closing.cancelled() => {}
+                }
+            }
+        };
+        CallStream::on_pick(pick, method, crate::args::Args::new(&args))
     }
 
     /// Sends a notification to one worker.

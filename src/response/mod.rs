@@ -14,7 +14,7 @@ use crate::wire::{Line, WireText};
 
 mod stream;
 
-pub(crate) use stream::{ItemSource, StreamBody};
+pub(crate) use stream::StreamBody;
 pub use stream::StreamReply;
 
 /// The result of a call, still as JSON: what a handler answered, or what a peer replied.
