@@ -140,7 +140,10 @@ async fn dropping_the_stream_stops_the_producer_within_the_credit_outstanding() 
     // What the producer made beyond what was taken is what the credit outstanding at the
     // drop allowed: at most the window.
     let beyond = watch.produced() - taken;
-    assert!(beyond <= window as u64, "{beyond} items produced after the drop");
+    assert!(
+        beyond <= window as u64,
+        "{beyond} items produced after the drop"
+    );
     // The connection goes on.
     assert_eq!(conn.call::<i64>("add", (1, 2)).await.unwrap(), 3);
     assert_eq!(conn.pending_calls(), 0);
@@ -153,7 +156,10 @@ async fn an_err_item_ends_the_stream_with_its_error_reply() {
     for n in 0..3 {
         assert_eq!(within("an item", items.next()).await.unwrap().unwrap(), n);
     }
-    let error = within("the error", items.next()).await.unwrap().unwrap_err();
+    let error = within("the error", items.next())
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(error.remote().unwrap().code, 4000, "{error}");
     assert!(within("the end", items.next()).await.is_none());
     assert!(items.trailer().is_none());
@@ -190,7 +196,10 @@ async fn the_deadline_covers_the_whole_stream() {
     within("the producer to be dropped", watch.dropped.notified()).await;
     let error = within("the timeout", items.next()).await.unwrap();
     let error = match error {
-        Ok(1) => within("the timeout", items.next()).await.unwrap().unwrap_err(),
+        Ok(1) => within("the timeout", items.next())
+            .await
+            .unwrap()
+            .unwrap_err(),
         other => other.unwrap_err(),
     };
     assert_eq!(error.remote().unwrap().code, code::TIMEOUT, "{error}");
@@ -246,7 +255,10 @@ async fn the_stream_limit_refuses_one_more_with_32002() {
         open.push(items);
     }
     let mut refused = conn.call_stream::<u64>("endless", ());
-    let error = within("the refusal", refused.next()).await.unwrap().unwrap_err();
+    let error = within("the refusal", refused.next())
+        .await
+        .unwrap()
+        .unwrap_err();
     let rpc = error.remote().unwrap();
     assert_eq!(rpc.code, code::OVERLOADED, "{error}");
     assert_eq!(rpc.data.as_ref().unwrap()["limit"], "max_streams");
@@ -290,7 +302,9 @@ async fn plain_calls_are_answered_while_a_stream_floods() {
         panic!("the endless stream ended after {taken} items");
     });
     for i in 0..100 {
-        let sum: i64 = within("a plain call's reply", conn.call("add", (i, 1))).await.unwrap();
+        let sum: i64 = within("a plain call's reply", conn.call("add", (i, 1)))
+            .await
+            .unwrap();
         assert_eq!(sum, i + 1);
     }
     assert!(watch.produced() > 0);
@@ -310,4 +324,217 @@ async fn a_stream_request_to_a_method_that_does_not_stream_gets_its_one_reply() 
     let rpc = error.remote().unwrap();
     assert_eq!(rpc.code, code::INVALID_FRAME, "{error}");
     assert!(rpc.message.contains("meta.stream"), "{}", rpc.message);
+}
+
+// Hostile input: each frame gets the answer docs/PROTOCOL.md gives it, and the connection
+// goes on.
+
+/// A raw peer on a stream server, the server side's events, and the producer's watch.
+async fn raw_setup() -> (TestServer, RawPeer, diarrhoea::Events, Watch) {
+    let watch = Watch::default();
+    let mut server = TestServer::start(stream_router(&watch));
+    let peer = RawPeer::connect(server.path()).await;
+    let events = server.accept().await.events();
+    (server, peer, events, watch)
+}
+
+/// A round trip: everything the peer sent before has been handled when it returns.
+async fn round_trip(peer: &mut RawPeer, id: u64) {
+    peer.send(format!("[\"add\",[1,1],{id}]\n")).await;
+    assert_eq!(peer.recv().await, json!([id, 2]));
+}
+
+#[tokio::test]
+async fn credit_that_is_not_an_unsigned_integer_is_ignored_with_a_warning() {
+    let (_server, mut peer, mut events, watch) = raw_setup().await;
+    peer.send("[\"endless\",[],7,{\"stream\":1}]\n").await;
+    assert_eq!(peer.recv().await, json!(["$/item", [7, 0]]));
+    for bad in [
+        "-1",
+        "1.5",
+        "18446744073709551616",
+        "1e400",
+        "\"5\"",
+        "null",
+    ] {
+        peer.send(format!("[\"$/credit\",[7,{bad}]]\n")).await;
+        round_trip(&mut peer, 100).await;
+        event_now(&mut events, bad, is_warning_with_code(code::INVALID_PARAMS)).await;
+    }
+    for bad in ["[7]", "[]", "[7,1,2]", "[\"7\",1]"] {
+        peer.send(format!("[\"$/credit\",{bad}]\n")).await;
+        round_trip(&mut peer, 101).await;
+        event_now(&mut events, bad, is_warning_with_code(code::INVALID_PARAMS)).await;
+    }
+    // None of them granted anything.
+    assert_eq!(watch.produced(), 1);
+    // Zero is a grant of nothing: no event, no item.
+    peer.send("[\"$/credit\",[7,0]]\n").await;
+    round_trip(&mut peer, 102).await;
+    assert_no_event(&mut events, "a zero grant").await;
+    assert_eq!(watch.produced(), 1);
+    // As a request, it is reserved: -32601.
+    peer.send("[\"$/credit\",[7,1],9]\n").await;
+    let refused = peer.recv().await;
+    assert_eq!(
+        (refused[0].clone(), refused[2]["code"].clone()),
+        (json!(9), json!(code::METHOD_NOT_FOUND))
+    );
+    assert_eq!(watch.produced(), 1);
+}
+
+#[tokio::test]
+async fn a_huge_grant_means_no_limit() {
+    let (_server, mut peer, _events, _watch) = raw_setup().await;
+    peer.send("[\"endless\",[],7,{\"stream\":0}]\n").await;
+    round_trip(&mut peer, 100).await;
+    // u64::MAX, twice: the credit saturates, it does not wrap.
+    for _ in 0..2 {
+        peer.send("[\"$/credit\",[7,18446744073709551615]]\n").await;
+    }
+    for n in 0..10_000 {
+        assert_eq!(peer.recv().await, json!(["$/item", [7, n]]));
+    }
+    peer.send("[\"$/cancel\",[7]]\n").await;
+    // Items already queued may come before the -32800.
+    loop {
+        let line = peer.recv().await;
+        if line[0] == "$/item" {
+            continue;
+        }
+        assert_eq!(
+            (line[0].clone(), line[2]["code"].clone()),
+            (json!(7), json!(code::CANCELLED))
+        );
+        break;
+    }
+}
+
+#[tokio::test]
+async fn credit_for_no_open_stream_is_ignored_quietly() {
+    let (_server, mut peer, mut events, watch) = raw_setup().await;
+    // Before the stream starts: not kept for it.
+    peer.send("[\"$/credit\",[7,5]]\n").await;
+    peer.send("[\"endless\",[],7,{\"stream\":1}]\n").await;
+    assert_eq!(peer.recv().await, json!(["$/item", [7, 0]]));
+    round_trip(&mut peer, 100).await;
+    assert_eq!(watch.produced(), 1, "the early credit did not count");
+    // An unknown id.
+    peer.send("[\"$/credit\",[12345,5]]\n").await;
+    round_trip(&mut peer, 101).await;
+    // A request in flight that is not a stream.
+    peer.send("[\"sleep\",[100],8]\n").await;
+    peer.send("[\"$/credit\",[8,5]]\n").await;
+    assert_eq!(peer.recv().await, json!([8, 100]));
+    // A finished stream.
+    peer.send("[\"count\",[2],9,{\"stream\":5}]\n").await;
+    assert_eq!(peer.recv().await, json!(["$/item", [9, 0]]));
+    assert_eq!(peer.recv().await, json!(["$/item", [9, 1]]));
+    assert_eq!(peer.recv().await, json!([9, 2]));
+    peer.send("[\"$/credit\",[9,5]]\n").await;
+    round_trip(&mut peer, 102).await;
+    assert_no_event(&mut events, "credit for no open stream").await;
+    assert_eq!(watch.produced(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_request_whose_meta_stream_is_not_an_unsigned_integer_is_invalid() {
+    let (_server, mut peer, _events, watch) = raw_setup().await;
+    for (id, bad) in [
+        "\"16\"",
+        "-1",
+        "1.5",
+        "1e400",
+        "18446744073709551616",
+        "null",
+        "[16]",
+    ]
+    .iter()
+    .enumerate()
+    {
+        peer.send(format!("[\"endless\",[],{id},{{\"stream\":{bad}}}]\n"))
+            .await;
+        let reply = peer.recv().await;
+        assert_eq!(reply[0], json!(id), "{bad}");
+        assert_eq!(
+            reply[2]["code"],
+            json!(code::INVALID_FRAME),
+            "{bad}: {reply}"
+        );
+    }
+    round_trip(&mut peer, 100).await;
+    assert_eq!(watch.produced(), 0);
+}
+
+#[tokio::test]
+async fn an_item_for_a_call_that_asked_for_no_stream_is_dropped_with_a_warning() {
+    let (conn, mut peer) = in_memory(Config::new(), Router::new());
+    let mut events = conn.events();
+    // For no call at all.
+    peer.send("[\"$/item\",[5,\"stray\"]]\n").await;
+    // For a plain call: dropped, and the call still gets its reply.
+    let call = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.call::<u64>("add", (1, 2)).await }
+    });
+    let request = peer.recv().await;
+    let id = request[2].as_u64().unwrap();
+    peer.send(format!("[\"$/item\",[{id},1]]\n[{id},3]\n"))
+        .await;
+    assert_eq!(within("the reply", call).await.unwrap().unwrap(), 3);
+    for what in ["an item for no call", "an item for a plain call"] {
+        next_event(&mut events, what, is_warning_with_code(code::INVALID_FRAME)).await;
+    }
+    // Malformed: not [id, item].
+    for bad in ["[]", "[\"5\",1]", "5", "[-1,1]"] {
+        peer.send(format!("[\"$/item\",{bad}]\n")).await;
+        next_event(&mut events, bad, |e| {
+            is_warning_with_code(code::INVALID_PARAMS)(e)
+                || is_error_with_code(code::INVALID_FRAME)(e)
+        })
+        .await;
+    }
+    // As a request, reserved.
+    peer.send("[\"$/item\",[5,1],77]\n").await;
+    let refused = peer.recv().await;
+    assert_eq!(refused[2]["code"], json!(code::METHOD_NOT_FOUND));
+}
+
+#[tokio::test]
+async fn items_beyond_the_credit_end_the_stream_and_cancel_it() {
+    let (conn, mut peer) = in_memory(Config::new(), Router::new());
+    let mut events = conn.events();
+    let mut items = conn.call_stream::<u64>("count", (10,)).window(2);
+    let taking = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(item) = items.next().await {
+            got.push(item);
+        }
+        got
+    });
+    let request = peer.recv().await;
+    assert_eq!(request[3], json!({"stream": 2}));
+    let id = request[2].as_u64().unwrap();
+    peer.send(format!(
+        "[\"$/item\",[{id},0]]\n[\"$/item\",[{id},1]]\n[\"$/item\",[{id},2]]\n"
+    ))
+    .await;
+    next_event(
+        &mut events,
+        "the overrun",
+        is_error_with_code(code::INVALID_FRAME),
+    )
+    .await;
+    // The peer is told to stop.
+    let cancel = loop {
+        let line = peer.recv().await;
+        if line[0] == "$/cancel" {
+            break line;
+        }
+        assert_eq!(line[0], "$/credit", "{line}");
+    };
+    assert_eq!(cancel, json!(["$/cancel", [id]]));
+    let got = within("the stream's end", taking).await.unwrap();
+    let error = got.last().unwrap().as_ref().unwrap_err();
+    assert!(error.is_protocol(), "{error}");
 }

@@ -161,7 +161,8 @@ pub(super) async fn run(
                     // of the inbound buffer (`Config::max_streams` bounds streams).
                     let task_shared = shared.clone();
                     let task = tasks.spawn(async move {
-                        let stream = Serving::new(deadline, streaming::run(&task_shared, id, running));
+                        let stream =
+                            Serving::new(deadline, streaming::run(&task_shared, id, running));
                         let result = within(deadline, stream).await;
                         answer(&task_shared, id, result).await;
                     });

@@ -92,13 +92,11 @@ impl Inbox {
         let shared = &self.shared;
         let call = match call {
             // A stream's frames take effect here, at once, whatever waits to be dispatched.
-            Frame::Notification { method, args } if method.starts_with("$/") => {
-                match &*method {
-                    ITEM_METHOD => return Ok(self.item(args)),
-                    CREDIT_METHOD => return Ok(self.credit(&args)),
-                    _ => Frame::Notification { method, args },
-                }
-            }
+            Frame::Notification { method, args } if method.starts_with("$/") => match &*method {
+                ITEM_METHOD => return Ok(self.item(args)),
+                CREDIT_METHOD => return Ok(self.credit(&args)),
+                _ => Frame::Notification { method, args },
+            },
             call => call,
         };
         let cost = (call.payload_len() + FRAME_OVERHEAD).min(shared.config.inbound_buffer);
@@ -283,8 +281,13 @@ fn deadline_of(local: Option<Duration>, req: &Request) -> Option<Duration> {
 fn item_id(args: &[u8]) -> Option<u64> {
     let digits = args.get(1..)?;
     let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-    if (1..=15).contains(&len) && digits.get(len) == Some(&b',') && (digits[0] != b'0' || len == 1) {
-        return Some(digits[..len].iter().fold(0, |id, d| id * 10 + u64::from(d - b'0')));
+    if (1..=15).contains(&len) && digits.get(len) == Some(&b',') && (digits[0] != b'0' || len == 1)
+    {
+        return Some(
+            digits[..len]
+                .iter()
+                .fold(0, |id, d| id * 10 + u64::from(d - b'0')),
+        );
     }
     let (id, _): (u64, serde::de::IgnoredAny) = serde_json::from_slice(args).ok()?;
     (id <= crate::frame::MAX_ID).then_some(id)

@@ -250,7 +250,11 @@ impl Pending {
             return Poll::Ready(StreamEvent::Item(item));
         }
         if stream.end.is_none() {
-            if stream.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            if stream
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
                 return Poll::Pending;
             }
             let old = stream.waker.replace(cx.waker().clone());
@@ -565,7 +569,11 @@ mod tests {
         assert_eq!(pending.item(1, item(2)), ItemDelivery::Delivered);
         assert_eq!(pending.len(), 1, "a stream without its end waits");
         pending.complete(1, Ok(Response::new(&3).unwrap()));
-        assert_eq!(pending.item(1, item(9)), ItemDelivery::NotStream, "after the end");
+        assert_eq!(
+            pending.item(1, item(9)),
+            ItemDelivery::NotStream,
+            "after the end"
+        );
         for n in 0..3 {
             match poll_stream(&pending, 1) {
                 Poll::Ready(StreamEvent::Item(args)) => assert_eq!(args, item(n)),

@@ -56,15 +56,14 @@ impl Answer {
             Ok(response) if response.is_stream() => response,
             other => return Answer::Reply(other),
         };
-        let body = match response.into_stream() {
-            Ok(Some(body)) => body,
-            Ok(None) => {
-                return Answer::Reply(Err(RpcError::internal(
+        let body =
+            match response.into_stream() {
+                Ok(Some(body)) => body,
+                Ok(None) => return Answer::Reply(Err(RpcError::internal(
                     "the stream of this reply was run already (a clone of it was answered first)",
-                )))
-            }
-            Err(response) => return Answer::Reply(Ok(response)),
-        };
+                ))),
+                Err(response) => return Answer::Reply(Ok(response)),
+            };
         let Some(credit) = shared.in_flight.credit(id) else {
             return Answer::Reply(Err(not_asked()));
         };

@@ -207,7 +207,10 @@ where
         // strings (where JSON allows none) a space means the same.
         let written = &mut buf[start..];
         if memchr::memchr(b'\n', written).is_some() {
-            written.iter_mut().filter(|b| **b == b'\n').for_each(|b| *b = b' ');
+            written
+                .iter_mut()
+                .filter(|b| **b == b'\n')
+                .for_each(|b| *b = b' ');
         }
         Ok(())
     }
@@ -253,7 +256,10 @@ mod tests {
     #[test]
     fn items_are_written_as_json_and_the_trailer_comes_last() {
         let mut b = body(StreamReply::new(Iter(0..3u64)).trailer("done"));
-        assert_eq!(drain(&mut b), (vec!["0".into(), "1".into(), "2".into()], None));
+        assert_eq!(
+            drain(&mut b),
+            (vec!["0".into(), "1".into(), "2".into()], None)
+        );
         assert_eq!(b.into_trailer().unwrap().get(), r#""done""#);
         let b = body(StreamReply::new(Iter(0..0u64)));
         assert_eq!(b.into_trailer().unwrap(), Response::null());
