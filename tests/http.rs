@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use diarrhoea::{code, Config, PeerInfo, Router, RpcError};
+use diarrhoea::{code, Config, PeerInfo, Router, RpcError, StreamReply};
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -29,6 +30,15 @@ const MAX: usize = 64 * 1024;
 
 #[derive(Clone, Debug)]
 struct User(String);
+
+/// Items the `endless` stream has made; one test uses it.
+static ENDLESS_PRODUCED: AtomicU64 = AtomicU64::new(0);
+/// Tells when an `endless` stream is dropped.
+static ENDLESS_DROPPED: std::sync::LazyLock<tokio::sync::Notify> =
+    std::sync::LazyLock::new(tokio::sync::Notify::new);
+
+/// Held by an `endless` stream: tells its drop.
+struct DropTell;
 
 /// `add`, `echo`, `fail(code)` (an error reply with that code and data), `sleep(ms)`,
 /// `panic()`, `note(x)` (records x), `whoami()`.
@@ -53,6 +63,26 @@ fn router(notes: mpsc::UnboundedSender<String>) -> Router {
             async move {
                 let _ = notes.send(x);
             }
+        })
+        .route("count", |n: u64| async move {
+            StreamReply::new(futures_util::stream::iter(0..n)).trailer(n)
+        })
+        .route("fails_at", |n: u64| async move {
+            StreamReply::try_new(futures_util::stream::iter(0..).map(move |i: u64| {
+                if i == n {
+                    Err(RpcError::new(4000, "failed on purpose"))
+                } else {
+                    Ok(i)
+                }
+            }))
+        })
+        .route("endless", || async {
+            let guard = DropTell;
+            StreamReply::new(futures_util::stream::iter(0u64..).map(move |n| {
+                let _ = &guard;
+                ENDLESS_PRODUCED.fetch_add(1, Ordering::SeqCst);
+                n
+            }))
         })
         .route("whoami", |peer: PeerInfo| async move {
             let http = peer.http().expect("an HTTP peer");
@@ -411,4 +441,89 @@ async fn each_http_call_gets_its_own_id() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 3, "the ids repeat: {ids:?}");
+}
+
+#[tokio::test]
+async fn a_stream_answers_ndjson_or_server_sent_events_by_accept() {
+    let s = server().await;
+    let ndjson = [("accept", "application/x-ndjson")];
+    let (status, body) = post(s.addr, "count", "[3]", &ndjson).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "{\"item\":0}\n{\"item\":1}\n{\"item\":2}\n{\"trailer\":3}\n");
+    let sse = [("accept", "text/event-stream")];
+    let (status, body) = post(s.addr, "count", "[2]", &sse).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        "event: item\ndata: 0\n\nevent: item\ndata: 1\n\nevent: trailer\ndata: 2\n\n"
+    );
+    // An error item ends the body with the error, after the items before it.
+    let (status, body) = post(s.addr, "fails_at", "[1]", &ndjson).await;
+    assert_eq!(status, 200);
+    let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0], json!({"item": 0}));
+    assert_eq!(lines[1]["error"]["code"], 4000);
+    // A method that does not stream: its one reply as the end.
+    let (status, body) = post(s.addr, "add", "[1,2]", &ndjson).await;
+    assert_eq!((status, body.as_str()), (200, "{\"trailer\":3}\n"));
+    // A method that streams, asked for JSON: refused.
+    let (status, body) = post(s.addr, "count", "[3]", &[]).await;
+    assert_eq!((status, error_of(&body).code), (400, code::INVALID_FRAME));
+    // Errors before the stream starts keep their status.
+    let (status, body) = post(s.addr, "count", "[\"x\"]", &ndjson).await;
+    assert_eq!((status, error_of(&body).code), (400, code::INVALID_PARAMS));
+}
+
+#[tokio::test]
+async fn an_http_client_that_stops_reading_stops_the_stream_and_one_that_leaves_drops_it() {
+    let s = server().await;
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /rpc/endless HTTP/1.1\r\nHost: test\r\nAccept: application/x-ndjson\r\n\
+              Content-Length: 2\r\n\r\n[]",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Not reading: the socket buffers fill, hyper stops asking for chunks, and the stream
+    // is no longer polled. Wait until the count holds still for 200 ms.
+    let mut last = ENDLESS_PRODUCED.load(Ordering::SeqCst);
+    let held = within("the producer to stop", async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = ENDLESS_PRODUCED.load(Ordering::SeqCst);
+            if now == last && now > 0 {
+                return now;
+            }
+            last = now;
+        }
+    })
+    .await;
+    // What the producer made is what the socket buffers and hyper's write buffer hold: a
+    // bound in bytes (each item is about 20 on the wire), not a growing queue. 2 million
+    // items would be 40 MB, far over any loopback socket's buffers.
+    assert!(held < 2_000_000, "{held} items made for a client that does not read");
+    // Reading resumes it.
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..8 {
+        within("more of the body", stream.read(&mut buf)).await.unwrap();
+    }
+    within("the producer to go on", async {
+        while ENDLESS_PRODUCED.load(Ordering::SeqCst) == held {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Leaving drops the stream.
+    let dropped = ENDLESS_DROPPED.notified();
+    drop(stream);
+    within("the stream to be dropped", dropped).await;
+}
+
+impl Drop for DropTell {
+    fn drop(&mut self) {
+        ENDLESS_DROPPED.notify_one();
+    }
 }

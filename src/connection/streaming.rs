@@ -9,6 +9,8 @@
 //! the same connection are never stuck behind them.
 
 use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
+use std::task::Poll;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -107,7 +109,13 @@ pub(super) async fn run(shared: &Shared, id: u64, running: Running) -> Result<Re
                 "stream stopped: the caller can grant no more credit",
             ));
         }
-        match poll_fn(|cx| body.items.as_mut().poll_item(cx)).await {
+        // A panicking stream ends with -32603, as a panicking handler does.
+        let next = poll_fn(|cx| {
+            let items = &mut body.items;
+            std::panic::catch_unwind(AssertUnwindSafe(|| items.as_mut().poll_item(cx)))
+                .unwrap_or_else(|_| Poll::Ready(Some(Err(RpcError::internal("stream panicked")))))
+        });
+        match next.await {
             None => break,
             Some(Err(error)) => return Err(error),
             Some(Ok(())) => {}
@@ -118,7 +126,13 @@ pub(super) async fn run(shared: &Shared, id: u64, running: Running) -> Result<Re
             .outgoing
             .send_item(|buf| {
                 let start = buf.len();
-                encode_item(buf, id, |buf| items.as_mut().write_item(buf)).map_err(|error| {
+                let write = |buf: &mut _| {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| items.as_mut().write_item(buf)))
+                        .unwrap_or_else(|_| {
+                            Err(RpcError::internal("item serialization panicked"))
+                        })
+                };
+                encode_item(buf, id, write).map_err(|error| {
                     failed = Some(error);
                     Error::new(Kind::Encode)
                 })?;

@@ -13,6 +13,7 @@
 //! | `ws` | how an axum route upgrades a request and runs a connection over it |
 //! | `client` | how a client connects to a `ws://` URL |
 //! | `rest` | how `POST {prefix}/{method}` becomes one request through the stack, and its status |
+//! | `stream_body` | how a stream reply goes out as NDJSON or server-sent events, paced by the HTTP connection |
 //!
 //! Because both are axum routes, the host server's tower-http layers (authentication, CORS,
 //! compression, request limits, tracing) apply as to any route. What they learn about the
@@ -77,6 +78,7 @@
 mod client;
 mod rest;
 mod socket;
+mod stream_body;
 mod ws;
 
 use axum::http::{header, StatusCode};

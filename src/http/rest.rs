@@ -22,8 +22,9 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::value::RawValue;
 use tower::{Service, ServiceExt};
 
+use super::stream_body::{self, Format};
 use crate::args::Args;
-use crate::connection::Config;
+use crate::connection::{not_asked, Config};
 use crate::error::{code, BoxError, RpcError};
 use crate::frame::{Frame, Meta, MAX_ID};
 use crate::peer::{HttpPeer, Identity, PeerInfo};
@@ -59,6 +60,9 @@ pub struct Rest<S> {
 /// | a body that grows over it | `413` (-32003) once the limit is passed; the rest is never read |
 /// | a body that is not JSON | `400` (-32700) |
 /// | JSON that is not an array | `400` (-32600) |
+/// | `Accept: application/x-ndjson` or `text/event-stream`, to a method that streams ([`StreamReply`](crate::StreamReply)) | `200`, one item per NDJSON line or server-sent event, then the trailer or the error; paced by the HTTP connection |
+/// | the same, to a method that does not stream | `200` in that format: no item, its one reply as the trailer |
+/// | a method that streams, without such an `Accept` | `400` (-32600) |
 ///
 /// Any `Content-Type` is taken (`curl -d` sends a form type); the body is read as JSON.
 ///
@@ -125,24 +129,36 @@ where
     }
 
     async fn call(&self, method: String, req: axum::extract::Request) -> HttpResponse {
-        match self.try_call(method, req).await {
-            Ok(Some(response)) => (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                response.get().to_owned(),
-            )
-                .into_response(),
-            Ok(None) => StatusCode::ACCEPTED.into_response(),
-            Err(error) => super::error_response(status_of(error.code), &error),
-        }
+        let streaming = Format::accepted(req.headers());
+        let (response, deadline) = match self.try_call(method, req).await {
+            Ok((Some(response), deadline)) => (response, deadline),
+            Ok((None, _)) => return StatusCode::ACCEPTED.into_response(),
+            Err(error) => return super::error_response(status_of(error.code), &error),
+        };
+        let error = match (response.into_stream(), streaming) {
+            (Ok(Some(body)), Some(format)) => return stream_body::response(format, body, deadline),
+            (Ok(Some(_)), None) => not_asked(),
+            (Ok(None), _) => RpcError::internal("the stream of this reply was run already"),
+            (Err(reply), Some(format)) => return stream_body::single(format, reply),
+            (Err(reply), None) => {
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    reply.get().to_owned(),
+                )
+                    .into_response()
+            }
+        };
+        super::error_response(status_of(error.code), &error)
     }
 
-    /// The result of a call (`Some`) or of a notification (`None`), or the error to answer.
+    /// The result of a call (`Some`) or of a notification (`None`) and the deadline of what
+    /// is left to do (a stream), or the error to answer.
     async fn try_call(
         &self,
         method: String,
         req: axum::extract::Request,
-    ) -> Result<Option<Response>, RpcError> {
+    ) -> Result<(Option<Response>, Option<tokio::time::Instant>), RpcError> {
         let (parts, body) = req.into_parts();
         let max = self.config.max_frame_size;
         // Refused before a byte of the body is read.
@@ -229,7 +245,7 @@ where
             },
         };
         let response = outcome.unwrap_or_else(|panic| Err(panicked(panic)))?;
-        Ok((!notify).then_some(response))
+        Ok(((!notify).then_some(response), deadline))
     }
 }
 
