@@ -44,6 +44,9 @@ fn router() -> Router {
         .route("add", |a: i64, b: i64| async move { a + b })
         .route("echo", |args: Args| async move { args })
         .route("whoami", whoami)
+        .route("count", |n: u64| async move {
+            diarrhoea::StreamReply::new(futures_util::stream::iter(0..n)).trailer(n)
+        })
         .route("sleep", |ms: u64| async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             ms
@@ -570,4 +573,30 @@ async fn shutdown_finishes_calls_in_flight_refuses_new_ones_then_closes() {
     let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
     assert!(chain.contains("503"), "{chain}");
     task.abort();
+}
+
+#[tokio::test]
+async fn a_stream_over_websocket_speaks_the_same_protocol() {
+    let server = server(Config::new(), 16).await;
+    // The client's stream, credit and all.
+    let client = Connection::connect_ws(server.url()).await.unwrap();
+    let mut items = client.call_stream::<u64>("count", (1000,)).window(8);
+    let mut seen = 0;
+    while let Some(item) = within("an item", items.next()).await {
+        assert_eq!(item.unwrap(), seen);
+        seen += 1;
+    }
+    assert_eq!((seen, items.trailer_as::<u64>().unwrap().unwrap()), (1000, 1000));
+    // The frames themselves.
+    let mut ws = raw_client(&server.url()).await;
+    ws.send(Message::text(r#"["count",[5],1,{"stream":2}]"#))
+        .await
+        .unwrap();
+    assert_eq!(recv_json(&mut ws).await, json!(["$/item", [1, 0]]));
+    assert_eq!(recv_json(&mut ws).await, json!(["$/item", [1, 1]]));
+    ws.send(Message::text(r#"["$/credit",[1,10]]"#)).await.unwrap();
+    for n in 2..5 {
+        assert_eq!(recv_json(&mut ws).await, json!(["$/item", [1, n]]));
+    }
+    assert_eq!(recv_json(&mut ws).await, json!([1, 5]));
 }
