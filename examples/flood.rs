@@ -4,7 +4,7 @@
 //! and stdout.
 //!
 //! ```text
-//! cargo run --release --example flood -- [--transport unix|tcp|tls|ws|stdio] [--mode notify|call]
+//! cargo run --release --example flood -- [--transport unix|tcp|tls|ws|stdio] [--mode notify|call|stream]
 //!     [--clients N] [--seconds S] [--inflight K] [--payload BYTES] [--server-threads T]
 //!     [--timeout-ms N] [--concurrency N] [--global-concurrency N] [--load-shed] [--rate N]
 //! ```
@@ -44,6 +44,13 @@
 //!   backpressure bounds them).
 //! - `--mode call`: each client keeps K `echo(x, seq)` calls waiting for their replies (default
 //!   256). `--clients 1 --inflight 1 --mode call` measures sequential latency.
+//! - `--mode stream`: each client opens one stream, `count(n)` with an `n` it never reaches
+//!   (`Connection::call_stream`), takes its items `0, 1, 2, ...` as fast as they come for the
+//!   flood's duration, then drops the stream (which cancels it). `--inflight K` is the
+//!   stream's credit window (default 256, the crate's default). The line has `items_per_s`
+//!   (items taken per second over all clients) instead of `msgs_per_s`; `sent` is the items
+//!   the server sent up to the last one taken (the last item + 1), `lost` the items missing
+//!   from the sequence, and there is no latency (`p50_us`, `p99_us` are null).
 //! - `--payload BYTES`: the length of the string `x` (default 10, like Node's `"flood12345"`).
 //! - Limit flags wrap the server's router in stock tower layers, built per connection:
 //!   `--timeout-ms` (Timeout), `--concurrency` (ConcurrencyLimit per connection),
@@ -100,7 +107,7 @@ const DRAIN: Duration = Duration::from_secs(5);
     after_help = "Meter lines go to stderr; the final JSON line goes to stdout."
 )]
 struct Opts {
-    /// Ping/pong notifications or echo calls
+    /// Ping/pong notifications, echo calls, or one stream of items per client
     #[arg(long, value_enum, default_value_t = Mode::Notify)]
     mode: Mode,
     /// How clients reach the server: a Unix socket, TCP on 127.0.0.1 (a free port), TLS over
@@ -120,8 +127,8 @@ struct Opts {
         value_parser = value_parser!(u64).range(1..)
     )]
     seconds: u64,
-    /// Per client: pings unanswered (notify, default 1024, 0 = unbounded) or calls waiting
-    /// (call, default 256)
+    /// Per client: pings unanswered (notify, default 1024, 0 = unbounded), calls waiting
+    /// (call, default 256), or the stream's credit window (stream, default 256)
     #[arg(long, value_name = "K")]
     inflight: Option<usize>,
     /// Length of the string argument
@@ -165,6 +172,7 @@ struct Opts {
 enum Mode {
     Notify,
     Call,
+    Stream,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -205,13 +213,14 @@ impl Opts {
         self.mode == Mode::Call
     }
 
-    /// Pings or calls a client keeps unanswered; 0 means unbounded (notify mode only).
+    /// Pings or calls a client keeps unanswered, or its stream's window; 0 means unbounded
+    /// (notify mode only).
     fn inflight(&self) -> usize {
-        match (self.inflight, self.call_mode()) {
-            (Some(k), true) => k.max(1),
-            (Some(k), false) => k,
-            (None, true) => 256,
-            (None, false) => 1024,
+        match (self.inflight, self.mode) {
+            (Some(k), Mode::Notify) => k,
+            (Some(k), Mode::Call | Mode::Stream) => k.max(1),
+            (None, Mode::Call | Mode::Stream) => 256,
+            (None, Mode::Notify) => 1024,
         }
     }
 
@@ -458,15 +467,18 @@ fn parent(opts: &Opts) -> Result<(), BoxError> {
     for r in &results {
         merge_sparse(&mut histogram, &r["histogram"]);
     }
-    let quantile_us = |q: f64| round2(histogram.value_at_quantile(q) as f64 / 1e3);
-    let summary = json!({
+    let stream = opts.mode == Mode::Stream;
+    // A stream has no round trips to time.
+    let quantile_us =
+        |q: f64| (!stream).then(|| round2(histogram.value_at_quantile(q) as f64 / 1e3));
+    let rate_key = if stream { "items_per_s" } else { "msgs_per_s" };
+    let mut summary = json!({
         "mode": name(opts.mode),
         "transport": name(opts.transport),
         "clients": opts.clients,
         "seconds": opts.seconds,
         "inflight": opts.inflight(),
         "payload": opts.payload,
-        "msgs_per_s": rate.round() as u64,
         "p50_us": quantile_us(0.50),
         "p99_us": quantile_us(0.99),
         "sent": sent,
@@ -484,6 +496,7 @@ fn parent(opts: &Opts) -> Result<(), BoxError> {
             "rate": opts.rate,
         },
     });
+    summary[rate_key] = json!(rate.round() as u64);
     drop(dir);
     for failure in &failures {
         eprintln!("flood: {failure}");
@@ -533,6 +546,14 @@ async fn ping(peer: Connection, x: String, time: u64) -> Result<(), diarrhoea::E
 async fn echo(args: Args) -> Args {
     SERVER_RECEIVED.fetch_add(1, Relaxed);
     args
+}
+
+/// The items `0..n`, counted as the server sends them, then the trailer `n`.
+async fn count(n: u64) -> diarrhoea::StreamReply<u64> {
+    let items = futures_util::StreamExt::inspect(futures_util::stream::iter(0..n), |_| {
+        SERVER_RECEIVED.fetch_add(1, Relaxed);
+    });
+    diarrhoea::StreamReply::new(items).trailer(n)
 }
 
 /// Counts the work the limit layers refused, then passes the error on (it becomes -32001 or
@@ -605,7 +626,10 @@ fn stack(
 }
 
 async fn serve(opts: &Opts) -> Result<(), BoxError> {
-    let router = Router::new().route("ping", ping).route("echo", echo);
+    let router = Router::new()
+        .route("ping", ping)
+        .route("echo", echo)
+        .route("count", count);
     let global = opts.global_concurrency.map(|n| Arc::new(Semaphore::new(n)));
     // Over stdio, stdout carries the frames: everything else goes to stderr.
     let stdio = opts.transport == Transport::Stdio;
@@ -998,10 +1022,10 @@ async fn flood(opts: &Opts) -> Result<(), BoxError> {
     let meter = tokio::spawn(meter("round trips", "msg", &CLIENT_METER, false));
 
     let started = Instant::now();
-    let (in_window, window_s) = if opts.call_mode() {
-        flood_calls(&conn, &stats, &payload, inflight, flood_for).await
-    } else {
-        flood_notify(&conn, &stats, &payload, &window, flood_for).await?
+    let (in_window, window_s) = match opts.mode {
+        Mode::Call => flood_calls(&conn, &stats, &payload, inflight, flood_for).await,
+        Mode::Notify => flood_notify(&conn, &stats, &payload, &window, flood_for).await?,
+        Mode::Stream => flood_stream(&conn, &stats, inflight, flood_for).await?,
     };
 
     // Answers still on their way: wait for them, bounded.
@@ -1068,6 +1092,40 @@ async fn flood_notify(
         stats.received.load(Relaxed),
         started.elapsed().as_secs_f64(),
     ))
+}
+
+/// Takes the items of one `count` stream until the time is up, then drops it; returns the
+/// items taken while flooding and the flood's duration. `sent` is the last item + 1, so
+/// items missing from the sequence count as lost.
+async fn flood_stream(
+    conn: &Connection,
+    stats: &Stats,
+    window: usize,
+    flood_for: Duration,
+) -> Result<(u64, f64), diarrhoea::Error> {
+    use futures_util::StreamExt;
+
+    let window = u32::try_from(window).unwrap_or(u32::MAX);
+    let mut items = conn.call_stream::<u64>("count", (u64::MAX,)).window(window);
+    let started = Instant::now();
+    let mut taken = 0u64;
+    while let Some(item) = items.next().await {
+        let item = item?;
+        if item < taken {
+            eprintln!("stream item {item} out of order after {taken} items");
+        }
+        stats.sent.store(item + 1, Relaxed);
+        stats.received.fetch_add(1, Relaxed);
+        stats.meter.fetch_add(1, Relaxed);
+        taken += 1;
+        // Checking the clock every item costs more than the check is worth.
+        if taken.is_multiple_of(1024) && started.elapsed() >= flood_for {
+            break;
+        }
+    }
+    // Dropping the stream cancels it; nothing is left to drain.
+    drop(items);
+    Ok((taken, started.elapsed().as_secs_f64()))
 }
 
 /// Runs `inflight` callers, each with one `echo` call waiting at a time, until the time is up.

@@ -1,6 +1,8 @@
 //! The Node `flood_server.js` example, ported: answer every `ping(x, time)` with
 //! `pong(x, time)` and print how many messages arrive per second. Also answers `echo(...args)`
-//! calls, for `flood_client --mode call`, and `sleep(ms)`, which sleeps, then returns `ms`.
+//! calls, for `flood_client --mode call`; `sleep(ms)`, which sleeps, then returns `ms`; and
+//! `count(n)`, a stream of the items `0..n` with the trailer `n` (call it with
+//! `Connection::call_stream`), each item counted as a message.
 //!
 //! ```text
 //! cargo run --release --example flood_server [-- [PATH] [FLAGS]]   # then: cargo run --release --example flood_client
@@ -22,7 +24,7 @@
 //! Buffer + RateLimit (per connection)                      --rate N
 //! NameOverloadLayer + LoadShed                             --load-shed with --global-concurrency
 //! GlobalConcurrencyLimit (one for the whole server)        --global-concurrency N
-//! Router: ping, echo, sleep
+//! Router: ping, echo, sleep, count
 //! ```
 //!
 //! `--timeout-ms N` is not a layer: it is `Config::request_timeout`, which the connection
@@ -39,9 +41,10 @@ use std::time::{Duration, Instant};
 use clap::{value_parser, Parser};
 use diarrhoea::layer::{NameOverloadLayer, TraceLayer};
 use diarrhoea::{
-    Args, Config, Connection, Listener, MakeConnectionService, Request, Router, UnixListener,
-    DEFAULT_MAX_CONNECTIONS,
+    Args, Config, Connection, Listener, MakeConnectionService, Request, Router, StreamReply,
+    UnixListener, DEFAULT_MAX_CONNECTIONS,
 };
+use futures_util::StreamExt;
 use tower::buffer::BufferLayer;
 use tower::limit::{ConcurrencyLimitLayer, GlobalConcurrencyLimitLayer, RateLimitLayer};
 use tower::ServiceBuilder;
@@ -66,6 +69,14 @@ async fn sleep(ms: u64) -> u64 {
     RECEIVED.fetch_add(1, Relaxed);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     ms
+}
+
+/// The items `0..n`, then the trailer `n`: a stream paced by the caller's credit.
+async fn count(n: u64) -> StreamReply<u64> {
+    let items = futures_util::stream::iter(0..n).inspect(|_| {
+        RECEIVED.fetch_add(1, Relaxed);
+    });
+    StreamReply::new(items).trailer(n)
 }
 
 /// The command line; `None` for a limit means no layer for it. Limits are positive: a limit
@@ -161,7 +172,8 @@ async fn run() -> Result<(), diarrhoea::BoxError> {
     let router = Router::new()
         .route("ping", ping)
         .route("echo", echo)
-        .route("sleep", sleep);
+        .route("sleep", sleep)
+        .route("count", count);
 
     // What each limit's LoadShed names in its -32002 reply (`data.limit`).
     let conn_limit = opts

@@ -140,6 +140,7 @@ pub use connection::Connection;
 pub(crate) use driver::{launch, Parent};
 pub use events::{Event, Events};
 pub use poster::Poster;
+#[cfg(feature = "axum")]
 pub(crate) use streaming::not_asked;
 
 use incoming_calls::InFlight;
