@@ -6,8 +6,9 @@ docs quote, and writes one Markdown file whose every figure comes from this one 
 
 Scenarios (NAME for --only):
   flood     examples/flood.rs: notify, pipelined call and sequential call over each transport
-            (unix, tcp, tls, stdio, ws), and the call flood with a deadline and a concurrency
-            limit against the plain call flood of the same rounds
+            (unix, tcp, tls, stdio, ws), the call flood with a deadline and a concurrency
+            limit against the plain call flood of the same rounds, and one stream per client
+            (items per second) against the notify flood of the same rounds
   tarpc     perf/tarpc_flood with its JSON and its bincode codec against `flood --mode call`,
             run one after the other in each round; ratio of the medians of the rounds
   pool      examples/pool.rs: 1 worker against 2 with a CPU-bound method, --trivial (the
@@ -93,6 +94,7 @@ FLOOD_MODES = [
 ]
 TRANSPORTS = ["unix", "tcp", "tls", "stdio", "ws"]
 LIMITS = ["--timeout-ms", "1000", "--concurrency", "64"]
+STREAM = ["--mode", "stream"]
 TARPC_CODECS = ["json", "bincode"]
 
 
@@ -268,6 +270,14 @@ def flood_round(ctx, results, r):
             tool = lambda: json_line(run([binary, *args], log, ctx.seconds + 90), log)
             value = attempt(results, key, tool)
             report(key, value, "msgs_per_s")
+            if (transport, mode) == ("unix", "notify"):
+                # The stream flood goes right after the notify flood it is compared with.
+                args = flood_flags("unix", STREAM, ctx.seconds)
+                key = ("flood", "unix", "stream")
+                ctx.flood_args[key] = args
+                log = ctx.logs / f"flood.unix.stream.{r}.log"
+                tool = lambda: json_line(run([binary, *args], log, ctx.seconds + 90), log)
+                report(key, attempt(results, key, tool), "items_per_s")
             if (transport, mode) == ("unix", "call"):
                 # The limits and tarpc runs go right after the plain call flood they are
                 # compared with.
@@ -484,6 +494,29 @@ def section_flood(ctx, results, out):
         out.append(f"| {label} | {code(ctx.flood_args.get(key, []))} | {c['rate']} | {c['rounds']} | "
                    f"{c['latency']} | {c['lost']} | {ratio} |")
     out.append("")
+    section_stream(ctx, results, out)
+
+
+def section_stream(ctx, results, out):
+    out.append("### A stream against notifications\n")
+    out.append(
+        "`flood --mode stream`: each client opens one stream (`count(n)`, an `n` it never "
+        "reaches, the default credit window of 256 items) and takes its items as fast as they "
+        "come; the rate is items taken per second over all clients. Run right after the unix "
+        "`notify` flood in each round; the ratio is the median of the stream's items per "
+        "second over the median of the notify flood's round trips per second (the issue's "
+        "target: at least 0.8). A stream has no round trip, so no latency.\n"
+    )
+    out.append("| run | FLAGS | per second | rounds | lost | server RSS | ratio to notify |")
+    out.append("| --- | --- | ---: | --- | ---: | ---: | ---: |")
+    notify, stream = ("flood", "unix", "notify"), ("flood", "unix", "stream")
+    ratio = ratio_of_fields(results.get(stream), "items_per_s", results.get(notify), "msgs_per_s")
+    for label, key, field, ratio in [("notify", notify, "msgs_per_s", "-"),
+                                     ("stream", stream, "items_per_s", bold(ratio, 2))]:
+        c = flood_cells(results, key, field)
+        out.append(f"| {label} | {code(ctx.flood_args.get(key, []))} | {c['rate']} | {c['rounds']} | "
+                   f"{c['lost']} | {c['rss']} | {ratio} |")
+    out.append("")
 
 
 def flood_row(ctx, results, key, transport, mode):
@@ -492,10 +525,10 @@ def flood_row(ctx, results, key, transport, mode):
             f"{c['latency']} | {c['lost']} | {c['rss']} |")
 
 
-def flood_cells(results, key):
+def flood_cells(results, key, field="msgs_per_s"):
     """The cells of a flood (or tarpc) row: median rate, each round's, latency, lost, RSS."""
     runs = results.get(key)
-    rates = [r["msgs_per_s"] for r in runs]
+    rates = [r[field] for r in runs]
     rss = median([r["server_rss_kb"] for r in runs])
     return {
         "rate": num(median(rates)) + failed_note(results, key),
@@ -511,8 +544,12 @@ def bold(x, digits, suffix=""):
 
 
 def ratio_of_medians(runs, base, field):
+    return ratio_of_fields(runs, field, base, field)
+
+
+def ratio_of_fields(runs, field, base, base_field):
     a = median([r[field] for r in runs])
-    b = median([r[field] for r in base])
+    b = median([r[base_field] for r in base])
     return a / b if a and b else None
 
 
