@@ -318,7 +318,7 @@ impl fmt::Debug for RouteFuture {
 pub struct MethodInfo {
     /// The name on the wire (after any `namespace` and `#[rpc(name)]`).
     pub name: &'static str,
-    /// A call (answered) or a notification.
+    /// A call (answered), a notification, or a stream.
     pub kind: MethodKind,
     /// The parameter names, in wire order; `#[context]` parameters are not on the wire.
     pub params: &'static [&'static str],
@@ -337,7 +337,7 @@ impl MethodInfo {
     }
 }
 
-/// Whether a method is a call or a notification.
+/// Whether a method is a call, a notification or a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
@@ -347,6 +347,9 @@ pub enum MethodKind {
     Request,
     /// Never answered: `#[rpc(notification)]`.
     Notification,
+    /// Answered with a stream of items, then a reply: a method returning
+    /// [`StreamReply`](crate::StreamReply).
+    Stream,
 }
 
 struct ServiceRoute<S>(S);

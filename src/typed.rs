@@ -158,7 +158,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tower::{Service, ServiceExt};
 
-use crate::connection::Connection;
+use crate::connection::{CallStream, Connection};
 use crate::error::{BoxError, Error, RpcError};
 use crate::handler::Handler;
 use crate::pool::Pool;
@@ -191,6 +191,13 @@ pub trait Remote: Clone + Send + Sync + 'static + sealed::Sealed {
     ) -> impl Future<Output = Result<(), Error>> + Send
     where
         A: Serialize + Send;
+
+    /// Calls `method`, which answers with a stream of items
+    /// ([`Connection::call_stream`]).
+    fn call_stream<T, A>(&self, method: &'static str, args: A) -> CallStream<T>
+    where
+        T: DeserializeOwned,
+        A: Serialize;
 }
 
 mod sealed {
@@ -211,6 +218,14 @@ impl Remote for Connection {
         A: Serialize + Send,
     {
         Connection::call(self, method, args)
+    }
+
+    fn call_stream<T, A>(&self, method: &'static str, args: A) -> CallStream<T>
+    where
+        T: DeserializeOwned,
+        A: Serialize,
+    {
+        Connection::call_stream(self, method, args)
     }
 
     fn notify<A>(
@@ -236,6 +251,14 @@ impl Remote for Pool {
         A: Serialize + Send,
     {
         Pool::call(self, method, args)
+    }
+
+    fn call_stream<T, A>(&self, method: &'static str, args: A) -> CallStream<T>
+    where
+        T: DeserializeOwned,
+        A: Serialize,
+    {
+        Pool::call_stream(self, method, args)
     }
 
     fn notify<A>(
@@ -315,6 +338,21 @@ where
                 .map_err(|e| Error::from_layer(e.into()))?;
             reply.deserialize()
         }
+    }
+
+    /// A stream needs a connection's own table of calls, which a tower stack does not give:
+    /// the stream fails at its first poll with [`Error::is_config`]. Stream through a
+    /// client over a [`Connection`] or a [`Pool`].
+    fn call_stream<T, A>(&self, method: &'static str, _args: A) -> CallStream<T>
+    where
+        T: DeserializeOwned,
+        A: Serialize,
+    {
+        let refused = Error::config(format!(
+            "`{method}` streams, and a client over tower services cannot stream: \
+             make the client over a Connection or a Pool"
+        ));
+        CallStream::failed(refused)
     }
 
     fn notify<A>(

@@ -449,7 +449,10 @@ async fn a_stream_answers_ndjson_or_server_sent_events_by_accept() {
     let ndjson = [("accept", "application/x-ndjson")];
     let (status, body) = post(s.addr, "count", "[3]", &ndjson).await;
     assert_eq!(status, 200);
-    assert_eq!(body, "{\"item\":0}\n{\"item\":1}\n{\"item\":2}\n{\"trailer\":3}\n");
+    assert_eq!(
+        body,
+        "{\"item\":0}\n{\"item\":1}\n{\"item\":2}\n{\"trailer\":3}\n"
+    );
     let sse = [("accept", "text/event-stream")];
     let (status, body) = post(s.addr, "count", "[2]", &sse).await;
     assert_eq!(status, 200);
@@ -460,7 +463,10 @@ async fn a_stream_answers_ndjson_or_server_sent_events_by_accept() {
     // An error item ends the body with the error, after the items before it.
     let (status, body) = post(s.addr, "fails_at", "[1]", &ndjson).await;
     assert_eq!(status, 200);
-    let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines[0], json!({"item": 0}));
     assert_eq!(lines[1]["error"]["code"], 4000);
     // A method that does not stream: its one reply as the end.
@@ -504,11 +510,16 @@ async fn an_http_client_that_stops_reading_stops_the_stream_and_one_that_leaves_
     // What the producer made is what the socket buffers and hyper's write buffer hold: a
     // bound in bytes (each item is about 20 on the wire), not a growing queue. 2 million
     // items would be 40 MB, far over any loopback socket's buffers.
-    assert!(held < 2_000_000, "{held} items made for a client that does not read");
+    assert!(
+        held < 2_000_000,
+        "{held} items made for a client that does not read"
+    );
     // Reading resumes it.
     let mut buf = vec![0u8; 1 << 20];
     for _ in 0..8 {
-        within("more of the body", stream.read(&mut buf)).await.unwrap();
+        within("more of the body", stream.read(&mut buf))
+            .await
+            .unwrap();
     }
     within("the producer to go on", async {
         while ENDLESS_PRODUCED.load(Ordering::SeqCst) == held {

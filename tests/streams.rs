@@ -538,3 +538,65 @@ async fn items_beyond_the_credit_end_the_stream_and_cancel_it() {
     let error = got.last().unwrap().as_ref().unwrap_err();
     assert!(error.is_protocol(), "{error}");
 }
+
+/// A service trait method declared to stream (`#[diarrhoea::service]`).
+#[cfg(feature = "macros")]
+mod typed {
+    use super::*;
+
+    /// Counts.
+    #[diarrhoea::service]
+    pub trait Counter {
+        /// The items `0..n`, then `n`.
+        async fn count(&self, n: u64) -> StreamReply<u64>;
+        async fn add(&self, a: i64, b: i64) -> i64;
+    }
+
+    struct MyCounter;
+
+    impl Counter for MyCounter {
+        async fn count(&self, n: u64) -> StreamReply<u64> {
+            StreamReply::new(stream::iter(0..n)).trailer(n)
+        }
+
+        async fn add(&self, a: i64, b: i64) -> i64 {
+            a + b
+        }
+    }
+
+    #[tokio::test]
+    async fn a_typed_client_streams_a_method_declared_to_stream() {
+        let server = TestServer::start(MyCounter.into_router());
+        let conn = within("connect", Connection::connect(server.path()))
+            .await
+            .unwrap();
+        let counter = CounterClient::new(conn.clone());
+        let mut items = counter.count(1000).window(16);
+        let mut seen = 0;
+        while let Some(item) = within("an item", items.next()).await {
+            assert_eq!(item.unwrap(), seen);
+            seen += 1;
+        }
+        assert_eq!(
+            (seen, items.trailer_as::<u64>().unwrap().unwrap()),
+            (1000, 1000)
+        );
+        assert_eq!(counter.add(2, 3).await.unwrap(), 5);
+        // `$/methods` says which methods stream.
+        let methods: serde_json::Value = conn.call("$/methods", ()).await.unwrap();
+        assert_eq!(
+            methods,
+            json!([
+                {"name": "add", "kind": "request", "params": ["a", "b"]},
+                {"name": "count", "kind": "stream", "params": ["n"]},
+            ])
+        );
+        // Over tower stacks there is no table of calls to stream with: a clear error.
+        let over_services = CounterClient::from_services(conn.caller(), conn.poster());
+        let error = within("the refusal", over_services.count(3).next())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(error.is_config(), "{error}");
+    }
+}

@@ -586,7 +586,10 @@ async fn a_stream_over_websocket_speaks_the_same_protocol() {
         assert_eq!(item.unwrap(), seen);
         seen += 1;
     }
-    assert_eq!((seen, items.trailer_as::<u64>().unwrap().unwrap()), (1000, 1000));
+    assert_eq!(
+        (seen, items.trailer_as::<u64>().unwrap().unwrap()),
+        (1000, 1000)
+    );
     // The frames themselves.
     let mut ws = raw_client(&server.url()).await;
     ws.send(Message::text(r#"["count",[5],1,{"stream":2}]"#))
@@ -594,7 +597,9 @@ async fn a_stream_over_websocket_speaks_the_same_protocol() {
         .unwrap();
     assert_eq!(recv_json(&mut ws).await, json!(["$/item", [1, 0]]));
     assert_eq!(recv_json(&mut ws).await, json!(["$/item", [1, 1]]));
-    ws.send(Message::text(r#"["$/credit",[1,10]]"#)).await.unwrap();
+    ws.send(Message::text(r#"["$/credit",[1,10]]"#))
+        .await
+        .unwrap();
     for n in 2..5 {
         assert_eq!(recv_json(&mut ws).await, json!(["$/item", [1, n]]));
     }

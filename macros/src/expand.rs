@@ -106,7 +106,7 @@ fn route(
     });
     let arguments = method.params.iter().map(|p| &p.binding);
     let reply = match &method.output {
-        Output::Unit => quote!(output),
+        Output::Unit | Output::Stream { .. } => quote!(output),
         Output::Value(_) => quote!(::diarrhoea::Json(output)),
         Output::Result { .. } => {
             let code = method.code.unwrap_or(SERVICE_ERROR);
@@ -153,6 +153,8 @@ fn client_of(service: &Service, client: &syn::Ident) -> TokenStream {
         let wire_name = &method.wire_name;
         let kind = if method.notification {
             quote!(Notification)
+        } else if matches!(method.output, Output::Stream { .. }) {
+            quote!(Stream)
         } else {
             quote!(Request)
         };
@@ -237,6 +239,16 @@ fn client_method(vis: &syn::Visibility, method: &Method) -> TokenStream {
     let names: Vec<_> = method.positional().map(|p| &p.ident).collect();
     let args = quote!((#(#names,)*));
     let remote = quote!(::diarrhoea::typed::Remote);
+    if let (false, Output::Stream { item, .. }) = (method.notification, &method.output) {
+        // Not `async`: nothing is sent until the stream is first polled.
+        return quote! {
+            #(#docs)*
+            #[allow(clippy::too_many_arguments)]
+            #vis fn #ident(&self, #(#params),*) -> ::diarrhoea::CallStream<#item> {
+                #remote::call_stream::<#item, _>(&self.remote, #wire_name, #args)
+            }
+        };
+    }
     let (output, body) = if method.notification {
         (
             quote!(()),
@@ -252,6 +264,7 @@ fn client_method(vis: &syn::Visibility, method: &Method) -> TokenStream {
                 quote!(#ty),
                 quote!(#remote::call::<#ty, _>(&self.remote, #wire_name, #args).await),
             ),
+            Output::Stream { .. } => unreachable!("a stream method's client returned above"),
             Output::Result { ok, err } => {
                 let code = method.code.unwrap_or(SERVICE_ERROR);
                 (

@@ -101,6 +101,9 @@ pub(crate) enum Output {
     Value(Type),
     /// `Result<T, E>`: `Ok` is the reply, `Err` an error reply carrying `E`.
     Result { ok: Type, err: Box<Type> },
+    /// `StreamReply<T>`: items of type `T`, then the trailer; the client's method returns a
+    /// `CallStream<T>`.
+    Stream { reply: Type, item: Box<Type> },
 }
 
 /// Collects every error of a trait, so one build reports them all.
@@ -307,6 +310,14 @@ impl Method {
         }
 
         let output = Output::read(&sig.output);
+        if let Output::Result { ok, .. } = &output {
+            if stream_item(ok).is_some() {
+                errors.at(
+                    ok,
+                    "a stream method returns `StreamReply<T>`, not a `Result`: an error ends the stream (`StreamReply::try_new`)",
+                );
+            }
+        }
         if options.notification {
             if let ReturnType::Type(_, ty) = &sig.output {
                 errors.at(
@@ -378,6 +389,12 @@ impl Output {
                 return Output::Unit;
             }
         }
+        if let Some(item) = stream_item(ty) {
+            return Output::Stream {
+                reply: ty.clone(),
+                item: Box::new(item),
+            };
+        }
         if let Type::Path(path) = ty {
             let last = path.path.segments.last().expect("a path has a segment");
             if last.ident == "Result" {
@@ -410,7 +427,29 @@ impl Output {
             Output::Result { ok, err } => {
                 quote::quote!(::core::result::Result<#ok, #err>)
             }
+            Output::Stream { reply, .. } => quote::quote!(#reply),
         }
+    }
+}
+
+/// The item type of `StreamReply<T>` (any path ending in `StreamReply` with one type
+/// argument).
+fn stream_item(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "StreamReply" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|arg| match arg {
+        GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    match (types.next(), types.next()) {
+        (Some(item), None) => Some(item.clone()),
+        _ => None,
     }
 }
 

@@ -132,6 +132,11 @@ impl<T> CallStream<T> {
         }
     }
 
+    /// A stream that fails with `error` at its first poll, sending nothing.
+    pub(crate) fn failed(error: Error) -> Self {
+        CallStream::on_pick(std::future::ready(Err(error)), "", Ok(Args::empty()))
+    }
+
     /// A stream call on the connection `pick` resolves to.
     pub(crate) fn on_pick<F>(pick: F, method: &str, args: Result<Args, Error>) -> Self
     where

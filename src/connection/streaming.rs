@@ -10,9 +10,9 @@
 
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
-use std::task::Poll;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use super::credit::Credit;
 use super::Shared;
@@ -128,9 +128,7 @@ pub(super) async fn run(shared: &Shared, id: u64, running: Running) -> Result<Re
                 let start = buf.len();
                 let write = |buf: &mut _| {
                     std::panic::catch_unwind(AssertUnwindSafe(|| items.as_mut().write_item(buf)))
-                        .unwrap_or_else(|_| {
-                            Err(RpcError::internal("item serialization panicked"))
-                        })
+                        .unwrap_or_else(|_| Err(RpcError::internal("item serialization panicked")))
                 };
                 encode_item(buf, id, write).map_err(|error| {
                     failed = Some(error);

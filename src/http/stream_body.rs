@@ -106,7 +106,11 @@ impl Format {
 }
 
 /// The `200` answer that streams `body`, ending by `deadline` if there is one.
-pub(super) fn response(format: Format, body: StreamBody, deadline: Option<Instant>) -> HttpResponse {
+pub(super) fn response(
+    format: Format,
+    body: StreamBody,
+    deadline: Option<Instant>,
+) -> HttpResponse {
     let chunks = Chunks {
         format,
         body: Some(body),
@@ -152,9 +156,7 @@ impl Chunks {
         let items = &mut body.items;
         // A panicking stream ends with -32603, as a panicking handler does.
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| items.as_mut().poll_item(cx)))
-            .unwrap_or_else(|_| {
-                Poll::Ready(Some(Err(RpcError::internal("stream panicked"))))
-            });
+            .unwrap_or_else(|_| Poll::Ready(Some(Err(RpcError::internal("stream panicked")))));
         let end = match polled {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Some(Ok(()))) => {
@@ -200,7 +202,10 @@ mod tests {
             headers.insert(header::ACCEPT, accept.parse().unwrap());
             headers
         };
-        assert_eq!(Format::accepted(&headers("application/x-ndjson")), Some(Format::Ndjson));
+        assert_eq!(
+            Format::accepted(&headers("application/x-ndjson")),
+            Some(Format::Ndjson)
+        );
         assert_eq!(
             Format::accepted(&headers("text/html, text/event-stream;q=0.9")),
             Some(Format::Sse)
@@ -212,8 +217,14 @@ mod tests {
     #[test]
     fn ends_are_written_in_each_format() {
         let trailer = Response::new(&5).unwrap();
-        assert_eq!(&Format::Ndjson.end(Ok(trailer.clone()))[..], b"{\"trailer\":5}\n");
-        assert_eq!(&Format::Sse.end(Ok(trailer))[..], b"event: trailer\ndata: 5\n\n");
+        assert_eq!(
+            &Format::Ndjson.end(Ok(trailer.clone()))[..],
+            b"{\"trailer\":5}\n"
+        );
+        assert_eq!(
+            &Format::Sse.end(Ok(trailer))[..],
+            b"event: trailer\ndata: 5\n\n"
+        );
         let error = RpcError::new(4000, "no");
         assert_eq!(
             &Format::Ndjson.end(Err(error))[..],
