@@ -5,11 +5,15 @@
 //! cargo run --example gateway --features axum [-- --http 127.0.0.1:8080 --socket ./test.sock]
 //!
 //! curl -d '[2,3]' http://127.0.0.1:8080/rpc/add                  # 5
+//! curl -H 'Accept: application/x-ndjson' -d '[3]' http://127.0.0.1:8080/rpc/count
+//!                                   # {"item":0} {"item":1} {"item":2} {"trailer":3}, a line each
 //! echo '["add",[2,3],1]' | websocat ws://127.0.0.1:8080/ws       # [1,5]
 //! echo '["add",[2,3],1]' | socat - UNIX-CONNECT:./test.sock      # [1,5]
 //! ```
 //!
-//! Bound: `add(a, b)`, `echo(...args)`, and `whoami()`, which tells how the caller came in.
+//! Bound: `add(a, b)`, `echo(...args)`, `whoami()`, which tells how the caller came in, and
+//! `count(n)`, a stream of the items `0..n` (NDJSON or server-sent events over HTTP,
+//! `call_stream` on the socket and the WebSocket).
 //! The limits are the recommended ones on both sides: a 1 MiB frame (and HTTP body), a 5 s
 //! deadline, 64 requests at once per connection (shed with -32002 beyond), 256 HTTP calls at
 //! once in all, 1024 WebSocket connections. The HTTP side shows one tower-http layer,
@@ -24,7 +28,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use diarrhoea::layer::{AllowPeersLayer, NameOverloadLayer};
-use diarrhoea::{Args, Config, Connection, Identity, PeerInfo, Router, UnixListener};
+use diarrhoea::{
+    Args, Config, Connection, Identity, PeerInfo, Router, StreamReply, UnixListener,
+};
 use tower::ServiceBuilder;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -49,6 +55,12 @@ async fn add(a: i64, b: i64) -> i64 {
 
 async fn echo(args: Args) -> Args {
     args
+}
+
+/// The items `0..n`, then `n`: paced by the caller's credit (socket, WebSocket) or by the
+/// HTTP connection.
+async fn count(n: u64) -> StreamReply<u64> {
+    StreamReply::new(futures_util::stream::iter(0..n)).trailer(n)
 }
 
 /// How the caller came in: its uid on the socket, its address over HTTP and WebSocket.
@@ -78,7 +90,8 @@ async fn run() -> Result<(), diarrhoea::BoxError> {
     let router = Router::new()
         .route("add", add)
         .route("echo", echo)
-        .route("whoami", whoami);
+        .route("whoami", whoami)
+        .route("count", count);
     let config = Config::new()
         .max_frame_size(1 << 20)
         .request_timeout(Duration::from_secs(5));
