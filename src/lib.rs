@@ -48,7 +48,7 @@
 //! | --- | --- |
 //! | `error` | [`Error`] (this crate's failures), [`RpcError`] (the error in a reply), the one map from tower errors to codes |
 //! | `wire` | the text of incoming frames, left in the read buffer's chunk it arrived in (no copy) |
-//! | `args`, `response` | [`Args`] and [`Response`]: raw JSON, parsed only by the handler or caller that knows its type |
+//! | `args`, `response` | [`Args`] and [`Response`]: raw JSON, parsed only by the handler or caller that knows its type; [`StreamReply`], a response of many items |
 //! | `frame` | [`Frame`]: the one place that knows the JSON shape, and the one encoder |
 //! | [`codec`] | [`FrameCodec`](codec::FrameCodec): lines with a maximum length to frames |
 //! | `peer`, `request` | [`PeerInfo`], [`Request`] and its [`Deadline`]: what flows through a stack |
@@ -71,6 +71,7 @@
 //! | handlers: typed parameters, context parameters, replies | [`Router`], [`Handler`], [`FromContext`] |
 //! | typed services: a trait as routes and a typed client, and when to use one rather than a Router | [`service`], [`typed`] |
 //! | a connection: notifications, calls, ordering, deadlines, flow control | [`connection`], [`Connection`] |
+//! | streams: a call answered with many items, paced by the caller's credit | [`StreamReply`] (server), [`CallStream`] (client), [`protocol`]'s streams |
 //! | serving: listeners, per-connection factories, graceful shutdown | [`serve`] |
 //! | the socket file: stale sockets, permissions, removal | [`UnixListener`] |
 //! | limits, their defaults and settings | [`Config`] |

@@ -100,6 +100,43 @@
 //!   -32800). The return type must be spelled `Result<T, E>` (any path ending in `Result`
 //!   with two arguments); an alias such as `io::Result<T>` is a plain value.
 //!
+//! # Streams
+//!
+//! A method returning [`StreamReply<T>`](crate::StreamReply) streams (see the
+//! [`protocol`](crate::protocol)'s streams): the route answers with its items, paced by the
+//! caller's credit, and the client's method is not `async` but returns a
+//! [`CallStream<T>`](crate::CallStream) at once, sent when first polled. `$/methods` describes
+//! it with the kind `"stream"`. An error ends the stream through its items
+//! ([`StreamReply::try_new`](crate::StreamReply::try_new)); `Result<StreamReply<T>, E>` does
+//! not compile. A client made with `from_services` cannot stream (a stream needs the
+//! connection's own table of calls): its stream fails at once with [`Error::is_config`].
+//!
+//! ```
+//! use diarrhoea::StreamReply;
+//! use futures_util::{stream, StreamExt};
+//!
+//! #[diarrhoea::service]
+//! trait Counter {
+//!     async fn count(&self, n: u64) -> StreamReply<u64>;
+//! }
+//!
+//! struct MyCounter;
+//!
+//! impl Counter for MyCounter {
+//!     async fn count(&self, n: u64) -> StreamReply<u64> {
+//!         StreamReply::new(stream::iter(0..n)).trailer(n)
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), diarrhoea::Error> {
+//! let (server, conn) = diarrhoea::Connection::pair()?;
+//! server.set_service(MyCounter.into_router());
+//! let items: Vec<u64> = CounterClient::new(conn).count(3).map(|item| item.unwrap()).collect().await;
+//! assert_eq!(items, [0, 1, 2]);
+//! # Ok(()) }
+//! ```
+//!
 //! # Names
 //!
 //! The wire name is the fn name; `#[rpc(name = "whoAmI")]` renames one method;
