@@ -28,9 +28,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use diarrhoea::layer::{AllowPeersLayer, NameOverloadLayer};
-use diarrhoea::{
-    Args, Config, Connection, Identity, PeerInfo, Router, StreamReply, UnixListener,
-};
+use diarrhoea::{Args, Config, Connection, Identity, PeerInfo, Router, StreamReply, UnixListener};
 use tower::ServiceBuilder;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;

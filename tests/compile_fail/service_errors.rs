@@ -18,6 +18,7 @@ trait Methods {
     #[rpc(timeout = 5)]
     async fn unknown_option(&self);
     async fn context_that_is_not(&self, #[context(x)] peer: diarrhoea::PeerInfo);
+    async fn stream_in_a_result(&self) -> Result<diarrhoea::StreamReply<u64>, String>;
 }
 
 #[diarrhoea::service]
