@@ -55,7 +55,9 @@ pub struct Request {
     /// 8 bytes less keep a request within the 128 bytes that are moved without a call to
     /// `memcpy` (ids are below 2^53).
     id: u64,
-    meta: Meta,
+    /// Boxed, and `None` when empty (most requests): `Meta` is 32 bytes, and a request stays
+    /// within the 128 bytes moved without a call to `memcpy`.
+    meta: Option<Box<Meta>>,
     /// The connection a request arrived on, so handlers can answer or call back.
     origin: Option<Arc<dyn Origin>>,
     /// Who sent the request, when set explicitly ([`Request::set_peer`]); otherwise the
@@ -85,7 +87,7 @@ impl Request {
             method,
             args,
             id: NO_ID,
-            meta: Meta::default(),
+            meta: None,
             origin: None,
             peer: None,
             deadline: None,
@@ -108,7 +110,7 @@ impl Request {
             method,
             args,
             id,
-            meta,
+            meta: (meta != Meta::default()).then(|| Box::new(meta)),
             peer: None,
             origin: Some(origin),
             deadline: None,
@@ -151,14 +153,18 @@ impl Request {
         self.id != NO_ID
     }
 
-    /// Request metadata (`timeout_ms`).
+    /// Request metadata (`timeout_ms`, `stream`).
     pub fn meta(&self) -> &Meta {
-        &self.meta
+        static EMPTY: Meta = Meta {
+            timeout_ms: None,
+            stream: None,
+        };
+        self.meta.as_deref().unwrap_or(&EMPTY)
     }
 
     /// Mutable request metadata, e.g. to set `timeout_ms` on an outgoing call.
     pub fn meta_mut(&mut self) -> &mut Meta {
-        &mut self.meta
+        self.meta.get_or_insert_with(Box::default)
     }
 
     pub(crate) fn origin(&self) -> Option<&Arc<dyn Origin>> {
@@ -213,7 +219,7 @@ impl Request {
             method: self.method,
             args: self.args,
             id,
-            meta: self.meta,
+            meta: self.meta.map(|meta| *meta).unwrap_or_default(),
         }
     }
 }
@@ -224,7 +230,7 @@ impl fmt::Debug for Request {
         f.debug_struct("Request")
             .field("method", &self.method)
             .field("id", &self.id())
-            .field("meta", &self.meta)
+            .field("meta", self.meta())
             .field("args_len", &self.args.text_len())
             .finish_non_exhaustive()
     }

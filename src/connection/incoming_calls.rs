@@ -323,7 +323,7 @@ mod tests {
         let waker = std::task::Waker::noop();
         let available = std::pin::pin!(credit.available());
         assert!(matches!(
-            available.poll(&mut std::task::Context::from_waker(waker)),
+            std::future::Future::poll(available, &mut std::task::Context::from_waker(waker)),
             std::task::Poll::Ready(Err(_))
         ));
         assert_eq!(table.grant(1, 5), Granted::Unknown, "finished");
