@@ -600,3 +600,23 @@ mod typed {
         assert!(error.is_config(), "{error}");
     }
 }
+
+#[tokio::test]
+async fn a_caller_that_half_closes_gets_the_items_it_granted_then_32800() {
+    let (_server, mut peer, _events, watch) = raw_setup().await;
+    peer.send("[\"endless\",[],7,{\"stream\":3}]\n").await;
+    // No more credit can come once the caller's side has ended.
+    tokio::io::AsyncWriteExt::shutdown(&mut peer.write)
+        .await
+        .unwrap();
+    for n in 0..3 {
+        assert_eq!(peer.recv().await, json!(["$/item", [7, n]]));
+    }
+    let end = peer.recv().await;
+    assert_eq!(
+        (end[0].clone(), end[2]["code"].clone()),
+        (json!(7), json!(code::CANCELLED))
+    );
+    within("the producer to be dropped", watch.dropped.notified()).await;
+    assert_eq!(watch.produced(), 3);
+}

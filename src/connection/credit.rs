@@ -9,9 +9,11 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub(crate) struct Credit {
     left: AtomicU64,
-    /// Set when no more credit can come: the stream is cancelled, or the caller's side of
-    /// the connection has ended.
+    /// Set when the stream is cancelled: it sends nothing more.
     closed: AtomicBool,
+    /// Set when the caller's side of the connection has ended: no more credit can come, and
+    /// the stream ends once what was granted is spent.
+    last_grant: AtomicBool,
     /// Wakes the pump (the one waiter): a wake-up given while it does not wait is kept.
     granted: Notify,
 }
@@ -38,14 +40,21 @@ impl Credit {
         self.granted.notify_one();
     }
 
-    /// No more credit will come: the pump stops waiting for it.
+    /// The stream is cancelled: it stops at once, credit left or not.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.granted.notify_one();
     }
 
-    /// Waits until some credit is left; `Err` once closed (with credit left or not: a closed
-    /// stream sends nothing more).
+    /// No more credit can come (the caller's side has ended): the stream ends once what was
+    /// granted is spent.
+    pub(crate) fn last_grant(&self) {
+        self.last_grant.store(true, Ordering::Release);
+        self.granted.notify_one();
+    }
+
+    /// Waits until some credit is left; `Err` once cancelled, or once it is spent after the
+    /// last grant.
     pub(crate) async fn available(&self) -> Result<(), Closed> {
         loop {
             if self.closed.load(Ordering::Acquire) {
@@ -53,6 +62,9 @@ impl Credit {
             }
             if self.left.load(Ordering::Acquire) > 0 {
                 return Ok(());
+            }
+            if self.last_grant.load(Ordering::Acquire) {
+                return Err(Closed);
             }
             self.granted.notified().await;
         }
@@ -94,6 +106,12 @@ mod tests {
         credit.grant(u64::MAX);
         assert_eq!(credit.left(), u64::MAX, "saturates");
         credit.close();
+        assert!(credit.available().await.is_err(), "cancelled: at once");
+        // After the last grant, what is left is still spent.
+        let credit = Credit::new(1);
+        credit.last_grant();
+        credit.available().await.unwrap();
+        credit.spend();
         assert!(credit.available().await.is_err());
     }
 }

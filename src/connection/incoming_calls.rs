@@ -167,11 +167,11 @@ impl InFlight {
         }
     }
 
-    /// No more credit can come (the caller's side has ended): every stream stops waiting
-    /// for it.
-    pub(crate) fn close_streams(&self) {
+    /// No more credit can come (the caller's side has ended): every stream ends once it has
+    /// spent what it was granted.
+    pub(crate) fn last_grants(&self) {
         for credit in self.lock().values().filter_map(|e| e.credit.as_ref()) {
-            credit.close();
+            credit.last_grant();
         }
     }
 

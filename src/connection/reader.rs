@@ -128,7 +128,7 @@ pub(super) async fn run<T: Transport>(
     };
     // No reply can arrive any more, nor credit for the peer's streams.
     shared.pending.close();
-    shared.in_flight.close_streams();
+    shared.in_flight.last_grants();
     drop(inbox);
     ended.then_some(read)
 }

@@ -103,10 +103,10 @@ pub(super) async fn run(shared: &Shared, id: u64, running: Running) -> Result<Re
     } = running;
     loop {
         if credit.available().await.is_err() {
-            // Cancelled (already answered), or the caller can grant no more: its side ended.
+            // Cancelled (already answered), or the caller's side ended and can grant no more.
             return Err(RpcError::new(
                 code::CANCELLED,
-                "stream stopped: the caller can grant no more credit",
+                "stream stopped: the caller's side ended, and its credit is spent",
             ));
         }
         // A panicking stream ends with -32603, as a panicking handler does.
