@@ -504,7 +504,7 @@ def section_stream(ctx, results, out):
         "reaches, the default credit window of 256 items) and takes its items as fast as they "
         "come; the rate is items taken per second over all clients. Run right after the unix "
         "`notify` flood in each round; the ratio is the median of the stream's items per "
-        "second over the median of the notify flood's round trips per second (the issue's "
+        "second over the median of the notify flood's round trips per second (the "
         "target: at least 0.8). A stream has no round trip, so no latency.\n"
     )
     out.append("| run | FLAGS | per second | rounds | lost | server RSS | ratio to notify |")
