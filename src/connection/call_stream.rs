@@ -133,6 +133,7 @@ impl<T> CallStream<T> {
     }
 
     /// A stream that fails with `error` at its first poll, sending nothing.
+    #[cfg(feature = "macros")]
     pub(crate) fn failed(error: Error) -> Self {
         CallStream::on_pick(std::future::ready(Err(error)), "", Ok(Args::empty()))
     }
