@@ -244,71 +244,45 @@ mod sealed {
     impl<C, P> Sealed for super::Services<C, P> {}
 }
 
-impl Remote for Connection {
-    fn call<R, A>(
-        &self,
-        method: &'static str,
-        args: A,
-    ) -> impl Future<Output = Result<R, Error>> + Send
-    where
-        R: DeserializeOwned,
-        A: Serialize + Send,
-    {
-        Connection::call(self, method, args)
-    }
+/// A [`Connection`] and a [`Pool`] have the same three methods: a typed call is exactly theirs.
+macro_rules! remote_by_its_own_methods {
+    ($($remote:ty),*) => {$(
+        impl Remote for $remote {
+            fn call<R, A>(
+                &self,
+                method: &'static str,
+                args: A,
+            ) -> impl Future<Output = Result<R, Error>> + Send
+            where
+                R: DeserializeOwned,
+                A: Serialize + Send,
+            {
+                <$remote>::call(self, method, args)
+            }
 
-    fn call_stream<T, A>(&self, method: &'static str, args: A) -> CallStream<T>
-    where
-        T: DeserializeOwned,
-        A: Serialize,
-    {
-        Connection::call_stream(self, method, args)
-    }
+            fn call_stream<T, A>(&self, method: &'static str, args: A) -> CallStream<T>
+            where
+                T: DeserializeOwned,
+                A: Serialize,
+            {
+                <$remote>::call_stream(self, method, args)
+            }
 
-    fn notify<A>(
-        &self,
-        method: &'static str,
-        args: A,
-    ) -> impl Future<Output = Result<(), Error>> + Send
-    where
-        A: Serialize + Send,
-    {
-        self.post_message(method, args)
-    }
+            fn notify<A>(
+                &self,
+                method: &'static str,
+                args: A,
+            ) -> impl Future<Output = Result<(), Error>> + Send
+            where
+                A: Serialize + Send,
+            {
+                self.post_message(method, args)
+            }
+        }
+    )*};
 }
 
-impl Remote for Pool {
-    fn call<R, A>(
-        &self,
-        method: &'static str,
-        args: A,
-    ) -> impl Future<Output = Result<R, Error>> + Send
-    where
-        R: DeserializeOwned,
-        A: Serialize + Send,
-    {
-        Pool::call(self, method, args)
-    }
-
-    fn call_stream<T, A>(&self, method: &'static str, args: A) -> CallStream<T>
-    where
-        T: DeserializeOwned,
-        A: Serialize,
-    {
-        Pool::call_stream(self, method, args)
-    }
-
-    fn notify<A>(
-        &self,
-        method: &'static str,
-        args: A,
-    ) -> impl Future<Output = Result<(), Error>> + Send
-    where
-        A: Serialize + Send,
-    {
-        self.post_message(method, args)
-    }
-}
+remote_by_its_own_methods!(Connection, Pool);
 
 /// Two tower stacks as a [`Remote`]: `caller` for calls, `poster` for notifications. Made by a
 /// typed client's `from_services`.
