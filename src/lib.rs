@@ -89,6 +89,7 @@ mod args;
 pub mod codec;
 pub mod connection;
 mod error;
+mod fd;
 mod frame;
 pub mod future;
 mod handler;
@@ -127,6 +128,7 @@ pub use connection::{
     serve_connection, serve_stdio, CallStream, Caller, Config, Connection, Event, Events, Poster,
 };
 pub use error::{code, BoxError, Error, RpcError};
+pub use fd::Fd;
 pub use frame::{Frame, InvalidFrame, Meta, MAX_ID};
 pub use handler::{FromContext, Handler};
 #[cfg(feature = "axum")]

@@ -6,7 +6,11 @@ use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
 use crate::error::{truncate, Error, Kind};
+use crate::fd::{self, Received};
 use crate::wire::{Line, WireText};
 
 pub(crate) mod plain;
@@ -35,6 +39,16 @@ enum Repr {
     /// read chunk alive, so it never reaches code that may keep it (see [`Args::detached`]):
     /// while its call waits or runs, the reader bounds the chunks such frames hold.
     Wire(WireText),
+    /// Arguments with descriptors: those that arrived with the frame, or those to send with
+    /// it. Boxed: rare, and `Args` stays small.
+    Fds(Box<WithFds>),
+}
+
+struct WithFds {
+    /// `Json` or `Wire`, never `Fds`.
+    text: Repr,
+    /// Shared by clones: whoever reads an `Fd` first takes it.
+    fds: Arc<Received>,
 }
 
 impl Args {
@@ -53,10 +67,12 @@ impl Args {
     /// assert!(diarrhoea::Args::new(&5).is_err());
     /// ```
     pub fn new<T: Serialize + ?Sized>(args: &T) -> Result<Self, Error> {
-        let raw = serde_json::value::to_raw_value(args)
-            .map_err(|e| Error::new(Kind::Encode).with_source(e))?;
+        // `Fd`s among the arguments hand over duplicates, sent with the frame.
+        let (raw, fds) = fd::collect(|| serde_json::value::to_raw_value(args));
+        let raw = raw.map_err(|e| Error::new(Kind::Encode).with_source(e))?;
         match raw.get().as_bytes().first() {
-            Some(b'[') => Ok(Args(Repr::Json(raw.into()))),
+            Some(b'[') if fds.is_empty() => Ok(Args(Repr::Json(raw.into()))),
+            Some(b'[') => Ok(Args(Repr::Json(raw.into())).with_fds(fds)),
             _ if raw.get() == "null" => Ok(Args::empty()),
             _ => Err(Error::new(Kind::Encode).with_source(format!(
                 "arguments must serialize to a JSON array (use a tuple such as `(x,)`), got `{}`",
@@ -89,26 +105,46 @@ impl Args {
     /// As [`Args::deserialize`], with serde_json's own error: handlers answer -32602 with its
     /// message.
     pub(crate) fn parse<'de, T: Deserialize<'de>>(&'de self) -> Result<T, serde_json::Error> {
-        plain::deserialize(self.as_bytes())
+        match &self.0 {
+            // One reading only, by serde_json: an `Fd` read takes its descriptor, so a
+            // first attempt that fails half way must not have taken any.
+            Repr::Fds(with) => {
+                fd::receiving(&with.fds, || serde_json::from_slice(with.text.as_bytes()))
+            }
+            _ => plain::deserialize(self.as_bytes()),
+        }
+    }
+
+    /// The same arguments with `fds`, the descriptors that arrived with their frame or are
+    /// to be sent with it (in placeholder order).
+    pub(crate) fn with_fds(self, fds: Vec<OwnedFd>) -> Self {
+        let text = match self.0 {
+            Repr::Fds(with) => with.text,
+            text => text,
+        };
+        Args(Repr::Fds(Box::new(WithFds {
+            text,
+            fds: Arc::new(Received::new(fds)),
+        })))
+    }
+
+    /// The descriptors that came with the arguments (or go with them), if any.
+    pub(crate) fn fds(&self) -> Option<&Arc<Received>> {
+        match &self.0 {
+            Repr::Fds(with) => Some(&with.fds),
+            _ => None,
+        }
     }
 
     /// The JSON text as bytes, as the parsers read it: text still in its line is not checked
     /// for UTF-8 again, as [`Args::get`] checks it.
     fn as_bytes(&self) -> &[u8] {
-        match &self.0 {
-            Repr::Json(text) if text.is_empty() => b"[]",
-            Repr::Json(text) => text.as_bytes(),
-            Repr::Wire(text) => text.as_bytes(),
-        }
+        self.0.as_bytes()
     }
 
     /// The JSON text of the array.
     pub fn get(&self) -> &str {
-        match &self.0 {
-            Repr::Json(text) if text.is_empty() => "[]",
-            Repr::Json(text) => text,
-            Repr::Wire(text) => text.get(),
-        }
+        self.0.get()
     }
 
     /// The length of the JSON text, without the UTF-8 check [`Args::get`] makes of text
@@ -129,16 +165,16 @@ impl Args {
     /// The arguments in memory of their own: text still in its line is copied out, so
     /// whoever keeps the result does not keep the read buffer.
     pub(crate) fn detached(self) -> Self {
-        match self.0 {
-            Repr::Wire(text) => Args(Repr::Json(text.get().into())),
-            _ => self,
-        }
+        Args(self.0.detached())
     }
 
     /// Whether the text is still in its line.
     #[cfg(test)]
     pub(crate) fn in_line(&self) -> bool {
-        matches!(self.0, Repr::Wire(_))
+        match &self.0 {
+            Repr::Fds(with) => matches!(with.text, Repr::Wire(_)),
+            repr => matches!(repr, Repr::Wire(_)),
+        }
     }
 
     /// The raw JSON value.
@@ -148,22 +184,72 @@ impl Args {
 
     /// Moves the text out, for a [`Response`](crate::Response) that echoes the arguments.
     pub(crate) fn into_text(self) -> Box<str> {
-        match self.0 {
+        self.0.into_text()
+    }
+}
+
+impl Repr {
+    /// The form that holds the text (not recursive, so the usual forms stay inlined).
+    fn text(&self) -> &Repr {
+        match self {
+            Repr::Fds(with) => &with.text,
+            text => text,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self.text() {
+            Repr::Json(text) if text.is_empty() => b"[]",
+            Repr::Json(text) => text.as_bytes(),
+            Repr::Wire(text) => text.as_bytes(),
+            // `WithFds::text` is never `Fds`.
+            Repr::Fds(_) => b"[]",
+        }
+    }
+
+    fn get(&self) -> &str {
+        match self.text() {
+            Repr::Json(text) if text.is_empty() => "[]",
+            Repr::Json(text) => text,
+            Repr::Wire(text) => text.get(),
+            Repr::Fds(_) => "[]",
+        }
+    }
+
+    fn detached(self) -> Self {
+        match self {
+            Repr::Wire(text) => Repr::Json(text.get().into()),
+            Repr::Fds(mut with) => {
+                with.text = with.text.detached();
+                Repr::Fds(with)
+            }
+            json => json,
+        }
+    }
+
+    fn into_text(self) -> Box<str> {
+        match self {
             Repr::Json(text) if text.is_empty() => "[]".into(),
             Repr::Json(text) => text,
             Repr::Wire(text) => text.get().into(),
+            Repr::Fds(with) => with.text.into_text(),
         }
     }
 }
 
 /// A clone is its owner's to keep: arguments still in their line are copied out of it, so a
-/// clone never keeps the read buffer alive.
+/// clone never keeps the read buffer alive. Descriptors are shared: whichever copy reads an
+/// [`Fd`](crate::Fd) first takes it.
 impl Clone for Args {
     fn clone(&self) -> Self {
-        match &self.0 {
-            Repr::Json(text) => Args(Repr::Json(text.clone())),
-            Repr::Wire(text) => Args(Repr::Json(text.get().into())),
-        }
+        Args(match &self.0 {
+            Repr::Json(text) => Repr::Json(text.clone()),
+            Repr::Wire(text) => Repr::Json(text.get().into()),
+            Repr::Fds(with) => Repr::Fds(Box::new(WithFds {
+                text: Repr::Json(with.text.get().into()),
+                fds: with.fds.clone(),
+            })),
+        })
     }
 }
 

@@ -32,6 +32,7 @@ use crate::codec::DEFAULT_MAX_FRAME_SIZE;
 /// | streams open at once per connection (calls answered with a [`StreamReply`](crate::StreamReply)) | 256 | [`max_streams`](Config::max_streams) | the stream is refused: error reply -32002, `data.limit` `"max_streams"` |
 /// | a line left unfinished | 30 s without a byte | [`partial_frame_timeout`](Config::partial_frame_timeout) | connection error -32600 `partial frame timeout`, then close |
 /// | request deadline | none | [`request_timeout`](Config::request_timeout), the peer's `meta.timeout_ms` (the earlier wins) | -32001; counts time waiting for a permit and for readiness |
+/// | descriptors per frame (`Fd` arguments, Unix sockets only) | 16 | [`max_fds_per_frame`](Config::max_fds_per_frame) | incoming: the frame is refused (a call gets -32602, a notification an error event) and every descriptor that came with it is closed; outgoing: the send fails locally |
 /// | connections per server | 1024 | [`Serve::max_connections`](crate::Serve::max_connections) | the next one gets `[null,null,{"code":-32002,...}]` and is closed |
 /// | graceful shutdown | 10 s | [`Serve::shutdown_timeout`](crate::Serve::shutdown_timeout) | remaining connections are closed |
 /// | out of descriptors (`EMFILE`, `ENFILE`) | - | - | accepting backs off 10 ms doubling to 1 s, logs at most once a second, recovers |
@@ -54,6 +55,7 @@ pub struct Config {
     pub(crate) max_concurrent_requests: usize,
     pub(crate) max_streams: usize,
     pub(crate) request_timeout: Option<Duration>,
+    pub(crate) max_fds_per_frame: usize,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             max_concurrent_requests: 1024,
             max_streams: 256,
             request_timeout: None,
+            max_fds_per_frame: 16,
         }
     }
 }
@@ -146,6 +149,15 @@ impl Config {
     /// `meta.timeout_ms` can only shorten it. Expired requests are answered -32001.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// How many descriptors ([`Fd`](crate::Fd) arguments) one frame may carry, in and out
+    /// (default 16; at most 253, what the kernel allows in one message). An incoming frame
+    /// with more is refused and every descriptor that came with it closed; 0 refuses every
+    /// frame that brings descriptors. Only Unix socket connections carry descriptors.
+    pub fn max_fds_per_frame(mut self, n: usize) -> Self {
+        self.max_fds_per_frame = n.min(crate::fd::SCM_MAX_FD);
         self
     }
 }

@@ -64,14 +64,16 @@ pub(crate) fn launch<T: Transport>(
     ignore_sigpipe();
     let peer = PeerInfo::new(io.identity());
     let (read, write) = io.split();
-    let (shared, outgoing_rx, binding) = Shared::new(config, peer, BoundService::unbound(), parent);
+    let fd_limit = T::carries_fds().then_some(config.max_fds_per_frame);
+    let (shared, outgoing_rx, binding) =
+        Shared::new(config, peer, BoundService::unbound(), parent, fd_limit);
     let conn = Connection {
         shared: shared.clone(),
     };
     shared.binding.send_replace(make(&conn));
     let writer = parent
         .tracker
-        .spawn(writer::run(write, outgoing_rx, shared.clone()));
+        .spawn(writer::run::<T>(write, outgoing_rx, shared.clone()));
     parent
         .tracker
         .spawn(drive::<T>(read, binding, shared, writer, slot));

@@ -95,6 +95,7 @@
 //!   connection installs a SIGPIPE handler (`tests/processes.rs` runs a client and a server
 //!   with SIGPIPE at its default and sees their writes fail with `EPIPE`).
 
+mod arrived_fds;
 mod bound_service;
 mod budget;
 mod builder;
@@ -181,8 +182,10 @@ impl Shared {
         peer: PeerInfo,
         service: BoundService,
         parent: &Parent,
+        fd_limit: Option<usize>,
     ) -> (Arc<Self>, outbox::Receiver, watch::Receiver<BoundService>) {
-        let (outgoing, outgoing_rx) = Outbox::new(config.outgoing_queue, config.outgoing_buffer);
+        let (outgoing, outgoing_rx) =
+            Outbox::with_fd_limit(config.outgoing_queue, config.outgoing_buffer, fd_limit);
         let (binding, binding_rx) = watch::channel(service);
         let shared = Arc::new(Shared {
             outgoing,

@@ -24,6 +24,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
 use crate::error::{Error, Kind};
+use crate::fd;
 use crate::frame::Frame;
 
 /// The most the writer hands the stream at once; a taken buffer larger than this stays
@@ -54,6 +55,18 @@ struct Queue {
     frames: usize,
     /// `Config::outgoing_buffer`.
     budget: usize,
+    /// The most descriptors one frame may carry (`Config::max_fds_per_frame`); `None` when
+    /// the transport cannot carry any.
+    fd_limit: Option<usize>,
+}
+
+/// A frame in the writer's buffer that carries descriptors: written with them, on its own.
+pub(crate) struct FdFrame {
+    /// Where the frame's line starts and ends in the buffer.
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    /// Duplicates, closed once sent (the peer has its own then).
+    pub(crate) fds: Vec<std::os::fd::OwnedFd>,
 }
 
 #[derive(Default)]
@@ -67,6 +80,8 @@ struct State {
     frames: usize,
     /// Bytes of the charged frames in `buf`.
     bytes: usize,
+    /// The frames in `buf` that carry descriptors, in order.
+    fds: Vec<FdFrame>,
     /// Bytes the writer has taken but not written, beyond one write.
     held: usize,
     /// Frames reserved by ready pollers, one frame and one byte each.
@@ -136,6 +151,22 @@ impl Queue {
         Ok(None)
     }
 
+    /// Whether a frame may carry `count` descriptors: refused locally, before anything is
+    /// written, over a transport that cannot carry them or past the limit.
+    fn may_carry(&self, count: usize) -> Result<(), Error> {
+        let Some(limit) = self.fd_limit else {
+            return Err(Error::new(Kind::Encode).with_source(
+                "descriptors (`Fd` arguments) can only be sent over a Unix socket; this connection's transport cannot carry them",
+            ));
+        };
+        if count > limit {
+            return Err(Error::new(Kind::Encode).with_source(format!(
+                "{count} descriptors in one frame; the limit is {limit} (`Config::max_fds_per_frame`)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Appends one line to the buffer, under the lock (so frames keep their order), and wakes
     /// the writer. A line that `encode` fails on (or panics in) is taken out again.
     fn append(
@@ -149,8 +180,17 @@ impl Queue {
             buf: &mut state.buf,
             start,
         };
-        encode(line.buf)?;
+        // `Fd`s among the arguments hand over their descriptors while they are encoded.
+        let (encoded, fds) = fd::collect(|| encode(line.buf));
+        encoded?;
+        if !fds.is_empty() {
+            self.may_carry(fds.len())?;
+        }
         std::mem::forget(line);
+        if !fds.is_empty() {
+            let end = state.buf.len();
+            state.fds.push(FdFrame { start, end, fds });
+        }
         if charged {
             state.frames += 1;
             state.bytes += state.buf.len() - start;
@@ -186,12 +226,24 @@ impl Drop for Unfinished<'_> {
 }
 
 impl Outbox {
+    #[cfg(test)]
     pub(crate) fn new(frames: usize, budget: usize) -> (Self, Receiver) {
+        Self::with_fd_limit(frames, budget, None)
+    }
+
+    /// A queue of at most `frames` frames and about `budget` bytes, whose frames may carry
+    /// up to `fd_limit` descriptors each (`None`: the transport cannot carry them).
+    pub(crate) fn with_fd_limit(
+        frames: usize,
+        budget: usize,
+        fd_limit: Option<usize>,
+    ) -> (Self, Receiver) {
         let queue = Arc::new(Queue {
             state: Mutex::default(),
             room: Arc::new(Notify::new()),
             frames,
             budget,
+            fd_limit,
         });
         let receiver = Receiver {
             queue: queue.clone(),
@@ -286,12 +338,12 @@ impl Outbox {
 
 impl Receiver {
     /// Gives back `buf`, the writer's buffer once written, and puts the frames queued since in
-    /// it, waiting for some.
-    pub(crate) async fn take(&self, buf: &mut BytesMut) {
-        poll_fn(|cx| self.poll_take(cx, buf)).await
+    /// it, waiting for some; `fds` gets those of them that carry descriptors.
+    pub(crate) async fn take(&self, buf: &mut BytesMut, fds: &mut Vec<FdFrame>) {
+        poll_fn(|cx| self.poll_take(cx, buf, fds)).await
     }
 
-    fn poll_take(&self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<()> {
+    fn poll_take(&self, cx: &mut Context<'_>, buf: &mut BytesMut, fds: &mut Vec<FdFrame>) -> Poll<()> {
         let mut state = self.queue.lock();
         give_back(&mut state, buf);
         if state.buf.is_empty() {
@@ -301,15 +353,19 @@ impl Receiver {
             }
             return Poll::Pending;
         }
-        self.take_locked(&mut state, buf);
+        self.take_locked(&mut state, buf, fds);
         self.queue.room_freed(state);
         Poll::Ready(())
     }
 
-    /// Swaps the queued frames into `buf` (empty); their charge ends.
-    fn take_locked(&self, state: &mut State, buf: &mut BytesMut) {
+    /// Swaps the queued frames into `buf` (empty), and those carrying descriptors into `fds`;
+    /// their charge ends.
+    fn take_locked(&self, state: &mut State, buf: &mut BytesMut, fds: &mut Vec<FdFrame>) {
         let spare = std::mem::take(&mut state.spare);
         *buf = std::mem::replace(&mut state.buf, spare);
+        if !state.fds.is_empty() {
+            std::mem::swap(fds, &mut state.fds);
+        }
         state.frames = 0;
         state.bytes = 0;
         state.held = buf.len().saturating_sub(WRITE_CHUNK);
@@ -328,13 +384,13 @@ impl Receiver {
 
     /// Ending: refuses further frames and puts those queued in `buf` (empty), to be written
     /// last.
-    pub(crate) fn close(&self, buf: &mut BytesMut) {
+    pub(crate) fn close(&self, buf: &mut BytesMut, fds: &mut Vec<FdFrame>) {
         let mut state = self.queue.lock();
         state.closed = true;
         // Senders waiting for room now fail.
         state.waited = true;
         if !state.buf.is_empty() {
-            self.take_locked(&mut state, buf);
+            self.take_locked(&mut state, buf, fds);
         }
         self.queue.room_freed(state);
     }
@@ -348,6 +404,7 @@ impl Drop for Receiver {
         // Nothing will write what is left.
         state.buf = BytesMut::new();
         state.spare = BytesMut::new();
+        state.fds = Vec::new();
         self.queue.room_freed(state);
     }
 }
@@ -499,7 +556,7 @@ mod tests {
             poller.send(line(3000)).unwrap();
             assert_eq!(charged(&outbox), (1, 3000));
             let mut buf = BytesMut::new();
-            rx.take(&mut buf).await;
+            rx.take(&mut buf, &mut Vec::new()).await;
             assert_eq!(buf.len(), 3000);
             assert_eq!(charged(&outbox), (0, 0));
         })
@@ -514,13 +571,13 @@ mod tests {
             outbox.try_send_with(line(3 * BUDGET)).unwrap();
             assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
             let mut buf = BytesMut::new();
-            rx.take(&mut buf).await;
+            rx.take(&mut buf, &mut Vec::new()).await;
             assert_eq!(buf.len(), 100 + 3 * BUDGET);
             // Taken, but mostly beyond one write: charged until written.
             assert_eq!(charged(&outbox).1, 0);
             let mut big = BytesMut::new();
             outbox.try_send_with(line(3 * WRITE_CHUNK)).unwrap();
-            rx.take(&mut big).await;
+            rx.take(&mut big, &mut Vec::new()).await;
             assert_eq!(charged(&outbox), (0, 2 * WRITE_CHUNK));
             assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
             rx.written(WRITE_CHUNK + 10);
@@ -542,10 +599,10 @@ mod tests {
             tokio::task::yield_now().await;
             assert!(!second.is_finished());
             let mut buf = BytesMut::new();
-            rx.take(&mut buf).await;
+            rx.take(&mut buf, &mut Vec::new()).await;
             second.await.unwrap().unwrap();
             buf.clear();
-            rx.take(&mut buf).await;
+            rx.take(&mut buf, &mut Vec::new()).await;
             assert_eq!(buf.len(), 20);
         })
         .await;
@@ -588,12 +645,12 @@ mod tests {
                 .send_control(Frame::ConnectionError(crate::RpcError::internal("x")))
                 .unwrap();
             let mut buf = BytesMut::new();
-            rx.take(&mut buf).await;
+            rx.take(&mut buf, &mut Vec::new()).await;
             assert!(buf.ends_with(b"]\n") && buf.starts_with(&[b'x'; 9]));
             outbox.try_send_with(line(BUDGET)).unwrap();
             assert!(outbox.try_send_with(line(1)).unwrap_err().is_overloaded());
             buf.clear();
-            rx.take(&mut buf).await;
+            rx.take(&mut buf, &mut Vec::new()).await;
             outbox.try_send_with(line(1)).unwrap();
             drop(rx);
             assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
@@ -622,13 +679,13 @@ mod tests {
             let (outbox, rx) = Outbox::new(8, BUDGET);
             outbox.try_send_with(line(10)).unwrap();
             let mut buf = BytesMut::new();
-            rx.close(&mut buf);
+            rx.close(&mut buf, &mut Vec::new());
             assert_eq!(buf.len(), 10, "the queued frame is written last");
             assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
             // Closing with nothing queued hands over nothing.
             let (outbox, rx) = Outbox::new(8, BUDGET);
             let mut buf = BytesMut::new();
-            rx.close(&mut buf);
+            rx.close(&mut buf, &mut Vec::new());
             assert!(buf.is_empty());
             assert!(outbox.try_send_with(line(1)).unwrap_err().is_closed());
         })
@@ -703,11 +760,11 @@ mod tests {
             let (outbox, rx) = Outbox::new(8, BUDGET);
             let mut buf = BytesMut::new();
             outbox.try_send_with(line(10)).unwrap();
-            rx.take(&mut buf).await;
+            rx.take(&mut buf, &mut Vec::new()).await;
             let first = buf.as_ptr();
             outbox.try_send_with(line(10)).unwrap();
             // Given back and taken again at once: the writer holds the second buffer.
-            rx.take(&mut buf).await;
+            rx.take(&mut buf, &mut Vec::new()).await;
             assert_ne!(buf.as_ptr(), first);
             outbox.try_send_with(line(10)).unwrap();
             assert_eq!(outbox.queue.lock().buf.as_ptr(), first, "no allocation");
@@ -715,7 +772,7 @@ mod tests {
             let mut grown = BytesMut::with_capacity(KEEP + 1);
             give_back(&mut outbox.queue.lock(), &mut grown);
             assert_eq!(outbox.queue.lock().spare.capacity(), 0);
-            rx.take(&mut buf).await;
+            rx.take(&mut buf, &mut Vec::new()).await;
             drop(std::mem::take(&mut buf));
             outbox.release_memory();
             let state = outbox.queue.lock();

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 
+use super::arrived_fds::ArrivedFds;
 use super::inbox::{Inbox, Later};
 use super::outgoing_calls::Delivery;
 use super::read_buf::{ReadBuf, READ_CHUNK, READ_SMALL};
@@ -53,8 +53,12 @@ pub(super) async fn run<T: Transport>(
     // Whether the last byte read left a line unfinished (a partial frame, or an oversized one
     // being discarded).
     let mut mid_line = false;
+    // Descriptors that came with bytes not decoded yet (Unix sockets only; empty otherwise).
+    let mut arrived = ArrivedFds::default();
+    let mut fds = Vec::new();
+    let max_fds = shared.config.max_fds_per_frame;
     let ended = 'reading: loop {
-        while let Some(item) = decode(&mut codec, &mut buf, false, shared) {
+        while let Some(item) = next(&mut codec, &mut buf, false, &mut arrived, shared) {
             // Most frames are handled without a wait, and without a future.
             let go_on = match handle_now(item, &mut inbox, shared) {
                 Ok(go_on) => go_on,
@@ -102,11 +106,16 @@ pub(super) async fn run<T: Transport>(
                 stalled(shared);
                 break false;
             }
-            r = read.read_buf(buf.get_mut().0) => r,
+            r = T::read_with_fds(&mut read, buf.get_mut().0, &mut fds, max_fds) => r,
         };
+        if !fds.is_empty() {
+            // They came with the bytes just read: with the line holding the last of them.
+            let at = buf.get().len().saturating_sub(1);
+            arrived.arrived(at, std::mem::take(&mut fds), max_fds);
+        }
         match read_result {
             Ok(0) => {
-                while let Some(item) = decode(&mut codec, &mut buf, true, shared) {
+                while let Some(item) = next(&mut codec, &mut buf, true, &mut arrived, shared) {
                     if !handle(item, &mut inbox, shared).await {
                         break;
                     }
@@ -142,6 +151,36 @@ fn stalled(shared: &Shared) {
     ));
     shared.error(Error::protocol(why.clone()));
     let _ = shared.outgoing.send_control(Frame::ConnectionError(why));
+}
+
+/// The next decoded line, with the descriptors that came with it, if any.
+fn next(
+    codec: &mut FrameCodec,
+    buf: &mut ReadBuf,
+    eof: bool,
+    arrived: &mut ArrivedFds,
+    shared: &Shared,
+) -> Option<Decoded> {
+    if arrived.is_empty() {
+        return decode(codec, buf, eof, shared);
+    }
+    let before = buf.get().len();
+    let item = decode(codec, buf, eof, shared);
+    let consumed = before - buf.get().len();
+    let Some(line) = arrived.consumed(consumed) else {
+        return item;
+    };
+    let (item, warning) = match item {
+        Some(item) => {
+            let (item, warning) = line.attach(item, shared.config.max_fds_per_frame);
+            (Some(item), warning)
+        }
+        None => (None, Some(line.unclaimed())),
+    };
+    if let Some(why) = warning {
+        shared.warning(Error::protocol(RpcError::new(code::INVALID_PARAMS, why)));
+    }
+    item
 }
 
 fn decode(

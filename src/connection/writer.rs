@@ -6,31 +6,34 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::outbox::{Receiver, WRITE_CHUNK};
+use super::outbox::{FdFrame, Receiver, WRITE_CHUNK};
 use super::Shared;
 use crate::error::Error;
+use crate::transport::Transport;
 
-pub(super) async fn run<W: AsyncWrite + Unpin>(mut write: W, queue: Receiver, shared: Arc<Shared>) {
+pub(super) async fn run<T: Transport>(mut write: T::Write, queue: Receiver, shared: Arc<Shared>) {
     // Empty while waiting: the buffer is given back to the outbox before each wait, so a
     // quiet connection's memory is the outbox's to free.
     let mut buf = BytesMut::new();
+    // The frames in `buf` that carry descriptors (rare: empty, no allocation).
+    let mut fds = Vec::new();
     loop {
         let taken = tokio::select! {
             biased;
             _ = shared.lifecycle.aborted() => return,
-            () = queue.take(&mut buf) => true,
+            () = queue.take(&mut buf, &mut fds) => true,
             _ = shared.lifecycle.ended() => false,
         };
         if !taken {
             break;
         }
-        if !flush(&mut write, &mut buf, &queue, &shared).await {
+        if !flush::<T>(&mut write, &mut buf, &mut fds, &queue, &shared).await {
             return;
         }
     }
     // Ending: write what is queued, refuse the rest, then shut down the write side.
-    queue.close(&mut buf);
-    if flush(&mut write, &mut buf, &queue, &shared).await {
+    queue.close(&mut buf, &mut fds);
+    if flush::<T>(&mut write, &mut buf, &mut fds, &queue, &shared).await {
         let _ = write.shutdown().await;
     }
 }
@@ -38,9 +41,10 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(mut write: W, queue: Receiver, sh
 /// Writes the buffer and flushes the stream (a no-op for sockets; TLS and buffered streams
 /// need it), leaving the buffer empty; `false` after a failure, which tears the connection
 /// down.
-async fn flush<W: AsyncWrite + Unpin>(
-    write: &mut W,
+async fn flush<T: Transport>(
+    write: &mut T::Write,
     buf: &mut BytesMut,
+    fds: &mut Vec<FdFrame>,
     queue: &Receiver,
     shared: &Shared,
 ) -> bool {
@@ -50,8 +54,16 @@ async fn flush<W: AsyncWrite + Unpin>(
     let result = tokio::select! {
         biased;
         _ = shared.lifecycle.aborted() => return false,
-        r = write_and_flush(write, buf, queue) => r,
+        r = async {
+            if fds.is_empty() {
+                write_and_flush(write, buf, queue).await
+            } else {
+                write_with_fds::<T>(write, buf, fds, queue).await
+            }
+        } => r,
     };
+    // Closes the duplicates sent (the peer has its own) or not sent.
+    fds.clear();
     // Cleared, not advanced: the buffer keeps its whole capacity for the next frames.
     buf.clear();
     match result {
@@ -81,6 +93,36 @@ async fn write_and_flush<W: AsyncWrite + Unpin>(
     let mut written = 0;
     while written < buf.len() {
         let end = buf.len().min(written + WRITE_CHUNK);
+        write.write_all(&buf[written..end]).await?;
+        written = end;
+        if buf.len() > WRITE_CHUNK {
+            queue.written(buf.len() - written);
+        }
+    }
+    write.flush().await
+}
+
+/// As [`write_and_flush`], for a buffer with frames that carry descriptors: each such frame
+/// starts a message of its own (`sendmsg`) with its descriptors attached to its first
+/// bytes, so the peer, whose read stops after that message, finds them beside the frame's
+/// line (see `reader`).
+async fn write_with_fds<T: Transport>(
+    write: &mut T::Write,
+    buf: &[u8],
+    fds: &[FdFrame],
+    queue: &Receiver,
+) -> std::io::Result<()> {
+    let mut written = 0;
+    let mut next = fds.iter().peekable();
+    while written < buf.len() {
+        if let Some(frame) = next.next_if(|frame| frame.start == written) {
+            written += T::write_with_fds(write, &buf[frame.start..frame.end], &frame.fds).await?;
+            continue;
+        }
+        let mut end = buf.len().min(written + WRITE_CHUNK);
+        if let Some(frame) = next.peek() {
+            end = end.min(frame.start);
+        }
         write.write_all(&buf[written..end]).await?;
         written = end;
         if buf.len() > WRITE_CHUNK {
@@ -215,7 +257,7 @@ mod tests {
             })
             .unwrap();
         let mut buf = BytesMut::new();
-        queue.take(&mut buf).await;
+        queue.take(&mut buf, &mut Vec::new()).await;
         let mut charges = Charges {
             queue: &queue,
             seen: Vec::new(),

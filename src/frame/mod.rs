@@ -166,6 +166,7 @@ impl Frame {
         match self {
             Frame::Notification { method, args } => {
                 open_call(buf, method);
+                hand_over_fds(args);
                 buf.put_slice(args.get().as_bytes());
                 close_call(buf, None, &Meta::default());
             }
@@ -176,6 +177,7 @@ impl Frame {
                 meta,
             } => {
                 open_call(buf, method);
+                hand_over_fds(args);
                 buf.put_slice(args.get().as_bytes());
                 close_call(buf, Some(*id), meta);
             }
@@ -219,6 +221,13 @@ impl Frame {
             Frame::Reply { result: Ok(v), .. } => v.text_len(),
             Frame::Reply { result: Err(e), .. } | Frame::ConnectionError(e) => e.message.len(),
         }
+    }
+}
+
+/// Arguments with descriptors hand them to the connection encoding the frame, if any.
+fn hand_over_fds(args: &Args) {
+    if let Some(fds) = args.fds() {
+        crate::fd::hand_over_all(fds);
     }
 }
 

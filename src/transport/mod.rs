@@ -87,8 +87,10 @@ mod tcp;
 mod unix;
 
 use std::future::Future;
+use std::os::fd::OwnedFd;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::peer::Identity;
 
@@ -130,6 +132,45 @@ pub trait Transport: Send + 'static {
     fn readable(read: &Self::Read) -> impl Future<Output = ()> + Send + '_ {
         let _ = read;
         std::future::ready(())
+    }
+
+    /// Whether the stream carries descriptors beside its bytes (`SCM_RIGHTS`): Unix sockets
+    /// do. `false` by default: sending an [`Fd`](crate::Fd) then fails before anything is
+    /// written.
+    fn carries_fds() -> bool {
+        false
+    }
+
+    /// Reads into the spare capacity of `buf` as `read_buf` does, and puts the descriptors
+    /// that arrived with those bytes into `fds`, at most `max_fds + 1` of them (more tell the
+    /// caller the limit was passed; the rest are closed). Returns the bytes read, 0 at the
+    /// end of the stream. By default a plain read: no descriptors.
+    ///
+    /// A read that brought descriptors may be short without the stream being drained (Linux
+    /// stops a read after a message with descriptors): it must not count as drained.
+    fn read_with_fds<'a>(
+        read: &'a mut Self::Read,
+        buf: &'a mut BytesMut,
+        fds: &'a mut Vec<OwnedFd>,
+        max_fds: usize,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send + 'a {
+        let _ = (fds, max_fds);
+        read.read_buf(buf)
+    }
+
+    /// Writes a prefix of `bytes`, at least one byte, with `fds` attached to it (only called
+    /// when [`Transport::carries_fds`]); returns how many bytes were written. Unsupported by
+    /// default.
+    fn write_with_fds<'a>(
+        write: &'a mut Self::Write,
+        bytes: &'a [u8],
+        fds: &'a [OwnedFd],
+    ) -> impl Future<Output = std::io::Result<usize>> + Send + 'a {
+        let _ = (write, bytes, fds);
+        std::future::ready(Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this transport cannot carry descriptors",
+        )))
     }
 }
 
