@@ -332,7 +332,10 @@ mod tests {
         let error = serde_json::to_string(&Fd::from(r)).unwrap_err();
         assert!(error.to_string().contains("only as an argument"), "{error}");
         let error = serde_json::from_str::<Fd>(r#"{"$fd":0}"#).unwrap_err();
-        assert!(error.to_string().contains("no descriptor arrived"), "{error}");
+        assert!(
+            error.to_string().contains("no descriptor arrived"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -371,8 +374,13 @@ mod tests {
         assert!(again.unwrap_err().to_string().contains("already taken"));
         let missing = receiving(&received, || serde_json::from_str::<Fd>(r#"{"$fd":2}"#));
         let missing = missing.unwrap_err().to_string();
-        assert!(missing.contains("claims descriptor 2, but 2 arrived"), "{missing}");
-        let extra = receiving(&received, || serde_json::from_str::<Fd>(r#"{"$fd":0,"x":1}"#));
+        assert!(
+            missing.contains("claims descriptor 2, but 2 arrived"),
+            "{missing}"
+        );
+        let extra = receiving(&received, || {
+            serde_json::from_str::<Fd>(r#"{"$fd":0,"x":1}"#)
+        });
         assert!(extra.is_err());
         assert!(RECEIVING.with(|r| r.borrow().is_none()), "restored");
     }

@@ -97,9 +97,12 @@ async fn a_tcp_stream_a_file_and_a_pipe_end_work_on_the_other_side() {
     assert_eq!(two, 2);
     let (r2, _w2) = std::io::pipe().unwrap();
     let req = diarrhoea::Request::new("count", (Fd::from(r2), None::<Fd>)).unwrap();
-    let reply = within("count by Caller", tower::ServiceExt::oneshot(conn.caller(), req))
-        .await
-        .unwrap();
+    let reply = within(
+        "count by Caller",
+        tower::ServiceExt::oneshot(conn.caller(), req),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.deserialize::<usize>().unwrap(), 1);
 }
 
@@ -111,7 +114,9 @@ async fn an_fd_over_tcp_fails_locally_and_nothing_is_written() {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     tokio::spawn(diarrhoea::serve(tcp, router).into_future());
-    let conn = within("connect", Connection::connect_tcp(addr)).await.unwrap();
+    let conn = within("connect", Connection::connect_tcp(addr))
+        .await
+        .unwrap();
     let file = std::fs::File::open("/dev/null").unwrap();
     let error = within("refusal", conn.call::<usize>("count", (Fd::from(file),)))
         .await

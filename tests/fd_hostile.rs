@@ -66,7 +66,9 @@ impl Hostile {
     /// The next reply: `(id, result, error)`.
     fn reply(&mut self) -> (u64, Value, Option<Value>) {
         let mut line = String::new();
-        self.replies.read_line(&mut line).expect("a reply within 5 s");
+        self.replies
+            .read_line(&mut line)
+            .expect("a reply within 5 s");
         let frame: Vec<Value> = serde_json::from_str(&line).unwrap();
         (
             frame[0].as_u64().unwrap(),
@@ -101,7 +103,8 @@ async fn every_refused_descriptor_is_closed_and_the_count_stays_flat() {
     // A server that takes no descriptors at all.
     let closed_path = dir.path().join("none.sock");
     let listener = UnixListener::bind(&closed_path).unwrap();
-    let serve_none = diarrhoea::serve(listener, router()).config(Config::new().max_fds_per_frame(0));
+    let serve_none =
+        diarrhoea::serve(listener, router()).config(Config::new().max_fds_per_frame(0));
     tokio::spawn(serve_none.into_future());
 
     let run = move |rounds: usize| {
@@ -113,7 +116,11 @@ async fn every_refused_descriptor_is_closed_and_the_count_stays_flat() {
             for _ in 0..rounds {
                 // Claims two, one arrived.
                 peer.send("[\"count\",[{\"$fd\":0},{\"$fd\":1}],1]\n", 1);
-                peer.refused(1, code::INVALID_PARAMS, "claims descriptor 1, but 1 arrived");
+                peer.refused(
+                    1,
+                    code::INVALID_PARAMS,
+                    "claims descriptor 1, but 1 arrived",
+                );
                 // Descriptors no frame claims: a call whose arguments claim none, a reply,
                 // an empty line.
                 peer.send("[\"nothing\",[1],2]\n", 2);

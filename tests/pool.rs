@@ -517,7 +517,65 @@ async fn shutdown_returns_by_its_timeout_whatever_the_calls_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pools_parent_killed_with_sigkill_leaves_no_worker_alive_after_1s() {
-    let mut parent = Command::new(pool_worker_exe())
+    parent_killed_leaves_no_worker(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_pair_workers_outlive_their_parents_sigkill_by_under_1s() {
+    parent_killed_leaves_no_worker(true).await;
+}
+
+/// A worker over a socket pair takes descriptors: it writes into the pipe it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_pair_worker_gets_descriptors() {
+    let pool = Pool::builder()
+        .spawn_socket(1, |_| {
+            let mut command = Command::new(pool_worker_exe());
+            command.arg("--serve");
+            command
+        })
+        .build()
+        .unwrap();
+    within("a live worker", pool.until_live(1)).await;
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let pid: u32 = within(
+        "write_to",
+        pool.call("write_to", (diarrhoea::Fd::from(writer), "from the parent")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(Some(pid), pool.metrics().workers[0].pid);
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut text).map(|_| text)
+    });
+    assert_eq!(
+        within("the pipe", text).await.unwrap().unwrap(),
+        "from the parent"
+    );
+    // The pipe-based workers cannot: refused before anything is written.
+    let pipes = workers(1).build().unwrap();
+    within("a live worker", pipes.until_live(1)).await;
+    let (_reader, writer) = std::io::pipe().unwrap();
+    let error = within(
+        "a refusal",
+        pipes.call::<u32>("write_to", (diarrhoea::Fd::from(writer), "x")),
+    )
+    .await
+    .unwrap_err();
+    assert!(!error.is_remote(), "{error}");
+    within("shutdown", pool.shutdown(Duration::from_secs(1))).await;
+    within("shutdown", pipes.shutdown(Duration::from_secs(1))).await;
+}
+
+/// The pool's parent (over pipes, or over socket pairs) is killed with SIGKILL: its workers
+/// are gone within 1 s.
+async fn parent_killed_leaves_no_worker(socket: bool) {
+    let mut command = Command::new(pool_worker_exe());
+    if socket {
+        command.env("DIARRHOEA_POOL_WORKER_SOCKET", "1");
+    }
+    let mut parent = command
         .env(WORKER_MODE, "parent")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

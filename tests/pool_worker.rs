@@ -11,7 +11,8 @@
 //!   with `DIARRHOEA_POOL_WORKER_FAREWELL=path` it takes 100 ms after its input ends, then
 //!   creates the file at `path` and exits (what a worker given time to exit on its own does).
 //! - `DIARRHOEA_POOL_WORKER=parent`: builds a pool of two copies of itself
-//!   (`spawn_self(2, ["--serve"])`), waits until both are live, prints their pids on one line
+//!   (`spawn_self(2, ["--serve"])`, or over socket pairs, `spawn_self_socket`, with
+//!   `DIARRHOEA_POOL_WORKER_SOCKET=1`), waits until both are live, prints their pids on one line
 //!   of its own stdout (not a protocol stream here), then waits to be killed.
 //! - `DIARRHOEA_POOL_WORKER=listen`: serves [`router`] on the Unix socket at
 //!   `DIARRHOEA_POOL_WORKER_PATH` (a stale socket file left there by a killed predecessor is
@@ -36,6 +37,7 @@ const CRASH_AFTER_MS: &str = "DIARRHOEA_POOL_WORKER_CRASH_AFTER_MS";
 const FREEZE_AT_START_MS: &str = "DIARRHOEA_POOL_WORKER_FREEZE_AT_START_MS";
 const PATH: &str = "DIARRHOEA_POOL_WORKER_PATH";
 const FAREWELL: &str = "DIARRHOEA_POOL_WORKER_FAREWELL";
+const SOCKET: &str = "DIARRHOEA_POOL_WORKER_SOCKET";
 
 fn main() {
     let mode = if std::env::args().skip(1).any(|a| a == "--serve") {
@@ -126,6 +128,8 @@ async fn serve() {
 /// - `ask_parent(n)` -> the parent's `double(n)`, called back over the same connection.
 /// - `freeze(ms)`: blocks this (single) runtime thread for `ms`: the worker stops answering
 ///   everything, probes included.
+/// - `write_to(fd, text)` -> pid, after writing `text` into the descriptor it was given
+///   (a worker over a socket pair).
 /// - the typed service `Calc` of tests/support/calc.rs (`add`, `div`, `log`, `whoAmI`), for
 ///   tests/service.rs.
 fn router() -> Router {
@@ -176,15 +180,23 @@ fn router() -> Router {
             std::thread::sleep(Duration::from_millis(ms));
             std::process::id()
         })
+        .route("write_to", |fd: diarrhoea::Fd, text: String| async move {
+            let mut file = std::fs::File::from(fd);
+            std::io::Write::write_all(&mut file, text.as_bytes())
+                .map(|()| std::process::id())
+                .map_err(|e| diarrhoea::RpcError::internal(e))
+        })
         .merge(calc::my_calc().0)
         .expect("the typed service's names are free")
 }
 
 async fn parent() {
-    let pool = Pool::builder()
-        .spawn_self(2, ["--serve"])
-        .build()
-        .expect("build the pool");
+    let builder = if std::env::var_os(SOCKET).is_some() {
+        Pool::builder().spawn_self_socket(2, ["--serve"])
+    } else {
+        Pool::builder().spawn_self(2, ["--serve"])
+    };
+    let pool = builder.build().expect("build the pool");
     tokio::time::timeout(Duration::from_secs(10), pool.until_live(2))
         .await
         .expect("two live workers");

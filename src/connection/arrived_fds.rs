@@ -189,7 +189,10 @@ mod tests {
         };
         let (item, warning) = line.attach(Ok(frame), 2);
         let refused = item.unwrap_err();
-        assert_eq!((refused.id, refused.error.code), (Some(7), code::INVALID_PARAMS));
+        assert_eq!(
+            (refused.id, refused.error.code),
+            (Some(7), code::INVALID_PARAMS)
+        );
         assert!(refused.error.message.contains("limit is 2"), "{refused}");
         assert!(warning.is_none());
     }

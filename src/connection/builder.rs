@@ -119,11 +119,46 @@ impl Builder {
         Ok((self.serve_connection(stdio), child))
     }
 
+    /// As [`spawn_child`](Builder::spawn_child), over one end of a Unix socket pair given to
+    /// the worker as its stdin (stdout and stderr are left as they are): the connection
+    /// then carries descriptors ([`Fd`](crate::Fd) arguments) both ways. The worker serves
+    /// with [`serve_stdio`](crate::serve_stdio), which sees that its stdin is a socket.
+    ///
+    /// The child is killed when the returned `Child` is dropped; when this process dies,
+    /// even by SIGKILL, the worker's socket reaches its end and the worker exits.
+    pub fn spawn_child_socket(
+        self,
+        command: &mut tokio::process::Command,
+    ) -> Result<(Connection, tokio::process::Child), Error> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(Error::io)?;
+        let child = command
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                theirs,
+            )))
+            .kill_on_drop(true)
+            .spawn();
+        // The command holds the worker's end until it is dropped or told otherwise: let go
+        // of it, so the worker's death ends this side's reads.
+        command.stdin(std::process::Stdio::null());
+        let child = child.map_err(|e| Error::io(e).with_context("spawn worker"))?;
+        ours.set_nonblocking(true).map_err(Error::io)?;
+        let ours = UnixStream::from_std(ours).map_err(Error::io)?;
+        Ok((self.serve_connection(ours), child))
+    }
+
     /// A connection over this process's own stdin and stdout: the worker's side of
     /// [`spawn_child`](Builder::spawn_child). Log to stderr: stdout carries the frames. To
     /// serve until the parent closes the connection, [`serve_stdio`](crate::serve_stdio).
+    ///
+    /// When stdin is a Unix socket (a worker started with
+    /// [`spawn_child_socket`](Builder::spawn_child_socket), or by an inetd-style launcher),
+    /// the whole connection runs over that socket, descriptors included, and stdout is
+    /// left free.
     pub fn stdio(self) -> Connection {
-        self.serve_connection(Stdio::new())
+        match stdin_socket() {
+            Some(socket) => self.serve_connection(socket),
+            None => self.serve_connection(Stdio::new()),
+        }
     }
 
     /// Two connected ends in this process, over a socket pair: for tests and benchmarks that
@@ -132,6 +167,20 @@ impl Builder {
         let (a, b) = UnixStream::pair().map_err(Error::io)?;
         Ok((self.serve_connection(a), other.serve_connection(b)))
     }
+}
+
+/// This process's stdin as a tokio Unix socket, if it is one (a duplicate: stdin stays).
+fn stdin_socket() -> Option<UnixStream> {
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin();
+    let fd = stdin.as_fd();
+    let address = rustix::net::getsockname(fd).ok()?;
+    if address.address_family() != rustix::net::AddressFamily::UNIX {
+        return None;
+    }
+    let socket = std::os::unix::net::UnixStream::from(fd.try_clone_to_owned().ok()?);
+    socket.set_nonblocking(true).ok()?;
+    UnixStream::from_std(socket).ok()
 }
 
 impl Connection {

@@ -343,7 +343,12 @@ impl Receiver {
         poll_fn(|cx| self.poll_take(cx, buf, fds)).await
     }
 
-    fn poll_take(&self, cx: &mut Context<'_>, buf: &mut BytesMut, fds: &mut Vec<FdFrame>) -> Poll<()> {
+    fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        fds: &mut Vec<FdFrame>,
+    ) -> Poll<()> {
         let mut state = self.queue.lock();
         give_back(&mut state, buf);
         if state.buf.is_empty() {

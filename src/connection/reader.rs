@@ -5,7 +5,6 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-
 use super::arrived_fds::ArrivedFds;
 use super::inbox::{Inbox, Later};
 use super::outgoing_calls::Delivery;

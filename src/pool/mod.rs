@@ -201,6 +201,22 @@ impl PoolBuilder {
         self
     }
 
+    /// As [`spawn`](Self::spawn), over one end of a Unix socket pair as each worker's stdin
+    /// (stdout and stderr are left as they are), so calls carry descriptors ([`Fd`](crate::Fd)
+    /// arguments): hand a worker an accepted connection, a file, a pipe. The worker serves
+    /// with [`serve_stdio`](crate::serve_stdio), as over pipes. Supervision and the
+    /// no-orphan guarantee are the same: a worker whose parent dies, even by SIGKILL, reads
+    /// the end of its socket and exits.
+    pub fn spawn_socket<F>(mut self, count: usize, command: F) -> Self
+    where
+        F: Fn(usize) -> Command + Send + Sync + 'static,
+    {
+        let command: worker::MakeCommand = Arc::new(command);
+        self.sources
+            .extend((0..count).map(|_| Source::SpawnSocket(command.clone())));
+        self
+    }
+
     /// Starts `count` copies of this very program, with `args`: the usual way to scale a
     /// binary out, with a flag that makes it a worker.
     pub fn spawn_self<I, A>(self, count: usize, args: I) -> Self
@@ -208,17 +224,43 @@ impl PoolBuilder {
         I: IntoIterator<Item = A>,
         A: Into<std::ffi::OsString>,
     {
+        self.spawn_self_with(count, args, false)
+    }
+
+    /// As [`spawn_self`](Self::spawn_self), over socket pairs as
+    /// [`spawn_socket`](Self::spawn_socket).
+    pub fn spawn_self_socket<I, A>(self, count: usize, args: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<std::ffi::OsString>,
+    {
+        self.spawn_self_with(count, args, true)
+    }
+
+    fn spawn_self_with<I, A>(self, count: usize, args: I, socket: bool) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<std::ffi::OsString>,
+    {
         let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-        match std::env::current_exe() {
-            Ok(exe) => self.spawn(count, move |_| {
-                let mut command = Command::new(&exe);
-                command.args(&args);
-                command
-            }),
-            Err(e) => Self {
-                error: Some(Error::io(e).with_context("find this program to start workers")),
-                ..self
-            },
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(e) => {
+                return Self {
+                    error: Some(Error::io(e).with_context("find this program to start workers")),
+                    ..self
+                }
+            }
+        };
+        let command = move |_| {
+            let mut command = Command::new(&exe);
+            command.args(&args);
+            command
+        };
+        if socket {
+            self.spawn_socket(count, command)
+        } else {
+            self.spawn(count, command)
         }
     }
 

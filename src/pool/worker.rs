@@ -22,6 +22,9 @@ pub(super) type MakeCommand = Arc<dyn Fn(usize) -> Command + Send + Sync>;
 pub(super) enum Source {
     /// A process the pool starts and talks to over its stdin and stdout.
     Spawn(MakeCommand),
+    /// A process the pool starts with one end of a Unix socket pair as its stdin: the
+    /// connection carries descriptors.
+    SpawnSocket(MakeCommand),
     /// A server on a Unix socket.
     Unix(PathBuf),
     /// A server on TCP.
@@ -32,6 +35,7 @@ impl fmt::Debug for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Spawn(_) => f.write_str("Spawn"),
+            Source::SpawnSocket(_) => f.write_str("SpawnSocket"),
             Source::Unix(path) => f.debug_tuple("Unix").field(path).finish(),
             Source::Tcp(addr) => f.debug_tuple("Tcp").field(addr).finish(),
         }
@@ -88,6 +92,10 @@ impl Source {
         let (conn, child) = match self {
             Source::Spawn(command) => {
                 let (conn, child) = builder.spawn_child(&mut command(slot))?;
+                (conn, Some(child))
+            }
+            Source::SpawnSocket(command) => {
+                let (conn, child) = builder.spawn_child_socket(&mut command(slot))?;
                 (conn, Some(child))
             }
             Source::Unix(path) => (builder.connect(path).await?, None),
