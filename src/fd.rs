@@ -143,72 +143,82 @@ impl TryFrom<tokio::net::UnixStream> for Fd {
 }
 
 thread_local! {
-    /// Set while a frame is encoded for a connection: the descriptors its `Fd`s hand over.
-    static SENDING: Sending = const {
-        Sending { open: Cell::new(false), base: Cell::new(0), fds: RefCell::new(Vec::new()) }
-    };
+    /// While a frame is encoded for a connection: 1 + where its descriptors start in
+    /// `HANDED`; 0 outside. A plain const-initialized `Cell`, as `COUNT`: every frame sent
+    /// enters and leaves an encoding, and that must cost next to nothing.
+    static OPEN: Cell<usize> = const { Cell::new(0) };
+    /// How many descriptors `HANDED` holds.
+    static COUNT: Cell<usize> = const { Cell::new(0) };
+    /// The descriptors the `Fd`s of the frames being encoded handed over.
+    static HANDED: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
     /// Set while an incoming call's arguments are read: the descriptors that came with it.
     static RECEIVING: RefCell<Option<std::sync::Arc<Received>>> = const { RefCell::new(None) };
 }
 
-struct Sending {
-    /// Inside [`collect`].
-    open: Cell<bool>,
-    /// Where the innermost encoding's descriptors start in `fds`.
-    base: Cell<usize>,
-    fds: RefCell<Vec<OwnedFd>>,
+/// An encoding of one frame, entered: the descriptors its `Fd`s hand over are collected
+/// until it is dropped (after a panic too: then the outer encoding is open again, and
+/// nothing collected stays behind). Nests: an encoding inside collects its own.
+pub(crate) struct Encoding {
+    outer: usize,
+    count: usize,
+}
+
+impl Encoding {
+    #[inline]
+    pub(crate) fn enter() -> Self {
+        let count = COUNT.get();
+        Encoding {
+            outer: OPEN.replace(count + 1),
+            count,
+        }
+    }
+
+    /// Whether an `Fd` handed over a descriptor since `enter`.
+    #[inline]
+    pub(crate) fn handed_any(&self) -> bool {
+        COUNT.get() != self.count
+    }
+
+    /// The descriptors handed over since `enter`, in placeholder order.
+    #[cold]
+    pub(crate) fn take(&self) -> Vec<OwnedFd> {
+        let fds = HANDED.with(|fds| fds.borrow_mut().split_off(self.count));
+        COUNT.set(self.count);
+        fds
+    }
+}
+
+impl Drop for Encoding {
+    #[inline]
+    fn drop(&mut self) {
+        OPEN.set(self.outer);
+        if self.handed_any() {
+            drop(self.take());
+        }
+    }
 }
 
 /// Runs `encode` (the encoding of one frame) and returns the descriptors its `Fd`s handed
-/// over, in placeholder order. Nests: an encoding inside `encode` collects its own.
+/// over, in placeholder order: [`Encoding`] around a closure.
 pub(crate) fn collect<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    struct Restore {
-        was_open: bool,
-        base: usize,
-        from: usize,
-    }
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // After a panic too: nothing collected stays behind, and the outer state is back.
-            SENDING.with(|s| {
-                s.open.set(self.was_open);
-                s.base.set(self.base);
-                s.fds.borrow_mut().truncate(self.from);
-            });
-        }
-    }
-    let restore = SENDING.with(|s| {
-        let from = s.fds.borrow().len();
-        Restore {
-            was_open: s.open.replace(true),
-            base: s.base.replace(from),
-            from,
-        }
-    });
+    let encoding = Encoding::enter();
     let result = encode();
-    let fds = SENDING.with(|s| {
-        let mut fds = s.fds.borrow_mut();
-        if fds.len() == restore.from {
-            Vec::new()
-        } else {
-            fds.split_off(restore.from)
-        }
-    });
-    drop(restore);
+    let fds = if encoding.handed_any() {
+        encoding.take()
+    } else {
+        Vec::new()
+    };
     (result, fds)
 }
 
 /// Hands `fd` (a duplicate the caller made) to the frame being encoded; its index among the
 /// frame's descriptors, or `None` outside an encoding.
 fn hand_over(fd: OwnedFd) -> Option<usize> {
-    SENDING.with(|s| {
-        if !s.open.get() {
-            return None;
-        }
-        let mut fds = s.fds.borrow_mut();
-        fds.push(fd);
-        Some(fds.len() - 1 - s.base.get())
-    })
+    let base = OPEN.get().checked_sub(1)?;
+    HANDED.with(|fds| fds.borrow_mut().push(fd));
+    let count = COUNT.get() + 1;
+    COUNT.set(count);
+    Some(count - 1 - base)
 }
 
 /// Hands duplicates of the descriptors of `received` (arguments made with `Fd`s, or a
@@ -359,7 +369,8 @@ mod tests {
             }));
         });
         assert!(outer.is_empty());
-        assert!(!SENDING.with(|s| s.open.get()));
+        assert_eq!((OPEN.get(), COUNT.get()), (0, 0));
+        assert!(HANDED.with(|fds| fds.borrow().is_empty()));
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl Request {
         }
     }
 
+    #[inline]
     pub(crate) fn incoming(frame: Frame, origin: Arc<dyn Origin>) -> Option<Self> {
         let (method, args, id, meta) = match frame {
             Frame::Notification { method, args } => (method, args, NO_ID, Meta::default()),

@@ -27,34 +27,90 @@ pub(crate) mod plain;
 pub struct Args(Repr);
 
 /// Two forms, so `Args` is 40 bytes: a request larger than 128 bytes is moved by a call to
-/// `memcpy` (LLVM's limit for inline copies), and a request is moved many times.
+/// `memcpy` (LLVM's limit for inline copies), and a request is moved many times. A third
+/// variant would need a tag of its own (neither form has a second spare bit pattern), so
+/// arguments with descriptors are one kind of [`Own`].
 ///
 /// [`Request::take_args`]: crate::Request::take_args
 enum Repr {
-    /// JSON text of an array, valid by construction (serialized here, or checked where it
-    /// was read); empty for `[]`, which is common (calls without arguments, and what
-    /// [`Request::take_args`] leaves behind) and then costs no allocation.
-    Json(Box<str>),
+    /// Arguments in memory of their own.
+    Json(Own),
     /// JSON text of an array, checked where it was read, still in its line. It keeps the
     /// read chunk alive, so it never reaches code that may keep it (see [`Args::detached`]):
     /// while its call waits or runs, the reader bounds the chunks such frames hold.
     Wire(WireText),
+}
+
+/// 16 bytes, as the `Box<str>` alone: the second variant fits beside the pointer's null.
+enum Own {
+    /// JSON text of an array, valid by construction (serialized here, or checked where it
+    /// was read); empty for `[]`, which is common (calls without arguments, and what
+    /// [`Request::take_args`] leaves behind) and then costs no allocation.
+    Text(Box<str>),
     /// Arguments with descriptors: those that arrived with the frame, or those to send with
-    /// it. Boxed: rare, and `Args` stays small.
+    /// it. Boxed: rare.
     Fds(Box<WithFds>),
 }
 
 struct WithFds {
-    /// `Json` or `Wire`, never `Fds`.
-    text: Repr,
+    /// The JSON text of the array, in memory of its own (a frame's line is not kept: the
+    /// frame is rare, its copy cheap, and `Repr` stays free of recursion).
+    text: Box<str>,
     /// Shared by clones: whoever reads an `Fd` first takes it.
     fds: Arc<Received>,
+}
+
+impl Repr {
+    fn text(text: Box<str>) -> Self {
+        Repr::Json(Own::Text(text))
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Repr::Json(Own::Text(text)) if text.is_empty() => b"[]",
+            Repr::Json(Own::Text(text)) => text.as_bytes(),
+            Repr::Wire(text) => text.as_bytes(),
+            Repr::Json(Own::Fds(with)) => with.text.as_bytes(),
+        }
+    }
+
+    fn get(&self) -> &str {
+        match self {
+            Repr::Json(Own::Text(text)) if text.is_empty() => "[]",
+            Repr::Json(Own::Text(text)) => text,
+            Repr::Wire(text) => text.get(),
+            Repr::Json(Own::Fds(with)) => &with.text,
+        }
+    }
+
+    fn detached(self) -> Self {
+        match self {
+            Repr::Wire(text) => Repr::text(text.get().into()),
+            json => json,
+        }
+    }
+
+    fn into_text(self) -> Box<str> {
+        match self {
+            Repr::Json(Own::Text(text)) if text.is_empty() => "[]".into(),
+            Repr::Json(Own::Text(text)) => text,
+            Repr::Wire(text) => text.get().into(),
+            Repr::Json(Own::Fds(with)) => with.text,
+        }
+    }
+
+    fn with_fds(&self) -> Option<&WithFds> {
+        match self {
+            Repr::Json(Own::Fds(with)) => Some(with),
+            _ => None,
+        }
+    }
 }
 
 impl Args {
     /// No arguments: `[]`.
     pub fn empty() -> Self {
-        Args(Repr::Json(Box::default()))
+        Args(Repr::text(Box::default()))
     }
 
     /// Serializes `args`, which must serialize to a JSON array (a tuple, an array, a `Vec`),
@@ -71,8 +127,8 @@ impl Args {
         let (raw, fds) = fd::collect(|| serde_json::value::to_raw_value(args));
         let raw = raw.map_err(|e| Error::new(Kind::Encode).with_source(e))?;
         match raw.get().as_bytes().first() {
-            Some(b'[') if fds.is_empty() => Ok(Args(Repr::Json(raw.into()))),
-            Some(b'[') => Ok(Args(Repr::Json(raw.into())).with_fds(fds)),
+            Some(b'[') if fds.is_empty() => Ok(Args(Repr::text(raw.into()))),
+            Some(b'[') => Ok(Args(Repr::text(raw.into())).with_fds(fds)),
             _ if raw.get() == "null" => Ok(Args::empty()),
             _ => Err(Error::new(Kind::Encode).with_source(format!(
                 "arguments must serialize to a JSON array (use a tuple such as `(x,)`), got `{}`",
@@ -86,7 +142,7 @@ impl Args {
     /// Pretty-printed JSON is fine: line breaks become spaces, so a frame stays one line.
     pub fn from_raw(raw: Box<RawValue>) -> Result<Self, Error> {
         if raw.get().starts_with('[') {
-            Ok(Args(Repr::Json(one_line(raw).into())))
+            Ok(Args(Repr::text(one_line(raw).into())))
         } else {
             Err(Error::new(Kind::Encode).with_source("arguments must be a JSON array"))
         }
@@ -104,40 +160,31 @@ impl Args {
 
     /// As [`Args::deserialize`], with serde_json's own error: handlers answer -32602 with its
     /// message.
+    #[inline]
     pub(crate) fn parse<'de, T: Deserialize<'de>>(&'de self) -> Result<T, serde_json::Error> {
-        match &self.0 {
-            // One reading only, by serde_json: an `Fd` read takes its descriptor, so a
-            // first attempt that fails half way must not have taken any.
-            Repr::Fds(with) => {
-                fd::receiving(&with.fds, || serde_json::from_slice(with.text.as_bytes()))
-            }
-            _ => plain::deserialize(self.as_bytes()),
+        match self.0.with_fds() {
+            Some(with) => parse_with_fds(with),
+            None => plain::deserialize(self.as_bytes()),
         }
     }
 
     /// The same arguments with `fds`, the descriptors that arrived with their frame or are
     /// to be sent with it (in placeholder order).
     pub(crate) fn with_fds(self, fds: Vec<OwnedFd>) -> Self {
-        let text = match self.0 {
-            Repr::Fds(with) => with.text,
-            text => text,
-        };
-        Args(Repr::Fds(Box::new(WithFds {
-            text,
+        Args(Repr::Json(Own::Fds(Box::new(WithFds {
+            text: self.0.into_text(),
             fds: Arc::new(Received::new(fds)),
-        })))
+        }))))
     }
 
     /// The descriptors that came with the arguments (or go with them), if any.
     pub(crate) fn fds(&self) -> Option<&Arc<Received>> {
-        match &self.0 {
-            Repr::Fds(with) => Some(&with.fds),
-            _ => None,
-        }
+        self.0.with_fds().map(|with| &with.fds)
     }
 
     /// The JSON text as bytes, as the parsers read it: text still in its line is not checked
     /// for UTF-8 again, as [`Args::get`] checks it.
+    #[inline]
     fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
@@ -158,7 +205,7 @@ impl Args {
     pub(crate) fn from_wire(text: &[u8], line: Option<Line<'_>>) -> Self {
         match line {
             Some(line) => Args(Repr::Wire(line.text(text))),
-            None => Args(Repr::Json(crate::wire::to_text(text))),
+            None => Args(Repr::text(crate::wire::to_text(text))),
         }
     }
 
@@ -171,10 +218,7 @@ impl Args {
     /// Whether the text is still in its line.
     #[cfg(test)]
     pub(crate) fn in_line(&self) -> bool {
-        match &self.0 {
-            Repr::Fds(with) => matches!(with.text, Repr::Wire(_)),
-            repr => matches!(repr, Repr::Wire(_)),
-        }
+        matches!(self.0, Repr::Wire(_))
     }
 
     /// The raw JSON value.
@@ -188,53 +232,11 @@ impl Args {
     }
 }
 
-impl Repr {
-    /// The form that holds the text (not recursive, so the usual forms stay inlined).
-    fn text(&self) -> &Repr {
-        match self {
-            Repr::Fds(with) => &with.text,
-            text => text,
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self.text() {
-            Repr::Json(text) if text.is_empty() => b"[]",
-            Repr::Json(text) => text.as_bytes(),
-            Repr::Wire(text) => text.as_bytes(),
-            // `WithFds::text` is never `Fds`.
-            Repr::Fds(_) => b"[]",
-        }
-    }
-
-    fn get(&self) -> &str {
-        match self.text() {
-            Repr::Json(text) if text.is_empty() => "[]",
-            Repr::Json(text) => text,
-            Repr::Wire(text) => text.get(),
-            Repr::Fds(_) => "[]",
-        }
-    }
-
-    fn detached(self) -> Self {
-        match self {
-            Repr::Wire(text) => Repr::Json(text.get().into()),
-            Repr::Fds(mut with) => {
-                with.text = with.text.detached();
-                Repr::Fds(with)
-            }
-            json => json,
-        }
-    }
-
-    fn into_text(self) -> Box<str> {
-        match self {
-            Repr::Json(text) if text.is_empty() => "[]".into(),
-            Repr::Json(text) => text,
-            Repr::Wire(text) => text.get().into(),
-            Repr::Fds(with) => with.text.into_text(),
-        }
-    }
+/// One reading only, by serde_json: an `Fd` read takes its descriptor, so a first attempt
+/// (the plain reader's) that fails half way must not have taken any.
+#[cold]
+fn parse_with_fds<'de, T: Deserialize<'de>>(with: &'de WithFds) -> Result<T, serde_json::Error> {
+    fd::receiving(&with.fds, || serde_json::from_str(&with.text))
 }
 
 /// A clone is its owner's to keep: arguments still in their line are copied out of it, so a
@@ -243,12 +245,12 @@ impl Repr {
 impl Clone for Args {
     fn clone(&self) -> Self {
         Args(match &self.0 {
-            Repr::Json(text) => Repr::Json(text.clone()),
-            Repr::Wire(text) => Repr::Json(text.get().into()),
-            Repr::Fds(with) => Repr::Fds(Box::new(WithFds {
-                text: Repr::Json(with.text.get().into()),
+            Repr::Json(Own::Text(text)) => Repr::text(text.clone()),
+            Repr::Wire(text) => Repr::text(text.get().into()),
+            Repr::Json(Own::Fds(with)) => Repr::Json(Own::Fds(Box::new(WithFds {
+                text: with.text.clone(),
                 fds: with.fds.clone(),
-            })),
+            }))),
         })
     }
 }

@@ -734,7 +734,7 @@ mod tests {
                         stringify!($t)
                     );
                 }
-                let args = Args(Repr::Json(text.as_str().into()));
+                let args = Args(Repr::text(text.as_str().into()));
                 let serde = serde_json::from_str::<$t>(args.get());
                 match (args.parse::<$t>(), serde) {
                     (Ok(ours), Ok(serde)) => {
@@ -913,7 +913,7 @@ mod tests {
             if let Ok(plain) = from_slice::<(&str,)>(text.as_bytes()) {
                 assert_eq!(Some(&plain), serde.as_ref().ok(), "{text}");
             }
-            let args = Args(Repr::Json(text.as_str().into()));
+            let args = Args(Repr::text(text.as_str().into()));
             match (
                 args.parse::<(&str,)>(),
                 serde_json::from_str::<(&str,)>(args.get()),
@@ -976,7 +976,7 @@ mod tests {
         let text = format!("[{},{}]", deep(200), deep(100_000));
         assert!(from_slice::<Vec<Lenient<Value>>>(text.as_bytes()).is_err());
         assert!(from_slice::<Vec<Lenient<IgnoredAny>>>(text.as_bytes()).is_err());
-        let args = Args(Repr::Json(text.into()));
+        let args = Args(Repr::text(text.into()));
         assert_eq!(
             args.parse::<Vec<Lenient<Value>>>()
                 .map_err(|e| e.to_string()),

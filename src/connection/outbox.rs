@@ -181,13 +181,18 @@ impl Queue {
             start,
         };
         // `Fd`s among the arguments hand over their descriptors while they are encoded.
-        let (encoded, fds) = fd::collect(|| encode(line.buf));
-        encoded?;
-        if !fds.is_empty() {
+        let encoding = fd::Encoding::enter();
+        encode(line.buf)?;
+        let fds = if encoding.handed_any() {
+            let fds = encoding.take();
             self.may_carry(fds.len())?;
-        }
+            Some(fds)
+        } else {
+            None
+        };
+        drop(encoding);
         std::mem::forget(line);
-        if !fds.is_empty() {
+        if let Some(fds) = fds {
             let end = state.buf.len();
             state.fds.push(FdFrame { start, end, fds });
         }

@@ -105,7 +105,8 @@ pub(super) async fn run<T: Transport>(
                 stalled(shared);
                 break false;
             }
-            r = T::read_with_fds(&mut read, buf.get_mut().0, &mut fds, max_fds) => r,
+            // Mid-line, as much as there is room for: a long line arrives in few reads.
+            r = T::read_with_fds(&mut read, buf.get_mut().0, if mid_line { usize::MAX } else { offer }, &mut fds, max_fds) => r,
         };
         if !fds.is_empty() {
             // They came with the bytes just read: with the line holding the last of them.
@@ -153,6 +154,7 @@ fn stalled(shared: &Shared) {
 }
 
 /// The next decoded line, with the descriptors that came with it, if any.
+#[inline]
 fn next(
     codec: &mut FrameCodec,
     buf: &mut ReadBuf,
@@ -163,6 +165,17 @@ fn next(
     if arrived.is_empty() {
         return decode(codec, buf, eof, shared);
     }
+    next_with_fds(codec, buf, eof, arrived, shared)
+}
+
+#[cold]
+fn next_with_fds(
+    codec: &mut FrameCodec,
+    buf: &mut ReadBuf,
+    eof: bool,
+    arrived: &mut ArrivedFds,
+    shared: &Shared,
+) -> Option<Decoded> {
     let before = buf.get().len();
     let item = decode(codec, buf, eof, shared);
     let consumed = before - buf.get().len();

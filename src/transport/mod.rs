@@ -141,20 +141,22 @@ pub trait Transport: Send + 'static {
         false
     }
 
-    /// Reads into the spare capacity of `buf` as `read_buf` does, and puts the descriptors
-    /// that arrived with those bytes into `fds`, at most `max_fds + 1` of them (more tell the
-    /// caller the limit was passed; the rest are closed). Returns the bytes read, 0 at the
-    /// end of the stream. By default a plain read: no descriptors.
+    /// Reads into the spare capacity of `buf` as `read_buf` does (about `want` bytes are
+    /// expected: a hint), and puts the descriptors that arrived with those bytes into
+    /// `fds`, at most `max_fds + 1` of them (more tell the caller the limit was passed; the
+    /// rest are closed). Returns the bytes read, 0 at the end of the stream. By default a
+    /// plain read: no descriptors.
     ///
     /// A read that brought descriptors may be short without the stream being drained (Linux
     /// stops a read after a message with descriptors): it must not count as drained.
     fn read_with_fds<'a>(
         read: &'a mut Self::Read,
         buf: &'a mut BytesMut,
+        want: usize,
         fds: &'a mut Vec<OwnedFd>,
         max_fds: usize,
     ) -> impl Future<Output = std::io::Result<usize>> + Send + 'a {
-        let _ = (fds, max_fds);
+        let _ = (want, fds, max_fds);
         read.read_buf(buf)
     }
 

@@ -50,11 +50,12 @@ impl Transport for UnixStream {
     fn read_with_fds<'a>(
         read: &'a mut Self::Read,
         buf: &'a mut BytesMut,
+        want: usize,
         fds: &'a mut Vec<OwnedFd>,
         max_fds: usize,
     ) -> impl Future<Output = std::io::Result<usize>> + Send + 'a {
         let read: &'a Self::Read = read;
-        fds::read(read.as_ref(), buf, fds, max_fds)
+        fds::read(read.as_ref(), buf, want, fds, max_fds)
     }
 
     fn write_with_fds<'a>(
@@ -87,10 +88,16 @@ mod fds {
     /// Room for the most descriptors one message may carry, and one more.
     const SPACE: usize = rustix::cmsg_space!(ScmRights(SCM_MAX_FD + 1));
 
-    /// The most a read is offered: its room is zeroed first (safe code reads into
-    /// initialized bytes only), so a buffer grown for a big frame is not zeroed whole at
-    /// every read.
-    const MOST: usize = 65_536;
+    /// The most a read is offered (what a Unix socket's buffer holds, about).
+    const MOST: usize = 262_144;
+
+    thread_local! {
+        /// Where `recvmsg` reads, then copied after the buffer's bytes: safe code reads only
+        /// into initialized memory, and zeroing the buffer's room before every read costs
+        /// more than copying what a read brings (often much less than the room). One per
+        /// thread, zeroed once as it grows, to at most `MOST`.
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     const RECV_FLAGS: RecvFlags = RecvFlags::CMSG_CLOEXEC;
@@ -107,6 +114,7 @@ mod fds {
     pub(super) async fn read(
         socket: &UnixStream,
         buf: &mut BytesMut,
+        want: usize,
         fds: &mut Vec<OwnedFd>,
         max_fds: usize,
     ) -> std::io::Result<usize> {
@@ -115,7 +123,7 @@ mod fds {
             let mut got = None;
             let result = socket.try_io(Interest::READABLE, || {
                 let before = fds.len();
-                let (n, room) = recv(socket, buf, fds, max_fds)?;
+                let (n, room) = recv(socket, buf, want, fds, max_fds)?;
                 got = Some(n);
                 if n > 0 && n < room && fds.len() == before {
                     // A short read without descriptors drained the socket: say so, so the
@@ -138,29 +146,28 @@ mod fds {
     fn recv(
         socket: &UnixStream,
         buf: &mut BytesMut,
+        want: usize,
         fds: &mut Vec<OwnedFd>,
         max_fds: usize,
     ) -> std::io::Result<(usize, usize)> {
-        let len = buf.len();
-        let room = (buf.capacity() - len).clamp(1, MOST);
-        buf.resize(len + room, 0);
+        let room = (buf.capacity() - buf.len()).min(want).clamp(1, MOST);
         let mut space = [MaybeUninit::<u8>::uninit(); SPACE];
-        let want = rustix::cmsg_space!(ScmRights(max_fds.min(SCM_MAX_FD) + 1));
-        let mut control = RecvAncillaryBuffer::new(&mut space[..want]);
-        let result = rustix::net::recvmsg(
-            socket,
-            &mut [IoSliceMut::new(&mut buf[len..])],
-            &mut control,
-            RECV_FLAGS,
-        );
-        let n = match result {
-            Ok(msg) => msg.bytes,
-            Err(e) => {
-                buf.truncate(len);
-                return Err(e.into());
+        let space_for = rustix::cmsg_space!(ScmRights(max_fds.min(SCM_MAX_FD) + 1));
+        let mut control = RecvAncillaryBuffer::new(&mut space[..space_for]);
+        let n = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            if scratch.len() < room {
+                scratch.resize(room, 0);
             }
-        };
-        buf.truncate(len + n);
+            let msg = rustix::net::recvmsg(
+                socket,
+                &mut [IoSliceMut::new(&mut scratch[..room])],
+                &mut control,
+                RECV_FLAGS,
+            )?;
+            buf.extend_from_slice(&scratch[..msg.bytes]);
+            Ok::<_, std::io::Error>(msg.bytes)
+        })?;
         for message in control.drain() {
             if let RecvAncillaryMessage::ScmRights(received) = message {
                 fds.extend(received);
