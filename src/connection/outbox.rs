@@ -173,6 +173,7 @@ impl Queue {
         &self,
         mut state: MutexGuard<'_, State>,
         charged: bool,
+        line_of: Line,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let start = state.buf.len();
@@ -180,17 +181,25 @@ impl Queue {
             buf: &mut state.buf,
             start,
         };
-        // `Fd`s among the arguments hand over their descriptors while they are encoded.
-        let encoding = fd::Encoding::enter();
-        encode(line.buf)?;
-        let fds = if encoding.handed_any() {
-            let fds = encoding.take();
-            self.may_carry(fds.len())?;
-            Some(fds)
-        } else {
-            None
+        let fds = match line_of {
+            Line::Reply => {
+                encode(line.buf)?;
+                None
+            }
+            Line::Call => {
+                // `Fd`s among the arguments hand over their descriptors while they are
+                // encoded.
+                let encoding = fd::Encoding::enter();
+                encode(line.buf)?;
+                if encoding.handed_any() {
+                    let fds = encoding.take();
+                    self.may_carry(fds.len())?;
+                    Some(fds)
+                } else {
+                    None
+                }
+            }
         };
-        drop(encoding);
         std::mem::forget(line);
         if let Some(fds) = fds {
             let end = state.buf.len();
@@ -215,6 +224,15 @@ enum Share {
     Whole,
     /// Stream items: half, so they cannot crowd out replies.
     Half,
+}
+
+/// What a line being queued is: a call or notification may carry descriptors (its
+/// arguments' `Fd`s); a reply, a stream item or a control frame never does, and skips
+/// looking for them.
+#[derive(Clone, Copy)]
+enum Line {
+    Call,
+    Reply,
 }
 
 /// A line being encoded into the buffer: taken out again unless finished (`mem::forget`), so
@@ -266,44 +284,48 @@ impl Outbox {
     }
 
     /// Queues a frame, waiting for room.
-    pub(crate) async fn send(&self, frame: Frame) -> Result<(), Error> {
-        self.send_with(|buf| {
+    pub(crate) fn send(&self, frame: Frame) -> impl Future<Output = Result<(), Error>> + '_ {
+        let line = match frame {
+            Frame::Notification { .. } | Frame::Request { .. } => Line::Call,
+            Frame::Reply { .. } | Frame::ConnectionError(_) => Line::Reply,
+        };
+        self.send_within(Share::Whole, line, move |buf| {
             frame.encode(buf);
             Ok(())
         })
-        .await
     }
 
     /// Queues the one line `encode` appends, waiting for room; nothing is queued if it fails.
-    pub(crate) async fn send_with(
-        &self,
-        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        self.send_within(Share::Whole, encode).await
+    pub(crate) fn send_with<'a>(
+        &'a self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error> + 'a,
+    ) -> impl Future<Output = Result<(), Error>> + 'a {
+        self.send_within(Share::Whole, Line::Call, encode)
     }
 
     /// As [`Outbox::send_with`], for a stream's item: it waits while the queue is half full,
     /// so replies and other frames always find room beside a flooding stream.
-    pub(crate) async fn send_item(
-        &self,
-        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        self.send_within(Share::Half, encode).await
+    pub(crate) fn send_item<'a>(
+        &'a self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error> + 'a,
+    ) -> impl Future<Output = Result<(), Error>> + 'a {
+        self.send_within(Share::Half, Line::Reply, encode)
     }
 
     async fn send_within(
         &self,
         share: Share,
+        line: Line,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<(), Error> {
         if let Some(state) = self.queue.admit(false, share)? {
-            return self.queue.append(state, true, encode);
+            return self.queue.append(state, true, line, encode);
         }
         // Boxed: waiting for room is the rare path, and its state would make every sender's
         // future (a handler's, say, which is moved into a box of its own) larger.
         Box::pin(async move {
             let state = self.queue.room(share).await?;
-            self.queue.append(state, true, encode)
+            self.queue.append(state, true, line, encode)
         })
         .await
     }
@@ -314,7 +336,7 @@ impl Outbox {
         encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<(), Error> {
         match self.queue.admit(false, Share::Whole)? {
-            Some(state) => self.queue.append(state, true, encode),
+            Some(state) => self.queue.append(state, true, Line::Call, encode),
             None => Err(Error::new(Kind::Full)),
         }
     }
@@ -326,7 +348,7 @@ impl Outbox {
         if state.closed {
             return Err(Error::closed());
         }
-        self.queue.append(state, false, |buf| {
+        self.queue.append(state, false, Line::Reply, |buf| {
             frame.encode(buf);
             Ok(())
         })
@@ -507,7 +529,7 @@ impl OutboxPoller {
         if state.closed {
             return Err(Error::closed());
         }
-        self.queue.append(state, true, encode)
+        self.queue.append(state, true, Line::Call, encode)
     }
 
     /// Gives back what `poll_ready` reserved, if anything.
