@@ -22,6 +22,15 @@
 //!   floods worker 0 over its single connection directly (the same loop, without the pool)
 //!   for the same time: `direct_calls_per_s`. Compare with `--workers 1`. `noop` is not
 //!   marked idempotent, so no call is copied for a retry: the cost is the balancing.
+//! - `--calls N` (for a profiler): each flood stops after about N calls instead of after
+//!   `--seconds`; `--only direct|pool` (with `--trivial`) runs one of the two floods. The
+//!   pool's own cost per call, in instructions, is then the difference of two callgrind runs
+//!   of this (parent) process:
+//!
+//!   ```text
+//!   valgrind --tool=callgrind target/release/examples/pool --workers 1 --trivial --only direct --calls 20000
+//!   valgrind --tool=callgrind target/release/examples/pool --workers 1 --trivial --only pool --calls 20000
+//!   ```
 //!
 //! Every second a meter line goes to stderr, with each worker's share; the last line on stdout:
 //!
@@ -77,9 +86,21 @@ struct Opts {
     /// Flood `noop()`, and a direct connection to one worker first, to show the pool's cost.
     #[arg(long)]
     trivial: bool,
+    /// Stop each flood after about N calls instead of after `--seconds` (for a profiler).
+    #[arg(long, value_name = "N")]
+    calls: Option<u64>,
+    /// With `--trivial`: run only the direct flood, or only the pool's.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
     /// Internal: run as a worker over stdin and stdout.
     #[arg(long, hide = true)]
     worker: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Only {
+    Direct,
+    Pool,
 }
 
 /// How long calls still in flight when the flood ends get to resolve before they count as
@@ -174,7 +195,7 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
     let args = args.args().clone();
     let seconds = Duration::from_secs(opts.seconds);
 
-    let direct_calls_per_s = if opts.trivial {
+    let direct_calls_per_s = if opts.trivial && opts.only != Some(Only::Pool) {
         let conn = pool.connections().swap_remove(0);
         let (counts, _, elapsed, _) = flood(
             |_| conn.caller(),
@@ -183,6 +204,7 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
             &expected,
             opts.inflight,
             seconds,
+            opts.calls,
             None,
         )
         .await;
@@ -190,6 +212,15 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
     } else {
         None
     };
+    if opts.only == Some(Only::Direct) {
+        let direct = direct_calls_per_s.unwrap_or_default().round();
+        println!(
+            "{}",
+            json!({ "workers": workers, "direct_calls_per_s": direct })
+        );
+        pool.shutdown(Duration::from_secs(5)).await;
+        return Ok(());
+    }
 
     let start = pool.metrics();
     let rejoin_ms = Arc::new(AtomicU64::new(u64::MAX));
@@ -217,6 +248,7 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
         &expected,
         opts.inflight,
         seconds,
+        opts.calls,
         Some(metered),
     )
     .await;
@@ -256,7 +288,8 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Keeps `inflight` calls of `method` going for `seconds`, each task through its own service
+/// Keeps `inflight` calls of `method` going for `seconds` (or until about `calls` were made),
+/// each task through its own service
 /// made by `service(task)`; then waits up to [`DRAIN`] for the answers still on their way.
 /// Calls still unresolved then get a second more after `pool` (if any) is shut down; returns
 /// how many had not resolved even then (their tasks are aborted).
@@ -267,6 +300,7 @@ async fn flood<S, F>(
     expected: &str,
     inflight: usize,
     seconds: Duration,
+    calls: Option<u64>,
     pool: Option<Pool>,
 ) -> (Arc<Counts>, Histogram<u64>, Duration, usize)
 where
@@ -287,7 +321,10 @@ where
                 while !stop.load(Relaxed) {
                     let request = Request::from_parts(method, args.clone());
                     let sent = Instant::now();
-                    counts.sent.fetch_add(1, Relaxed);
+                    if counts.sent.fetch_add(1, Relaxed) >= calls.unwrap_or(u64::MAX) {
+                        counts.sent.fetch_sub(1, Relaxed);
+                        break;
+                    }
                     let reply = match service.ready().await {
                         Ok(ready) => ready.call(request).await,
                         Err(e) => Err(e),
@@ -307,7 +344,15 @@ where
         })
         .collect();
     let metering = pool.clone().map(|pool| tokio::spawn(print_meter(pool)));
-    tokio::time::sleep(seconds).await;
+    if calls.is_some() {
+        // Until the tasks have made their calls (at most `seconds` still).
+        let until = tokio::time::Instant::now() + seconds;
+        while tasks.iter().any(|task| !task.is_finished()) && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    } else {
+        tokio::time::sleep(seconds).await;
+    }
     stop.store(true, Relaxed);
     let elapsed = started.elapsed();
     let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits");

@@ -129,7 +129,7 @@ use tower::retry::Retry;
 use tower::util::rng::HasherRng;
 use tower::{Service, ServiceExt};
 
-use self::balance::{Balanced, Balancing};
+use self::balance::{Balanced, Counted};
 use self::metrics::SlotStats;
 use self::roster::Roster;
 use self::worker::{Health, Source};
@@ -471,11 +471,10 @@ impl Pool {
     /// idempotent methods. Each caller balances on its own (a clone starts a new balancer on
     /// first use), so keep one per task rather than one per call.
     pub fn caller(&self) -> PoolCaller {
+        let policy = self.inner.shared.retry.clone();
         PoolCaller {
-            inner: Retry::new(
-                self.inner.shared.retry.clone(),
-                Balanced::new(self.inner.clone()),
-            ),
+            inner: Retry::new(policy.clone(), Balanced::new(self.inner.clone())),
+            policy,
         }
     }
 
@@ -613,6 +612,9 @@ impl Pool {
 #[derive(Clone, Debug)]
 pub struct PoolCaller {
     inner: Retry<RetryIdempotent, Balanced<Caller>>,
+    /// Tells the calls that may be retried: the others skip `Retry` (and its copy of the
+    /// request, its future around the reply), straight to the balancer.
+    policy: RetryIdempotent,
 }
 
 impl Service<Request> for PoolCaller {
@@ -625,9 +627,17 @@ impl Service<Request> for PoolCaller {
     }
 
     fn call(&mut self, req: Request) -> PoolResponseFuture {
-        PoolResponseFuture {
-            inner: self.inner.call(req),
-        }
+        let attempts = if self.policy.is_idempotent(req.method()) {
+            Attempts::Retrying {
+                reply: self.inner.call(req),
+            }
+        } else {
+            // `Retry::poll_ready` is the balancer's: it is ready for this call.
+            Attempts::Once {
+                reply: self.inner.get_mut().call(req),
+            }
+        };
+        PoolResponseFuture { inner: attempts }
     }
 }
 
@@ -635,7 +645,20 @@ pin_project_lite::pin_project! {
     /// The reply to a call made through a [`PoolCaller`].
     pub struct PoolResponseFuture {
         #[pin]
-        inner: tower::retry::future::ResponseFuture<RetryIdempotent, Balanced<Caller>, Request>,
+        inner: Attempts,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = AttemptsProj]
+    enum Attempts {
+        /// A call that is never sent twice.
+        Once { #[pin] reply: Counted },
+        /// An idempotent call, sent again if its worker goes away.
+        Retrying {
+            #[pin]
+            reply: tower::retry::future::ResponseFuture<RetryIdempotent, Balanced<Caller>, Request>,
+        },
     }
 }
 
@@ -643,7 +666,10 @@ impl Future for PoolResponseFuture {
     type Output = Result<Response, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+        match self.project().inner.project() {
+            AttemptsProj::Once { reply } => reply.poll(cx),
+            AttemptsProj::Retrying { reply } => reply.poll(cx),
+        }
     }
 }
 
@@ -674,7 +700,7 @@ pin_project_lite::pin_project! {
     /// Completes once a notification sent through a [`PoolPoster`] is queued.
     pub struct PoolPostFuture {
         #[pin]
-        inner: Balancing<balance::BalanceFuture<Poster>>,
+        inner: std::future::Ready<Result<(), Error>>,
     }
 }
 
