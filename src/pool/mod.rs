@@ -378,6 +378,7 @@ impl PoolBuilder {
             grace: GRACE,
             end_by: std::sync::OnceLock::new(),
             closing: stop.child_token(),
+            closing_now: std::sync::atomic::AtomicBool::new(false),
             stop: stop.clone(),
             keys: AtomicU64::new(0),
             tracker: TaskTracker::new(),
@@ -412,6 +413,8 @@ struct Shared {
     end_by: std::sync::OnceLock<Instant>,
     /// No new calls, no restarts: set by shutdown (and by `stop`).
     closing: CancellationToken,
+    /// Set by shutdown with `closing`, for the handles' checks.
+    closing_now: std::sync::atomic::AtomicBool,
     /// Ends the workers and the supervisors.
     stop: CancellationToken,
     keys: AtomicU64,
@@ -419,8 +422,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether calls are refused: read on every `poll_ready`, so a flag rather than the
+    /// token (a child token's check takes its tree's lock). Only [`Pool::shutdown`] closes
+    /// the pool while a handle lives.
     fn is_closing(&self) -> bool {
-        self.closing.is_cancelled()
+        self.closing_now.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// How long a worker the pool no longer needs may take to exit on its own before it is
@@ -584,6 +590,9 @@ impl Pool {
     pub async fn shutdown(&self, timeout: Duration) {
         let shared = &self.inner.shared;
         let deadline = Instant::now() + timeout;
+        shared
+            .closing_now
+            .store(true, std::sync::atomic::Ordering::Release);
         shared.closing.cancel();
         shared.roster.clear();
         'wait: for stats in &shared.slots {
@@ -629,7 +638,7 @@ impl Service<Request> for PoolCaller {
     fn call(&mut self, req: Request) -> PoolResponseFuture {
         let attempts = if self.policy.is_idempotent(req.method()) {
             Attempts::Retrying {
-                reply: self.inner.call(req),
+                reply: Box::pin(self.inner.call(req)),
             }
         } else {
             // `Retry::poll_ready` is the balancer's: it is ready for this call.
@@ -654,10 +663,10 @@ pin_project_lite::pin_project! {
     enum Attempts {
         /// A call that is never sent twice.
         Once { #[pin] reply: Counted },
-        /// An idempotent call, sent again if its worker goes away.
+        /// An idempotent call, sent again if its worker goes away. Boxed: `Retry`'s future
+        /// holds a copy of the request, and every call's future would be that large.
         Retrying {
-            #[pin]
-            reply: tower::retry::future::ResponseFuture<RetryIdempotent, Balanced<Caller>, Request>,
+            reply: Pin<Box<tower::retry::future::ResponseFuture<RetryIdempotent, Balanced<Caller>, Request>>>,
         },
     }
 }
@@ -668,7 +677,7 @@ impl Future for PoolResponseFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().inner.project() {
             AttemptsProj::Once { reply } => reply.poll(cx),
-            AttemptsProj::Retrying { reply } => reply.poll(cx),
+            AttemptsProj::Retrying { reply } => reply.as_mut().poll(cx),
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Retrying calls that failed because their worker went away: idempotent methods only, within
 //! a budget.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -37,7 +36,8 @@ use crate::response::Response;
 /// ```
 #[derive(Clone)]
 pub struct RetryIdempotent {
-    methods: Arc<HashSet<Box<str>>>,
+    /// A few names, compared in turn: cheaper than hashing the method of every call.
+    methods: Arc<[Box<str>]>,
     budget: Arc<TpsBudget>,
     retried: Arc<AtomicU64>,
 }
@@ -51,7 +51,7 @@ impl RetryIdempotent {
         M: Into<Box<str>>,
     {
         RetryIdempotent {
-            methods: Arc::new(methods.into_iter().map(Into::into).collect()),
+            methods: methods.into_iter().map(Into::into).collect(),
             budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
             retried: Arc::new(AtomicU64::new(0)),
         }
@@ -65,7 +65,7 @@ impl RetryIdempotent {
 
     /// Whether calls to `method` may be sent twice.
     pub fn is_idempotent(&self, method: &str) -> bool {
-        self.methods.contains(method)
+        self.methods.iter().any(|m| **m == *method)
     }
 
     /// How many calls were sent again so far (by this policy and its clones).
