@@ -86,6 +86,13 @@ async fn a_tcp_stream_a_file_and_a_pipe_end_work_on_the_other_side() {
     let text = within("the pipe's text", read).await.unwrap().unwrap();
     assert_eq!(text, "through the pipe");
 
+    // A trailing `Option<Fd>` may be left out, as any trailing optional parameter.
+    let (r0, _w0) = std::io::pipe().unwrap();
+    let one: usize = within("count one", conn.call("count", (Fd::from(r0),)))
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+
     // Two in one frame, and one through `Request::new` (the Caller service).
     let (r1, w1) = std::io::pipe().unwrap();
     let two: usize = within(

@@ -168,6 +168,18 @@ impl Args {
         }
     }
 
+    /// Reads `text` (these arguments, rewritten: padded with `null`s) with this frame's
+    /// descriptors.
+    pub(crate) fn parse_text<T: serde::de::DeserializeOwned>(
+        &self,
+        text: &str,
+    ) -> Result<T, serde_json::Error> {
+        match self.0.with_fds() {
+            Some(with) => fd::receiving(&with.fds, || serde_json::from_str(text)),
+            None => serde_json::from_str(text),
+        }
+    }
+
     /// The same arguments with `fds`, the descriptors that arrived with their frame or are
     /// to be sent with it (in placeholder order).
     pub(crate) fn with_fds(self, fds: Vec<OwnedFd>) -> Self {

@@ -121,6 +121,9 @@ pub struct Params<C, A>(PhantomData<(C, A)>);
 /// Missing trailing arguments are read as `null` (Node passes them as `undefined`), so trailing
 /// `Option` parameters are optional; any other parameter still needs its argument.
 fn parse_args<T: DeserializeOwned>(args: &Args, arity: usize) -> Result<T, RpcError> {
+    if args.fds().is_some() {
+        return parse_args_with_fds(args, arity);
+    }
     let error = match args.parse() {
         Ok(parsed) => return Ok(parsed),
         Err(e) => e,
@@ -130,7 +133,27 @@ fn parse_args<T: DeserializeOwned>(args: &Args, arity: usize) -> Result<T, RpcEr
     if given.len() >= arity {
         return Err(RpcError::invalid_params(error));
     }
-    let mut padded = String::with_capacity(args.get().len() + 5 * arity);
+    serde_json::from_str(&padded(&given, arity)).map_err(|_| RpcError::invalid_params(error))
+}
+
+/// As [`parse_args`], for arguments with descriptors: padded first, then read once, as
+/// reading an `Fd` takes its descriptor (a first try that failed would have taken some).
+#[cold]
+fn parse_args_with_fds<T: DeserializeOwned>(args: &Args, arity: usize) -> Result<T, RpcError> {
+    let given: Vec<&serde_json::value::RawValue> =
+        serde_json::from_str(args.get()).map_err(RpcError::invalid_params)?;
+    let parsed = if given.len() < arity {
+        args.parse_text(&padded(&given, arity))
+    } else {
+        args.parse()
+    };
+    parsed.map_err(RpcError::invalid_params)
+}
+
+/// The arguments `given`, with `null`s after them up to `arity`.
+fn padded(given: &[&serde_json::value::RawValue], arity: usize) -> String {
+    let mut padded =
+        String::with_capacity(given.iter().map(|a| a.get().len() + 1).sum::<usize>() + 5 * arity);
     padded.push('[');
     for (i, arg) in given
         .iter()
@@ -145,7 +168,7 @@ fn parse_args<T: DeserializeOwned>(args: &Args, arity: usize) -> Result<T, RpcEr
         padded.push_str(arg);
     }
     padded.push(']');
-    serde_json::from_str(&padded).map_err(|_| RpcError::invalid_params(error))
+    padded
 }
 
 /// Zero-argument handlers accept only `[]`.
