@@ -13,6 +13,9 @@ Scenarios (NAME for --only):
             run one after the other in each round; ratio of the medians of the rounds
   pool      examples/pool.rs: 1 worker against 2 with a CPU-bound method, --trivial (the
             pool's own cost against one direct connection), --kill-after (a worker killed)
+  prefork   examples/prefork.rs (feature axum): 1,000 GET / on fresh connections handed to two
+            socket-pair HTTP workers as descriptors (share per worker, the parent's open
+            descriptors before and after), and a CPU-bound route with one worker against two
   idle      examples/idle_conns.rs: the server's memory per idle connection
   roundtrip benches/roundtrip.rs (criterion): this crate against the raw tokio + serde_json
             baseline of the same run, as ratios
@@ -55,7 +58,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARPC_MANIFEST = ROOT / "perf" / "tarpc_flood" / "Cargo.toml"
-SCENARIOS = ["flood", "tarpc", "pool", "idle", "roundtrip", "probe"]
+SCENARIOS = ["flood", "tarpc", "pool", "prefork", "idle", "roundtrip", "probe"]
 
 FULL = {
     "rounds": 3,
@@ -64,6 +67,8 @@ FULL = {
     "kill_seconds": 10,
     "kill_after": 3,
     "trivial_seconds": 5,
+    "prefork_requests": 1000,
+    "prefork_cpu_requests": 400,
     "idle_connections": [1000, 10000],
     "settle_ms": 1000,
     "criterion": [],
@@ -77,6 +82,8 @@ QUICK = {
     "kill_seconds": 3,
     "kill_after": 1,
     "trivial_seconds": 1,
+    "prefork_requests": 300,
+    "prefork_cpu_requests": 60,
     "idle_connections": [1000],
     "settle_ms": 300,
     "criterion": ["--warm-up-time", "0.5", "--measurement-time", "1"],
@@ -216,6 +223,10 @@ def build(tmp, log, need):
         built = cargo(["build", "--release", "--features", "axum", "--example", "flood"])
         shutil.copy2(built["flood"], axum / "flood")
         paths["flood_axum"] = axum / "flood"
+    if "prefork" in need:
+        built = cargo(["build", "--release", "--features", "axum", "--example", "prefork"])
+        shutil.copy2(built["prefork"], bins / "prefork")
+        paths["prefork"] = bins / "prefork"
     if "tarpc" in need:
         built = cargo(["build", "--release", "--manifest-path", str(TARPC_MANIFEST)])
         paths["tarpc_flood"] = Path(built["tarpc_flood"])
@@ -323,6 +334,28 @@ def pool_round(ctx, results, r):
         argv = [ctx.paths["pool"], *args]
         timeout = 2 * int(args[args.index("--seconds") + 1]) + 90
         report(key, attempt(results, key, lambda: json_line(run(argv, log, timeout), log)), "calls_per_s")
+
+
+# The CPU-bound route's `?work=K`: primes below K counted per request (a few ms each).
+PREFORK_WORK = "60000"
+
+
+def prefork_runs(ctx):
+    m = ctx.mode
+    fresh, cpu = str(m["prefork_requests"]), str(m["prefork_cpu_requests"])
+    return [
+        ("fresh", ["--workers", "2", "--requests", fresh, "--concurrency", "8"]),
+        ("cpu1", ["--workers", "1", "--requests", cpu, "--concurrency", "8", "--work", PREFORK_WORK]),
+        ("cpu2", ["--workers", "2", "--requests", cpu, "--concurrency", "8", "--work", PREFORK_WORK]),
+    ]
+
+
+def prefork_round(ctx, results, r):
+    for name, args in prefork_runs(ctx):
+        key = ("prefork", name)
+        log = ctx.logs / f"prefork.{name}.{r}.log"
+        argv = [ctx.paths["prefork"], *args]
+        report(key, attempt(results, key, lambda: json_line(run(argv, log, 180), log)), "requests_per_s")
 
 
 def idle_round(ctx, results, r):
@@ -635,6 +668,43 @@ def section_pool(ctx, results, out):
     )
 
 
+def section_prefork(ctx, results, out):
+    out.append("## Prefork HTTP: connections handed to workers as descriptors\n")
+    out.append(
+        "`examples/prefork.rs`: the parent accepts TCP connections on loopback and hands each, as "
+        "an open descriptor (`diarrhoea::Fd`, `SCM_RIGHTS`), to one of N HTTP/1.1 worker processes "
+        "(hyper, one single-threaded runtime each) through a pool of socket-pair workers; the "
+        "parent never reads a byte of them. The load runs in the parent process: each request on "
+        f"a fresh connection, 8 at a time. `cpu1`/`cpu2` ask for `?work={PREFORK_WORK}` (primes "
+        "below it counted per request). Medians of the rounds; share per worker and the parent's "
+        "open descriptors (`/proc/self/fd`) before and after each run.\n"
+    )
+    out.append("```sh")
+    for _, args in prefork_runs(ctx):
+        out.append("cargo run --release --features axum --example prefork -- " + shlex.join(args))
+    out.append("```\n")
+    out.append("| run | requests per second | rounds | ok / failed | share per worker | parent descriptors before -> after | other |")
+    out.append("| --- | ---: | --- | --- | --- | --- | --- |")
+    one, two = results.get(("prefork", "cpu1")), results.get(("prefork", "cpu2"))
+    for name, args in prefork_runs(ctx):
+        key = ("prefork", name)
+        runs = results.get(key)
+        rates = [r["requests_per_s"] for r in runs]
+        ok = " / ".join(f"{r['ok']}/{r['failed']}" for r in runs)
+        shares = []
+        for r in runs:
+            total = sum(r["per_worker"].values()) or 1
+            shares.append(" / ".join(f"{100 * n / total:.0f}%" for n in r["per_worker"].values()))
+        fds = "; ".join(f"{r['parent_fds_before']} -> {r['parent_fds_after']}" for r in runs)
+        other = ""
+        if name == "cpu2":
+            ratio = ratio_of_medians(two, one, "requests_per_s")
+            other = f"**{ratio:.2f}x** one worker" if ratio else ""
+        out.append(f"| {code(args)} | {num(median(rates))}{failed_note(results, key)} | {rounds_list(rates)} | "
+                   f"{ok or '-'} | {'; '.join(shares) or '-'} | {fds or '-'} | {other} |")
+    out.append("")
+
+
 def section_idle(ctx, results, out):
     out.append("## Memory per idle connection\n")
     out.append(
@@ -857,6 +927,8 @@ def main():
                 tarpc_round(ctx, results, r)
             if "pool" in only:
                 pool_round(ctx, results, r)
+            if "prefork" in only:
+                prefork_round(ctx, results, r)
             if "idle" in only:
                 idle_round(ctx, results, r)
             if "roundtrip" in only:
@@ -897,6 +969,7 @@ def main():
             ("flood", section_flood),
             ("tarpc", section_tarpc),
             ("pool", section_pool),
+            ("prefork", section_prefork),
             ("idle", section_idle),
             ("roundtrip", section_roundtrip),
             ("probe", section_probe),

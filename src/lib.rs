@@ -48,6 +48,7 @@
 //! | --- | --- |
 //! | `error` | [`Error`] (this crate's failures), [`RpcError`] (the error in a reply), the one map from tower errors to codes |
 //! | `wire` | the text of incoming frames, left in the read buffer's chunk it arrived in (no copy) |
+//! | `fd` | [`Fd`]: an open descriptor as an argument, a placeholder in the JSON beside the frame's `SCM_RIGHTS` |
 //! | `args`, `response` | [`Args`] and [`Response`]: raw JSON, parsed only by the handler or caller that knows its type; [`StreamReply`], a response of many items |
 //! | `frame` | [`Frame`]: the one place that knows the JSON shape, and the one encoder |
 //! | [`codec`] | [`FrameCodec`](codec::FrameCodec): lines with a maximum length to frames |
@@ -78,6 +79,7 @@
 //! | transports, and reaching peers beyond one machine (TCP, TLS, WebSocket, HTTP) | [`transport`] |
 //! | tower layers, and the order they go in | [`layer`] |
 //! | scaling out over worker processes | [`pool`] |
+//! | handing open descriptors (connections, files, pipes) to a peer, Linux | [`Fd`], [`protocol`] |
 //! | WebSocket and HTTP in an axum app | `http` (feature `axum`) |
 //! | errors: this crate's, and the one in a reply | [`Error`], [`RpcError`], [`code`] |
 

@@ -1,11 +1,11 @@
 //! A pool of workers behind one [`tower::Service`]: calls spread over several processes (or
 //! servers) by load, workers supervised and restarted, failed idempotent calls retried.
 //!
-//! The pool is built from tower's own parts: each handle balances with
-//! [`tower::balance::p2c::Balance`] (power of two choices, by calls in flight per worker) over
-//! a [`Discover`](tower::discover::Discover) stream of the live workers, and a
-//! [`PoolCaller`] retries with [`tower::retry::Retry`] and [`RetryIdempotent`]. So every
-//! tower layer works around it, and every worker is an ordinary connection: its handlers are a
+//! Each handle balances by power of two choices (calls in flight per worker, as tower's
+//! `p2c::Balance`, without its ready cache: see [Balancing](#balancing)), and a
+//! [`PoolCaller`] retries idempotent methods with [`tower::retry::Retry`] and
+//! [`RetryIdempotent`]. Handles are tower services, so every tower layer works around them,
+//! and every worker is an ordinary connection: its handlers are a
 //! [`Router`](crate::Router), and it may call back into the parent, whose handlers are the
 //! pool's [`service`](PoolBuilder::service).
 //!
@@ -62,9 +62,25 @@
 //!
 //! # Balancing
 //! Each [`PoolCaller`] balances on its own (no lock, no task between it and the workers); the
-//! load it compares, calls in flight per worker, is shared by all of them. `poll_ready` is
-//! ready when some live worker has room, and waits while none is live. Keep a caller per
-//! task: a clone starts its own balancer on first use.
+//! load it compares, calls in flight per worker, is shared by all of them. `poll_ready` picks
+//! two live workers at random and reserves room in the less loaded one's outgoing queue (or
+//! the other's); it waits while none is live. Keep a caller per task: a clone starts its own
+//! balancer on first use.
+//!
+//! Why not tower's `p2c::Balance`: it moves each call's endpoint out of its ready cache (a
+//! hashed map, and a set of futures making endpoints ready) and back, which made a pooled
+//! call cost the parent half again what a direct call does. Here the list of endpoints is
+//! plain, and a connection's readiness (room in its queue) needs no cache. A call to a
+//! method not marked idempotent goes straight to the balancer, without `Retry`. The pool's
+//! cost against a direct connection is in BENCHMARKS.md (`examples/pool.rs --trivial`).
+//!
+//! # Descriptors
+//! Workers started with [`spawn_socket`](PoolBuilder::spawn_socket) (or
+//! [`spawn_self_socket`](PoolBuilder::spawn_self_socket)) talk over a Unix socket pair, so
+//! calls and notifications carry open descriptors ([`Fd`](crate::Fd)) to them: the parent
+//! accepts connections and hands each to a worker, as Node's `cluster` does
+//! (`examples/prefork.rs`). Over pipes ([`spawn`](PoolBuilder::spawn)) sending one fails
+//! before anything is written.
 //!
 //! # Supervision
 //! A worker that exits, closes its connection, or does not answer a `$/ping` probe (answered

@@ -16,6 +16,15 @@
 //! | WebSocket (feature `axum`) | `Connection::connect_ws(url)` | `http::ws(make).route()` in an axum app | `Identity::Http`: the remote address and the HTTP request's extensions | no |
 //! | anything else: TLS, `tokio::io::duplex` | [`Builder::serve_connection`](crate::connection::Builder::serve_connection)`(`[`Io`]`(stream))` | [`serve_connection`](crate::serve_connection), [`from_stream`](crate::from_stream) | none | no |
 //!
+//! # Descriptors
+//!
+//! A Unix socket carries open descriptors beside its bytes ([`Fd`](crate::Fd) arguments,
+//! `SCM_RIGHTS`): a listener's connections, [`Connection::pair`](crate::Connection::pair),
+//! [`Builder::spawn_child_socket`](crate::connection::Builder::spawn_child_socket) and the
+//! pool's [`spawn_socket`](crate::pool::PoolBuilder::spawn_socket) workers. No other
+//! transport does ([`Transport::carries_fds`]): sending an `Fd` over one fails before
+//! anything is written. Linux only in practice (see [`protocol`](crate::protocol)).
+//!
 //! # Child processes
 //!
 //! [`Builder::spawn_child`](crate::connection::Builder::spawn_child) pipes the child's stdin
