@@ -103,6 +103,13 @@ enum Only {
     Pool,
 }
 
+/// How long a flood goes on: `seconds`, or until about `calls` were made (at most `seconds`).
+#[derive(Clone, Copy)]
+struct Length {
+    seconds: Duration,
+    calls: Option<u64>,
+}
+
 /// How long calls still in flight when the flood ends get to resolve before they count as
 /// stuck.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -203,8 +210,10 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
             &args,
             &expected,
             opts.inflight,
-            seconds,
-            opts.calls,
+            Length {
+                seconds,
+                calls: opts.calls,
+            },
             None,
         )
         .await;
@@ -247,8 +256,10 @@ async fn parent(opts: Opts) -> Result<(), BoxError> {
         &args,
         &expected,
         opts.inflight,
-        seconds,
-        opts.calls,
+        Length {
+            seconds,
+            calls: opts.calls,
+        },
         Some(metered),
     )
     .await;
@@ -299,8 +310,7 @@ async fn flood<S, F>(
     args: &diarrhoea::Args,
     expected: &str,
     inflight: usize,
-    seconds: Duration,
-    calls: Option<u64>,
+    Length { seconds, calls }: Length,
     pool: Option<Pool>,
 ) -> (Arc<Counts>, Histogram<u64>, Duration, usize)
 where

@@ -184,7 +184,7 @@ fn router() -> Router {
             let mut file = std::fs::File::from(fd);
             std::io::Write::write_all(&mut file, text.as_bytes())
                 .map(|()| std::process::id())
-                .map_err(|e| diarrhoea::RpcError::internal(e))
+                .map_err(diarrhoea::RpcError::internal)
         })
         .merge(calc::my_calc().0)
         .expect("the typed service's names are free")
