@@ -153,3 +153,41 @@ async fn a_descriptor_claimed_twice_or_missing_is_an_invalid_params_reply() {
     assert_eq!(rpc.code, diarrhoea::code::INVALID_PARAMS);
     assert!(rpc.message.contains("already taken"), "{rpc}");
 }
+
+/// A typed service (`#[diarrhoea::service]`) takes an `Fd` as any parameter, and its
+/// generated client sends one: no code of its own for descriptors.
+#[diarrhoea::service]
+pub trait Sink {
+    /// Writes `text` into the file it is given; answers how many bytes.
+    async fn write_into(&self, file: Fd, text: String) -> usize;
+}
+
+#[derive(Clone)]
+struct FileSink;
+
+impl Sink for FileSink {
+    async fn write_into(&self, file: Fd, text: String) -> usize {
+        let mut file = std::fs::File::from(file);
+        file.write_all(text.as_bytes()).unwrap();
+        text.len()
+    }
+}
+
+#[tokio::test]
+async fn a_typed_method_takes_a_descriptor() {
+    let (client, _server) = Connection::builder()
+        .pair(Connection::builder().service(FileSink.into_router()))
+        .unwrap();
+    let sink = SinkClient::new(client);
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let n = within(
+        "write_into",
+        sink.write_into(Fd::from(writer), "typed".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 5);
+    let mut text = [0u8; 5];
+    reader.read_exact(&mut text).unwrap();
+    assert_eq!(&text, b"typed");
+}
