@@ -37,7 +37,7 @@ const KEY: &str = "$fd";
 /// use diarrhoea::{Connection, Fd, Router};
 /// use std::io::Write;
 ///
-/// # async fn f() -> Result<(), diarrhoea::Error> {
+/// # async fn f() -> Result<(), diarrhoea::BoxError> {
 /// // The handler writes into the file it was given.
 /// let router = Router::new().route("log_to", |file: Fd, line: String| async move {
 ///     let mut file = std::fs::File::from(file);
@@ -45,7 +45,7 @@ const KEY: &str = "$fd";
 /// });
 /// # let _ = router;
 /// let conn = Connection::connect("./worker.sock").await?;
-/// let file = std::fs::File::create("/tmp/out.log").map_err(diarrhoea::Error::io)?;
+/// let file = std::fs::File::create("./out.log")?;
 /// let ok: bool = conn.call("log_to", (Fd::from(file), "hello\n")).await?;
 /// # let _ = ok;
 /// # Ok(()) }
