@@ -739,7 +739,7 @@ mod tests {
             assert!(!third.is_finished());
             outbox.try_send_with(line(20)).unwrap();
             let mut buf = BytesMut::new();
-            rx.take(&mut buf).await;
+            rx.take(&mut buf, &mut Vec::new()).await;
             assert_eq!(buf.len(), 40, "two items, then the reply");
             third.await.unwrap().unwrap();
             // Half the bytes too.
