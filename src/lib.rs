@@ -95,6 +95,7 @@ mod fd;
 mod frame;
 pub mod future;
 mod handler;
+pub mod jsonrpc;
 pub mod layer;
 mod peer;
 pub mod pool;
@@ -133,6 +134,7 @@ pub use error::{code, BoxError, Error, RpcError};
 pub use fd::Fd;
 pub use frame::{Frame, InvalidFrame, Meta, MAX_ID};
 pub use handler::{FromContext, Handler};
+pub use jsonrpc::Protocol;
 #[cfg(feature = "axum")]
 pub use peer::HttpPeer;
 pub use peer::{Credentials, Identity, PeerInfo};

@@ -143,6 +143,12 @@ impl Request {
         std::mem::take(&mut self.args).detached()
     }
 
+    /// Replaces the arguments (by-name ones put in order by a typed service's route).
+    #[cfg_attr(not(feature = "macros"), allow(dead_code))]
+    pub(crate) fn set_args(&mut self, args: Args) {
+        self.args = args;
+    }
+
     /// The id of an incoming call; `None` for a notification (and for an outgoing request
     /// before it is sent).
     pub fn id(&self) -> Option<u64> {

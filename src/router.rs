@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use tower::{Service, ServiceExt};
 
+use crate::args::Args;
 use crate::error::{BoxError, Error, RpcError};
 use crate::handler::{Erased, ErasedHandler, Handler, HandlerFuture};
 use crate::request::Request;
@@ -190,7 +191,11 @@ impl Router {
         info: &MethodInfo,
         handler: H,
     ) -> Self {
-        let mut router = self.route(info.name, handler);
+        let route = ByName {
+            info: *info,
+            inner: Arc::new(Erased::new(handler)),
+        };
+        let mut router = self.insert(info.name, Arc::new(route));
         Arc::make_mut(&mut router.described).insert(info.name.into(), *info);
         router
     }
@@ -350,6 +355,54 @@ pub enum MethodKind {
     /// Answered with a stream of items, then a reply: a method returning
     /// [`StreamReply`](crate::StreamReply).
     Stream,
+}
+
+/// A typed service's route: by-name arguments (an object, from JSON-RPC 2.0's `params`) are
+/// put in the order of the method's parameter names before its handler reads them.
+#[cfg_attr(not(feature = "macros"), allow(dead_code))]
+struct ByName {
+    info: MethodInfo,
+    inner: Route,
+}
+
+impl ErasedHandler for ByName {
+    fn call(&self, mut req: Request) -> HandlerFuture {
+        if req.args().get().starts_with('{') {
+            match by_position(req.args(), &self.info) {
+                Ok(args) => req.set_args(args),
+                Err(error) => return Box::pin(std::future::ready(Err(error))),
+            }
+        }
+        self.inner.call(req)
+    }
+}
+
+/// By-name arguments in the order of `info`'s parameters; a missing one is `null` (an
+/// `Option` parameter is then `None`), an unknown one is refused.
+#[cfg_attr(not(feature = "macros"), allow(dead_code))]
+fn by_position(args: &Args, info: &MethodInfo) -> Result<Args, RpcError> {
+    let named: HashMap<String, &serde_json::value::RawValue> = serde_json::from_str(args.get())
+        .map_err(|e| RpcError::invalid_params(format!("by-name arguments: {e}")))?;
+    if let Some(unknown) = named.keys().find(|name| !info.params.contains(&name.as_str())) {
+        return Err(RpcError::invalid_params(format!(
+            "`{}` has no parameter `{}`; its parameters are [{}]",
+            info.name,
+            crate::error::truncate(unknown, 40),
+            info.params.join(", ")
+        )));
+    }
+    let mut text = String::with_capacity(args.get().len());
+    text.push('[');
+    for (i, name) in info.params.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(named.get(*name).map_or("null", |value| value.get()));
+    }
+    text.push(']');
+    let raw = serde_json::value::RawValue::from_string(text)
+        .map_err(|e| RpcError::internal(format!("by-name arguments: {e}")))?;
+    Args::from_raw(raw).map_err(|e| RpcError::internal(format!("by-name arguments: {e}")))
 }
 
 struct ServiceRoute<S>(S);

@@ -889,7 +889,8 @@ async fn reserved_methods_that_do_not_exist() {
 async fn args_that_are_null_or_not_an_array() {
     let (_server, _conn, mut events, mut peer) = setup(hostile_router()).await;
     let (peer, events) = (&mut peer, &mut events);
-    for (i, args) in ["null", "{}", "\"x\"", "5", "true"].iter().enumerate() {
+    // `{}` is by-name arguments (see tests/jsonrpc.rs), not a bad frame.
+    for (i, args) in ["null", "\"x\"", "5", "true"].iter().enumerate() {
         let id = i as u64 + 1;
         let message = expect_error_reply(
             peer,

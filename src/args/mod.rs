@@ -154,8 +154,15 @@ impl Args {
     /// the crate's, [`Error::is_serde`], with serde_json's error as its `source()`, as
     /// [`Response::deserialize`](crate::Response::deserialize) fails.
     pub fn deserialize<'de, T: Deserialize<'de>>(&'de self) -> Result<T, Error> {
-        self.parse()
-            .map_err(|e| Error::new(Kind::Decode("arguments")).with_source(e))
+        self.parse().map_err(|e| {
+            let error = Error::new(Kind::Decode("arguments")).with_source(e);
+            if self.get().starts_with('{') {
+                // By-name arguments from JSON-RPC 2.0: say what is expected instead.
+                error.with_context("by-name params given; positional arguments are expected")
+            } else {
+                error
+            }
+        })
     }
 
     /// As [`Args::deserialize`], with serde_json's own error: handlers answer -32602 with its

@@ -54,6 +54,13 @@ impl Builder {
         self
     }
 
+    /// The protocol this side speaks: [`Config::protocol`], e.g.
+    /// `Connection::builder().protocol(Protocol::JsonRpc)` to call a JSON-RPC 2.0 server.
+    pub fn protocol(mut self, protocol: crate::Protocol) -> Self {
+        self.config = self.config.protocol(protocol);
+        self
+    }
+
     /// The limits set so far: transports that size their own buffers from them (the
     /// WebSocket client's message limit) read them here.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]

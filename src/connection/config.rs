@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::codec::DEFAULT_MAX_FRAME_SIZE;
+use crate::jsonrpc::Protocol;
 
 /// Per-connection limits and buffer sizes, shared by clients and servers.
 ///
@@ -31,6 +32,7 @@ use crate::codec::DEFAULT_MAX_FRAME_SIZE;
 /// | concurrent requests per connection | 1024 | [`max_concurrent_requests`](Config::max_concurrent_requests) | further requests wait, in wire order |
 /// | streams open at once per connection (calls answered with a [`StreamReply`](crate::StreamReply)) | 256 | [`max_streams`](Config::max_streams) | the stream is refused: error reply -32002, `data.limit` `"max_streams"` |
 /// | a line left unfinished | 30 s without a byte | [`partial_frame_timeout`](Config::partial_frame_timeout) | connection error -32600 `partial frame timeout`, then close |
+/// | a JSON-RPC message (line or `Content-Length` body) | 8 MiB | [`max_frame_size`](Config::max_frame_size) | error response -32003 with id `null`, the message discarded unread (a `Content-Length` over the limit is refused from its header), the connection stays open |
 /// | request deadline | none | [`request_timeout`](Config::request_timeout), the peer's `meta.timeout_ms` (the earlier wins) | -32001; counts time waiting for a permit and for readiness |
 /// | descriptors per frame (`Fd` arguments, Unix sockets only) | 16 | [`max_fds_per_frame`](Config::max_fds_per_frame) | incoming: the frame is refused (a call gets -32602, a notification an error event) and every descriptor that came with it is closed; outgoing: the send fails locally |
 /// | connections per server | 1024 | [`Serve::max_connections`](crate::Serve::max_connections) | the next one gets `[null,null,{"code":-32002,...}]` and is closed |
@@ -56,6 +58,7 @@ pub struct Config {
     pub(crate) max_streams: usize,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) max_fds_per_frame: usize,
+    pub(crate) protocol: Protocol,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             max_streams: 256,
             request_timeout: None,
             max_fds_per_frame: 16,
+            protocol: Protocol::V1,
         }
     }
 }
@@ -158,6 +162,16 @@ impl Config {
     /// frame that brings descriptors. Only Unix socket connections carry descriptors.
     pub fn max_fds_per_frame(mut self, n: usize) -> Self {
         self.max_fds_per_frame = n.min(crate::fd::SCM_MAX_FD);
+        self
+    }
+
+    /// The protocol the connection speaks (default [`Protocol::V1`]): JSON-RPC 2.0 over lines
+    /// or `Content-Length` framing, or, for a server, whichever the peer's first bytes show
+    /// ([`Protocol::Detect`]). The limits here hold for every protocol: a JSON-RPC message is a
+    /// frame, bounded by [`max_frame_size`](Config::max_frame_size) (a `Content-Length` over
+    /// it is refused from the header, before the body is read).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
         self
     }
 }

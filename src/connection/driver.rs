@@ -12,6 +12,8 @@ use super::inbox::Inbox;
 use super::{dispatch, inbound_queue, reader, writer};
 use super::{BoundService, Config, Connection, Event, Shared};
 use crate::frame::Frame;
+use crate::jsonrpc::io::Translated;
+use crate::jsonrpc::Protocol;
 use crate::peer::PeerInfo;
 use crate::transport::Transport;
 
@@ -55,6 +57,28 @@ impl Parent {
 /// handle before anything is read, so it may greet the peer first; `slot` is the
 /// connection's place in a server's limit, given back when it closes.
 pub(crate) fn launch<T: Transport>(
+    io: T,
+    config: Config,
+    parent: &Parent,
+    slot: Option<OwnedSemaphorePermit>,
+    make: impl FnOnce(&Connection) -> BoundService,
+) -> Connection {
+    match config.protocol {
+        // Protocol v1 runs on the stream as it is.
+        Protocol::V1 => start(io, config, parent, slot, make),
+        protocol => {
+            let io = Translated::new(
+                io,
+                protocol,
+                config.max_frame_size,
+                config.partial_frame_timeout,
+            );
+            start(io, config, parent, slot, make)
+        }
+    }
+}
+
+fn start<T: Transport>(
     io: T,
     config: Config,
     parent: &Parent,

@@ -455,8 +455,12 @@ impl<'a> Parts<'a> {
             .ok_or_else(not_a_name)?
         };
         let args = self.get(1);
-        if !args.starts_with(b"[") {
-            return Err(invalid("args (element 1) must be an array"));
+        // An object is by-name arguments (from JSON-RPC 2.0): only a typed service's
+        // routes know the names; every other handler answers -32602.
+        if !args.starts_with(b"[") && !args.starts_with(b"{") {
+            return Err(invalid(
+                "args (element 1) must be an array (or an object of by-name arguments)",
+            ));
         }
         let args = Args::from_wire(args, wire);
         let Some(id) = id else {

@@ -116,6 +116,15 @@ impl FromContext for Args {
 #[derive(Debug)]
 pub struct Params<C, A>(PhantomData<(C, A)>);
 
+/// By-name arguments (JSON-RPC 2.0's `params` object) given to a handler that has no names
+/// for its parameters: only a typed service's routes do.
+pub(crate) fn by_name_refused() -> RpcError {
+    RpcError::invalid_params(
+        "by-name params are not accepted here: positional arguments (a JSON array) are \
+         expected; only a typed service (#[diarrhoea::service]) maps parameter names",
+    )
+}
+
 /// Arguments that fit no parameter list become -32602, never a dropped connection.
 ///
 /// Missing trailing arguments are read as `null` (Node passes them as `undefined`), so trailing
@@ -128,6 +137,9 @@ fn parse_args<T: DeserializeOwned>(args: &Args, arity: usize) -> Result<T, RpcEr
         Ok(parsed) => return Ok(parsed),
         Err(e) => e,
     };
+    if args.get().starts_with('{') {
+        return Err(by_name_refused());
+    }
     let given: Vec<&serde_json::value::RawValue> =
         serde_json::from_str(args.get()).map_err(|_| RpcError::invalid_params(&error))?;
     if given.len() >= arity {
