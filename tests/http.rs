@@ -538,3 +538,68 @@ impl Drop for DropTell {
         ENDLESS_DROPPED.notify_one();
     }
 }
+
+/// POSTs a JSON-RPC 2.0 body to `/rpc` itself; the status and the body.
+async fn post_jsonrpc(addr: SocketAddr, body: &str) -> (u16, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = hyper::Request::post(format!("http://{addr}/rpc"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let res = within("the response", client.request(req)).await.unwrap();
+    let status = res.status().as_u16();
+    let body = within("the body", res.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn json_rpc_at_the_prefix_answers_200_and_204_for_notifications_only() {
+    let mut s = server().await;
+    let (status, body) =
+        post_jsonrpc(s.addr, r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":1}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"jsonrpc":"2.0","result":5,"id":1})
+    );
+    // A batch: one array, in any order, notifications left out; errors are answers too.
+    let (status, body) = post_jsonrpc(
+        s.addr,
+        r#"[{"jsonrpc":"2.0","method":"add","params":[1,2],"id":"a"},
+            {"jsonrpc":"2.0","method":"note","params":["in a batch"]},
+            {"jsonrpc":"2.0","method":"fail","params":[7],"id":"b"},
+            {"jsonrpc":"2.0","method":"nope","id":"c"}]"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut answers: Vec<Value> = serde_json::from_str(&body).unwrap();
+    answers.sort_by_key(|a| a["id"].to_string());
+    assert_eq!(answers[0], json!({"jsonrpc":"2.0","result":3,"id":"a"}));
+    assert_eq!(answers[1]["error"]["code"], 7);
+    assert_eq!(answers[1]["error"]["data"], json!({"code": 7}));
+    assert_eq!(answers[2]["error"]["code"], code::METHOD_NOT_FOUND);
+    assert_eq!(answers.len(), 3);
+    assert_eq!(within("the note", s.notes.recv()).await.unwrap(), "in a batch");
+    // Only notifications: 204, and they ran.
+    let (status, body) =
+        post_jsonrpc(s.addr, r#"{"jsonrpc":"2.0","method":"note","params":["alone"]}"#).await;
+    assert_eq!((status, body.as_str()), (204, ""));
+    assert_eq!(within("the note", s.notes.recv()).await.unwrap(), "alone");
+    // Bad input is a JSON-RPC answer, status 200, as the specification's examples.
+    for (body, error) in [
+        ("{nope", code::PARSE_ERROR),
+        ("[]", code::INVALID_FRAME),
+        (r#"{"jsonrpc":"2.0","method":1}"#, code::INVALID_FRAME),
+    ] {
+        let (status, answer) = post_jsonrpc(s.addr, body).await;
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!((status, &answer["error"]["code"]), (200, &json!(error)), "{body}");
+        assert_eq!(answer["id"], Value::Null);
+    }
+    // The body limit holds as for `POST {prefix}/{method}`.
+    let big = format!(r#"{{"jsonrpc":"2.0","method":"echo","params":["{}"],"id":1}}"#, "x".repeat(MAX));
+    assert_eq!(post_jsonrpc(s.addr, &big).await.0, 413);
+}

@@ -27,6 +27,7 @@ use crate::args::Args;
 use crate::connection::{not_asked, Config};
 use crate::error::{code, BoxError, RpcError};
 use crate::frame::{Frame, Meta, MAX_ID};
+use crate::jsonrpc::{Framing, Session};
 use crate::peer::{HttpPeer, Identity, PeerInfo};
 use crate::request::{Deadline, Origin, Request};
 use crate::response::Response;
@@ -117,15 +118,112 @@ where
         St: Clone + Send + Sync + 'static,
     {
         let rest = Arc::new(self);
-        axum::Router::new().route(
-            "/{method}",
-            axum::routing::post(
-                move |Path(method): Path<String>, req: axum::extract::Request| {
-                    let rest = rest.clone();
-                    async move { rest.call(method, req).await }
-                },
-            ),
+        let jsonrpc = rest.clone();
+        axum::Router::new()
+            .route(
+                "/{method}",
+                axum::routing::post(
+                    move |Path(method): Path<String>, req: axum::extract::Request| {
+                        let rest = rest.clone();
+                        async move { rest.call(method, req).await }
+                    },
+                ),
+            )
+            .route(
+                "/",
+                axum::routing::post(move |req: axum::extract::Request| {
+                    let rest = jsonrpc.clone();
+                    async move { rest.jsonrpc(req).await }
+                }),
+            )
+    }
+
+    /// `POST {prefix}` with a JSON-RPC 2.0 request or batch as the body: 200 with the
+    /// response (or the batch's array), 204 when only notifications were sent. Each request
+    /// runs as on a connection that speaks JSON-RPC: the same translation, so the same
+    /// answers to bad input.
+    async fn jsonrpc(&self, req: axum::extract::Request) -> HttpResponse {
+        let (parts, body) = req.into_parts();
+        let body = match self.read_body(&parts.headers, body).await {
+            Ok(body) => body,
+            Err(error) => return super::error_response(status_of(error.code), &error),
+        };
+        let timeout = match header_ms(&parts.headers, TIMEOUT_HEADER) {
+            Ok(timeout) => timeout,
+            Err(error) => return super::error_response(status_of(error.code), &error),
+        };
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        let peer = PeerInfo::new(Identity::Http(HttpPeer::new(addr, parts.extensions)));
+        let session = Session::default();
+        let mut lines = bytes::BytesMut::new();
+        session.incoming(&body, &mut lines);
+        let calls = lines[..]
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .filter_map(|line| std::str::from_utf8(line).ok().and_then(|l| Frame::parse(l).ok()))
+            .map(|frame| {
+                let peer = peer.clone();
+                async move {
+                    let id = match &frame {
+                        Frame::Request { id, .. } => Some(*id),
+                        _ => None,
+                    };
+                    let result = match &frame {
+                        // Stand-ins for bad input (their answer is the session's), and the
+                        // protocol's own methods, which HTTP has no use for.
+                        Frame::Request { method, .. } | Frame::Notification { method, .. }
+                            if method.starts_with("$/") =>
+                        {
+                            Err(RpcError::method_not_found(method))
+                        }
+                        _ => self.run(frame, timeout, peer).await.map(|(response, _)| response),
+                    };
+                    id.map(|id| Frame::Reply { id, result })
+                }
+            });
+        let mut answers = Vec::new();
+        for reply in futures_util::future::join_all(calls).await.into_iter().flatten() {
+            session.outgoing(&reply.to_line(), Framing::Lines, &mut answers);
+        }
+        if answers.is_empty() {
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        answers.pop();
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            answers,
         )
+            .into_response()
+    }
+
+    /// The request body, up to [`Config::max_frame_size`] and no further.
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: axum::body::Body,
+    ) -> Result<bytes::Bytes, RpcError> {
+        let max = self.config.max_frame_size;
+        // Refused before a byte of the body is read.
+        if let Some(len) = content_length(headers) {
+            if len > max as u64 {
+                return Err(too_large(&format!("{len} bytes"), max));
+            }
+        }
+        // Read up to the limit and no further: a body without a length (chunked) that grows
+        // past it is cut off there.
+        match Limited::new(body, max).collect().await {
+            Ok(body) => Ok(body.to_bytes()),
+            Err(e) if e.is::<LengthLimitError>() => {
+                Err(too_large(&format!("more than {max} bytes"), max))
+            }
+            Err(e) => Err(RpcError::invalid_frame(format!(
+                "the request body could not be read: {e}"
+            ))),
+        }
     }
 
     async fn call(&self, method: String, req: axum::extract::Request) -> HttpResponse {
@@ -160,28 +258,15 @@ where
         req: axum::extract::Request,
     ) -> Result<(Option<Response>, Option<tokio::time::Instant>), RpcError> {
         let (parts, body) = req.into_parts();
-        let max = self.config.max_frame_size;
-        // Refused before a byte of the body is read.
         if let Some(len) = content_length(&parts.headers) {
+            let max = self.config.max_frame_size;
             if len > max as u64 {
                 return Err(too_large(&format!("{len} bytes"), max));
             }
         }
         let notify = flag(&parts.headers, NOTIFY_HEADER)?;
         let timeout = header_ms(&parts.headers, TIMEOUT_HEADER)?;
-        // Read up to the limit and no further: a body without a length (chunked) that grows
-        // past it is cut off there.
-        let body = match Limited::new(body, max).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(e) if e.is::<LengthLimitError>() => {
-                return Err(too_large(&format!("more than {max} bytes"), max))
-            }
-            Err(e) => {
-                return Err(RpcError::invalid_frame(format!(
-                    "the request body could not be read: {e}"
-                )))
-            }
-        };
+        let body = self.read_body(&parts.headers, body).await?;
         let args = parse_args(&body)?;
         if method.starts_with("$/") {
             // Reserved for the protocol, which HTTP has no use for.
@@ -209,12 +294,30 @@ where
                 },
             }
         };
+        let (response, deadline) = self.run(frame, timeout, peer).await?;
+        Ok(((!notify).then_some(response), deadline))
+    }
+
+    /// Runs one call or notification through the service, within its deadline: the earlier
+    /// of [`Config::request_timeout`], `timeout` (the header's) and the frame's
+    /// `meta.timeout_ms`. Returns the deadline too, for what is left to do (a stream).
+    async fn run(
+        &self,
+        frame: Frame,
+        timeout: Option<u64>,
+        peer: PeerInfo,
+    ) -> Result<(Response, Option<tokio::time::Instant>), RpcError> {
+        let meta_timeout = match &frame {
+            Frame::Request { meta, .. } => meta.timeout_ms,
+            _ => None,
+        };
         let origin: Arc<dyn Origin> = Arc::new(HttpOrigin { peer });
         let mut request = Request::incoming(frame, origin)
             .ok_or_else(|| RpcError::internal("not a call frame"))?;
         let timeout = [
             self.config.request_timeout,
             timeout.map(Duration::from_millis),
+            meta_timeout.map(Duration::from_millis),
         ]
         .into_iter()
         .flatten()
@@ -245,7 +348,7 @@ where
             },
         };
         let response = outcome.unwrap_or_else(|panic| Err(panicked(panic)))?;
-        Ok(((!notify).then_some(response), deadline))
+        Ok((response, deadline))
     }
 }
 

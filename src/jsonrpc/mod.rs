@@ -27,6 +27,7 @@ mod framing;
 pub(crate) mod io;
 mod session;
 
+pub(crate) use framing::Framing;
 pub(crate) use session::Session;
 
 /// The protocol a connection speaks.
