@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release --example flood -- [--transport unix|tcp|tls|ws|stdio] [--mode notify|call|stream]
-//!     [--clients N] [--seconds S] [--inflight K] [--payload BYTES] [--server-threads T]
+//!     [--protocol v1|jsonrpc|lsp] [--clients N] [--seconds S] [--inflight K] [--payload BYTES] [--server-threads T]
 //!     [--timeout-ms N] [--concurrency N] [--global-concurrency N] [--load-shed] [--rate N]
 //! ```
 //!
@@ -51,6 +51,11 @@
 //!   (items taken per second over all clients) instead of `msgs_per_s`; `sent` is the items
 //!   the server sent up to the last one taken (the last item + 1), `lost` the items missing
 //!   from the sequence, and there is no latency (`p50_us`, `p99_us` are null).
+//! - `--protocol v1` (default): protocol v1; `jsonrpc`: JSON-RPC 2.0 objects, one per line;
+//!   `lsp`: JSON-RPC 2.0 with `Content-Length` framing. The server speaks what the clients
+//!   speak (set, not detected, so v1 runs on the stream as it is); the same pings, pongs and
+//!   echo calls, so the rows compare the codecs. Over unix, tcp and tls; not with
+//!   `--mode stream` (streams are protocol v1's).
 //! - `--payload BYTES`: the length of the string `x` (default 10, like Node's `"flood12345"`).
 //! - Limit flags wrap the server's router in stock tower layers, built per connection:
 //!   `--timeout-ms` (Timeout), `--concurrency` (ConcurrencyLimit per connection),
@@ -87,7 +92,7 @@ use std::time::{Duration, Instant};
 
 use clap::{value_parser, Parser, ValueEnum};
 use diarrhoea::layer::NameOverloadLayer;
-use diarrhoea::{Args, Connection, Request, Response, Router, UnixListener};
+use diarrhoea::{Args, Config, Connection, Request, Response, Router, UnixListener};
 use hdrhistogram::Histogram;
 use serde::de::IgnoredAny;
 use serde_json::{json, Value};
@@ -116,6 +121,10 @@ struct Opts {
     /// process)
     #[arg(long, value_enum, default_value_t = Transport::Unix)]
     transport: Transport,
+    /// What the clients speak (the server speaks the same): protocol v1, JSON-RPC 2.0 lines,
+    /// or JSON-RPC 2.0 with Content-Length framing (unix, tcp and tls transports)
+    #[arg(long, value_enum, default_value_t = WireProtocol::V1)]
+    protocol: WireProtocol,
     /// Client processes
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = positive)]
     clients: usize,
@@ -176,6 +185,23 @@ enum Mode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WireProtocol {
+    V1,
+    Jsonrpc,
+    Lsp,
+}
+
+impl WireProtocol {
+    fn protocol(self) -> diarrhoea::Protocol {
+        match self {
+            WireProtocol::V1 => diarrhoea::Protocol::V1,
+            WireProtocol::Jsonrpc => diarrhoea::Protocol::JsonRpc,
+            WireProtocol::Lsp => diarrhoea::Protocol::Lsp,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Transport {
     Unix,
     Tcp,
@@ -231,6 +257,8 @@ impl Opts {
             name(role),
             "--transport".into(),
             name(self.transport),
+            "--protocol".into(),
+            name(self.protocol),
             "--socket".into(),
             socket.into(),
             "--index".into(),
@@ -273,6 +301,15 @@ impl Opts {
 
 fn main() -> std::process::ExitCode {
     let opts = Opts::parse();
+    if opts.protocol != WireProtocol::V1
+        && (matches!(opts.transport, Transport::Ws | Transport::Stdio) || opts.mode == Mode::Stream)
+    {
+        eprintln!(
+            "flood: --protocol {} runs over unix, tcp or tls, in notify or call mode",
+            name(opts.protocol)
+        );
+        return std::process::ExitCode::from(2);
+    }
     let result = match opts.role {
         Role::Parent => parent(&opts),
         Role::Server => server(&opts),
@@ -475,6 +512,7 @@ fn parent(opts: &Opts) -> Result<(), BoxError> {
     let mut summary = json!({
         "mode": name(opts.mode),
         "transport": name(opts.transport),
+        "protocol": name(opts.protocol),
         "clients": opts.clients,
         "seconds": opts.seconds,
         "inflight": opts.inflight(),
@@ -681,9 +719,11 @@ async fn serve_until_stdin_closes<L: diarrhoea::Listener>(
         .await;
     };
     let opts = opts.clone();
+    let config = Config::new().protocol(opts.protocol.protocol());
     diarrhoea::serve(listener, move |_: &Connection| {
         stack(&opts, &router, global.as_ref())
     })
+    .config(config)
     .with_graceful_shutdown(stdin_closed)
     .await
 }
@@ -1006,7 +1046,9 @@ async fn flood(opts: &Opts) -> Result<(), BoxError> {
             std::future::ready(())
         }
     });
-    let builder = Connection::builder().service(router);
+    let builder = Connection::builder()
+        .protocol(opts.protocol.protocol())
+        .service(router);
     let (conn, server) = match opts.transport {
         Transport::Unix => (builder.connect(&opts.socket).await?, None),
         Transport::Tcp => (builder.connect_tcp(opts.socket.as_str()).await?, None),

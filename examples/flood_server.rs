@@ -13,6 +13,16 @@
 //! TCP (`HOST` defaults to 127.0.0.1; port 0 picks a free one, printed at startup). TCP has no
 //! encryption and no authentication: keep it on loopback.
 //!
+//! Every connection speaks what its first bytes show: protocol v1, JSON-RPC 2.0 objects one
+//! per line, or JSON-RPC 2.0 with `Content-Length` headers (`--protocol detect`, the default
+//! here, not the crate's: see `Protocol`). `--protocol v1|jsonrpc|lsp` fixes one instead
+//! (`v1` then runs on the stream as it is, with no detection). Try it without a client of
+//! this crate:
+//!
+//! ```text
+//! echo '{"jsonrpc":"2.0","method":"echo","params":[1,"two"],"id":1}' | nc -U -q1 ./test.sock
+//! ```
+//!
 //! Flags put tower layers around the handlers, so the limits can be tried from the command
 //! line (see `--help`, and the `layer` docs' "Order" section for why the stack is in this order):
 //!
@@ -41,8 +51,8 @@ use std::time::{Duration, Instant};
 use clap::{value_parser, Parser};
 use diarrhoea::layer::{NameOverloadLayer, TraceLayer};
 use diarrhoea::{
-    Args, Config, Connection, Listener, MakeConnectionService, Request, Router, StreamReply,
-    UnixListener, DEFAULT_MAX_CONNECTIONS,
+    Args, Config, Connection, Listener, MakeConnectionService, Protocol, Request, Router,
+    StreamReply, UnixListener, DEFAULT_MAX_CONNECTIONS,
 };
 use futures_util::StreamExt;
 use tower::buffer::BufferLayer;
@@ -124,6 +134,17 @@ struct Opts {
     /// Print a span per request (TraceLayer) to stderr
     #[arg(long)]
     trace: bool,
+    /// What connections speak: detected from each one's first bytes, or one protocol
+    #[arg(long, value_enum, default_value_t = WireProtocol::Detect)]
+    protocol: WireProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WireProtocol {
+    Detect,
+    V1,
+    Jsonrpc,
+    Lsp,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -253,7 +274,12 @@ async fn run() -> Result<(), diarrhoea::BoxError> {
     });
 
     // Not a tower Timeout, which would not count the wait for a permit (tower-rs/tower#648).
-    let mut config = Config::new();
+    let mut config = Config::new().protocol(match opts.protocol {
+        WireProtocol::Detect => Protocol::Detect,
+        WireProtocol::V1 => Protocol::V1,
+        WireProtocol::Jsonrpc => Protocol::JsonRpc,
+        WireProtocol::Lsp => Protocol::Lsp,
+    });
     if let Some(ms) = opts.timeout_ms {
         config = config.request_timeout(Duration::from_millis(ms));
     }

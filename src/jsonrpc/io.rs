@@ -20,7 +20,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::detect::detect;
-use super::framing::{Deframer, Framing, Piece};
+use super::framing::{Deframer, Piece};
+use super::Framing;
 use super::{Protocol, Session};
 use crate::error::{code, RpcError};
 use crate::peer::Identity;
