@@ -128,7 +128,8 @@ impl Deframer {
                 Some(at) => self.scanned + at,
                 None if eof && !buf.is_empty() => buf.len(),
                 None => {
-                    if buf.len() > self.max {
+                    // `+ 1`: a line of the maximum length may still end in `\r\n`.
+                    if buf.len() > self.max + 1 {
                         buf.clear();
                         self.scanned = 0;
                         self.state = State::SkipLine;
