@@ -6,9 +6,10 @@ docs quote, and writes one Markdown file whose every figure comes from this one 
 
 Scenarios (NAME for --only):
   flood     examples/flood.rs: notify, pipelined call and sequential call over each transport
-            (unix, tcp, tls, stdio, ws), the call flood with a deadline and a concurrency
-            limit against the plain call flood of the same rounds, and one stream per client
-            (items per second) against the notify flood of the same rounds
+            (unix, tcp, tls, stdio, ws), the same over unix in JSON-RPC 2.0 (lines and
+            Content-Length framing, `--protocol jsonrpc|lsp`), the call flood with a deadline
+            and a concurrency limit against the plain call flood of the same rounds, and one
+            stream per client (items per second) against the notify flood of the same rounds
   tarpc     perf/tarpc_flood with its JSON and its bincode codec against `flood --mode call`,
             run one after the other in each round; ratio of the medians of the rounds
   pool      examples/pool.rs: 1 worker against 2 with a CPU-bound method, --trivial (the
@@ -100,6 +101,8 @@ FLOOD_MODES = [
     ("sequential", ["--mode", "call", "--clients", "1", "--inflight", "1"]),
 ]
 TRANSPORTS = ["unix", "tcp", "tls", "stdio", "ws"]
+# The JSON-RPC 2.0 codecs (`flood --protocol`), over unix, each mode: rows beside v1's.
+PROTOCOLS = ["jsonrpc", "lsp"]
 LIMITS = ["--timeout-ms", "1000", "--concurrency", "64"]
 STREAM = ["--mode", "stream"]
 TARPC_CODECS = ["json", "bincode"]
@@ -300,6 +303,15 @@ def flood_round(ctx, results, r):
                 report(key, attempt(results, key, tool), "msgs_per_s")
                 if "tarpc" in ctx.only:
                     tarpc_round(ctx, results, r)
+        if transport == "unix":
+            for protocol in PROTOCOLS:
+                for mode, flags in FLOOD_MODES:
+                    args = flood_flags("unix", [*flags, "--protocol", protocol], ctx.seconds)
+                    key = ("flood", f"unix {protocol}", mode)
+                    ctx.flood_args[key] = args
+                    log = ctx.logs / f"flood.unix.{protocol}.{mode}.{r}.log"
+                    tool = lambda: json_line(run([binary, *args], log, ctx.seconds + 90), log)
+                    report(key, attempt(results, key, tool), "msgs_per_s")
 
 
 def tarpc_args(codec, seconds):
@@ -502,6 +514,8 @@ def section_flood(ctx, results, out):
         "p50/p99: round-trip latency, the median of the rounds; lost: summed over "
         "the rounds; server RSS: the server's peak (`VmHWM`), the median of the rounds. "
         "`stdio` runs one client, since each stdio client starts a server process of its own. "
+        "`unix jsonrpc` and `unix lsp` are the same floods in JSON-RPC 2.0 (`--protocol`: one "
+        "object per line, or `Content-Length` framing), both sides speaking it. "
         "Each row ran:\n"
     )
     out.append("```sh\ncargo run --release [--features axum] --example flood -- FLAGS   # --features axum for ws only\n```\n")
@@ -511,6 +525,11 @@ def section_flood(ctx, results, out):
         for mode, _ in FLOOD_MODES:
             key = ("flood", transport, mode)
             out.append(flood_row(ctx, results, key, transport, mode))
+        if transport == "unix":
+            for protocol in PROTOCOLS:
+                for mode, _ in FLOOD_MODES:
+                    key = ("flood", f"unix {protocol}", mode)
+                    out.append(flood_row(ctx, results, key, f"unix {protocol}", mode))
     out.append("")
     out.append("### With a deadline and a concurrency limit\n")
     out.append(

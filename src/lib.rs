@@ -6,7 +6,9 @@
 //! peer for notifications in both directions; Rust peers add request/response calls, both ways,
 //! on one connection ([`protocol`] describes the wire format). Handlers are typed `async fn`s;
 //! the stack that serves a connection and its outgoing calls are `tower::Service`s, so
-//! timeouts, concurrency limits and load shedding are ordinary tower layers.
+//! timeouts, concurrency limits and load shedding are ordinary tower layers. A connection can
+//! speak JSON-RPC 2.0 instead ([`Protocol`]), so any language's JSON-RPC client calls the
+//! same handlers.
 //!
 //! ```no_run
 //! use std::future::IntoFuture;
@@ -55,6 +57,7 @@
 //! | `peer`, `request` | [`PeerInfo`], [`Request`] and its [`Deadline`]: what flows through a stack |
 //! | `handler`, `router` | [`Router`]: method name to typed async fn |
 //! | [`transport`] | [`Transport`](transport::Transport): what a connection needs from a byte stream |
+//! | [`jsonrpc`] | [`Protocol`]: JSON-RPC 2.0 on a connection, as a translating wrapper around its stream |
 //! | [`connection`] | builder, reader, inbox, dispatcher, pending and in-flight tables, outbox, writer: both sides share it |
 //! | [`layer`] | the crate's own middleware: tracing, naming overloads, an allow list of peers |
 //! | `server` | [`serve`]: listeners, the accept loop, per-connection factories, graceful shutdown |
@@ -69,6 +72,7 @@
 //! | topic | where |
 //! | --- | --- |
 //! | protocol v1: frames, ids, `meta`, error codes, bad input, Node.js interop | [`protocol`] |
+//! | JSON-RPC 2.0: lines, `Content-Length` framing, detection, batches, by-name params, HTTP | [`protocol`](protocol#json-rpc-20), [`jsonrpc`], [`Protocol`] |
 //! | handlers: typed parameters, context parameters, replies | [`Router`], [`Handler`], [`FromContext`] |
 //! | typed services: a trait as routes and a typed client, and when to use one rather than a Router | [`service`], [`typed`] |
 //! | a connection: notifications, calls, ordering, deadlines, flow control | [`connection`], [`Connection`] |

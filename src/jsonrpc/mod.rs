@@ -19,7 +19,7 @@
 //! | `io` | the [`Transport`](crate::transport::Transport) wrapper that runs the three |
 //!
 //! Which [`Protocol`] a connection speaks is set by [`Config::protocol`](crate::Config::protocol)
-//! (a client's builder: [`Builder::protocol`](crate::Builder::protocol)); the wire format of
+//! (a client's builder: [`Builder::protocol`](crate::connection::Builder::protocol)); the wire format of
 //! each is in [the protocol](crate::protocol#json-rpc-20).
 
 mod detect;
