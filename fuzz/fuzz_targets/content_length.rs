@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let stream = &data[9..];
 
     let whole = {
-        let mut deframer = Deframer::new(framing, max, lines);
+        let mut deframer = Deframer::new(framing, max);
         let mut buf = BytesMut::from(stream);
         let mut out = Vec::new();
         drain(&mut deframer, &mut buf, false, &mut out, max, lines);
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     };
 
     let chunked = {
-        let mut deframer = Deframer::new(framing, max, lines);
+        let mut deframer = Deframer::new(framing, max);
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         let mut rest = stream;

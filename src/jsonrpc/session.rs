@@ -464,3 +464,142 @@ fn one_line(out: &mut Vec<u8>, text: &str) {
 fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     serde_json::to_writer(out, value).expect("in-memory JSON serialization");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(session: &Session, message: &str) -> Vec<String> {
+        let mut out = bytes::BytesMut::new();
+        session.incoming(message.as_bytes(), &mut out);
+        String::from_utf8(out.to_vec())
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn answer(session: &Session, line: &str) -> String {
+        let mut out = Vec::new();
+        session.outgoing(format!("{line}\n").as_bytes(), Framing::Lines, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_request_gets_a_v1_id_and_its_answer_the_peers_id_back() {
+        let session = Session::default();
+        let got = lines(
+            &session,
+            r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":"x-1","meta":{"timeout_ms":5}}"#,
+        );
+        assert_eq!(got, [r#"["add",[2,3],1,{"timeout_ms":5}]"#]);
+        assert_eq!(
+            answer(&session, "[1,5]"),
+            "{\"jsonrpc\":\"2.0\",\"result\":5,\"id\":\"x-1\"}\n"
+        );
+        // Answered once: a second reply to the same id is not sent.
+        assert_eq!(answer(&session, "[1,5]"), "");
+    }
+
+    #[test]
+    fn notifications_by_name_params_and_cancel_request() {
+        let session = Session::default();
+        assert_eq!(
+            lines(&session, r#"{"jsonrpc":"2.0","method":"log","params":{"line":"a"}}"#),
+            [r#"["log",{"line":"a"}]"#]
+        );
+        assert_eq!(
+            lines(&session, r#"{"jsonrpc":"2.0","method":"slow","id":7}"#),
+            [r#"["slow",[],1]"#]
+        );
+        assert_eq!(
+            lines(
+                &session,
+                r#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":7}}"#
+            ),
+            [r#"["$/cancel",[1]]"#]
+        );
+        // An id not waiting for its answer: nothing to cancel.
+        assert!(lines(
+            &session,
+            r#"{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":8}}"#
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn bad_input_becomes_a_stand_in_whose_answer_is_the_error() {
+        let session = Session::default();
+        let got = lines(&session, r#"{"jsonrpc":"1.0","method":"add","id":3}"#);
+        assert_eq!(got, [format!(r#"["{STAND_IN}",[],1]"#)]);
+        let sent = answer(&session, r#"[1,null,{"code":-32601,"message":"whatever"}]"#);
+        let sent: serde_json::Value = serde_json::from_str(&sent).unwrap();
+        assert_eq!(sent["id"], 3);
+        assert_eq!(sent["error"]["code"], code::INVALID_FRAME);
+    }
+
+    #[test]
+    fn a_batch_is_answered_once_all_its_requests_are() {
+        let session = Session::default();
+        let got = lines(
+            &session,
+            r#"[{"jsonrpc":"2.0","method":"a","id":1},{"jsonrpc":"2.0","method":"n"},{"jsonrpc":"2.0","method":"b","id":2}]"#,
+        );
+        assert_eq!(got, [r#"["a",[],1]"#, r#"["n",[]]"#, r#"["b",[],2]"#]);
+        assert_eq!(answer(&session, "[2,\"b\"]"), "");
+        let sent = answer(&session, "[1,\"a\"]");
+        let sent: serde_json::Value = serde_json::from_str(&sent).unwrap();
+        assert_eq!(
+            sent,
+            serde_json::json!([
+                {"jsonrpc":"2.0","result":"b","id":2},
+                {"jsonrpc":"2.0","result":"a","id":1}
+            ])
+        );
+    }
+
+    #[test]
+    fn this_sides_calls_and_the_peers_responses() {
+        let session = Session::default();
+        assert_eq!(
+            answer(&session, r#"["add",[1,2],9,{"timeout_ms":100}]"#),
+            "{\"jsonrpc\":\"2.0\",\"method\":\"add\",\"params\":[1,2],\"id\":9,\"meta\":{\"timeout_ms\":100}}\n"
+        );
+        assert_eq!(
+            answer(&session, r#"["$/cancel",[9]]"#),
+            "{\"jsonrpc\":\"2.0\",\"method\":\"$/cancelRequest\",\"params\":{\"id\":9}}\n"
+        );
+        assert_eq!(
+            lines(&session, r#"{"jsonrpc":"2.0","result":{"a":[1,2]},"id":9}"#),
+            [r#"[9,{"a":[1,2]}]"#]
+        );
+        assert_eq!(
+            lines(
+                &session,
+                r#"{"jsonrpc":"2.0","error":{"code":-1,"message":"no"},"id":9}"#
+            ),
+            [r#"[9,null,{"code":-1,"message":"no"}]"#]
+        );
+        assert_eq!(
+            lines(
+                &session,
+                r#"{"jsonrpc":"2.0","error":{"code":-32700,"message":"x"},"id":null}"#
+            ),
+            [r#"[null,null,{"code":-32700,"message":"x"}]"#]
+        );
+        // Not one of ours: ignored.
+        assert!(lines(&session, r#"{"jsonrpc":"2.0","result":1,"id":"zz"}"#).is_empty());
+    }
+
+    #[test]
+    fn content_length_framing_of_an_answer() {
+        let session = Session::default();
+        let mut out = Vec::new();
+        session.outgoing(b"[\"n\",[]]\n", Framing::ContentLength, &mut out);
+        let body = r#"{"jsonrpc":"2.0","method":"n","params":[]}"#;
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("Content-Length: {}\r\n\r\n{body}", body.len())
+        );
+    }
+}
