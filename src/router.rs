@@ -383,7 +383,10 @@ impl ErasedHandler for ByName {
 fn by_position(args: &Args, info: &MethodInfo) -> Result<Args, RpcError> {
     let named: HashMap<String, &serde_json::value::RawValue> = serde_json::from_str(args.get())
         .map_err(|e| RpcError::invalid_params(format!("by-name arguments: {e}")))?;
-    if let Some(unknown) = named.keys().find(|name| !info.params.contains(&name.as_str())) {
+    if let Some(unknown) = named
+        .keys()
+        .find(|name| !info.params.contains(&name.as_str()))
+    {
         return Err(RpcError::invalid_params(format!(
             "`{}` has no parameter `{}`; its parameters are [{}]",
             info.name,

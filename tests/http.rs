@@ -558,8 +558,11 @@ async fn post_jsonrpc(addr: SocketAddr, body: &str) -> (u16, String) {
 #[tokio::test]
 async fn json_rpc_at_the_prefix_answers_200_and_204_for_notifications_only() {
     let mut s = server().await;
-    let (status, body) =
-        post_jsonrpc(s.addr, r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":1}"#).await;
+    let (status, body) = post_jsonrpc(
+        s.addr,
+        r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":1}"#,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap(),
@@ -582,10 +585,16 @@ async fn json_rpc_at_the_prefix_answers_200_and_204_for_notifications_only() {
     assert_eq!(answers[1]["error"]["data"], json!({"code": 7}));
     assert_eq!(answers[2]["error"]["code"], code::METHOD_NOT_FOUND);
     assert_eq!(answers.len(), 3);
-    assert_eq!(within("the note", s.notes.recv()).await.unwrap(), "in a batch");
+    assert_eq!(
+        within("the note", s.notes.recv()).await.unwrap(),
+        "in a batch"
+    );
     // Only notifications: 204, and they ran.
-    let (status, body) =
-        post_jsonrpc(s.addr, r#"{"jsonrpc":"2.0","method":"note","params":["alone"]}"#).await;
+    let (status, body) = post_jsonrpc(
+        s.addr,
+        r#"{"jsonrpc":"2.0","method":"note","params":["alone"]}"#,
+    )
+    .await;
     assert_eq!((status, body.as_str()), (204, ""));
     assert_eq!(within("the note", s.notes.recv()).await.unwrap(), "alone");
     // Bad input is a JSON-RPC answer, status 200, as the specification's examples.
@@ -596,10 +605,17 @@ async fn json_rpc_at_the_prefix_answers_200_and_204_for_notifications_only() {
     ] {
         let (status, answer) = post_jsonrpc(s.addr, body).await;
         let answer: Value = serde_json::from_str(&answer).unwrap();
-        assert_eq!((status, &answer["error"]["code"]), (200, &json!(error)), "{body}");
+        assert_eq!(
+            (status, &answer["error"]["code"]),
+            (200, &json!(error)),
+            "{body}"
+        );
         assert_eq!(answer["id"], Value::Null);
     }
     // The body limit holds as for `POST {prefix}/{method}`.
-    let big = format!(r#"{{"jsonrpc":"2.0","method":"echo","params":["{}"],"id":1}}"#, "x".repeat(MAX));
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","method":"echo","params":["{}"],"id":1}}"#,
+        "x".repeat(MAX)
+    );
     assert_eq!(post_jsonrpc(s.addr, &big).await.0, 413);
 }

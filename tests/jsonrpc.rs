@@ -216,17 +216,23 @@ fn spec_examples() -> Vec<(&'static str, &'static str, Option<Value>)> {
         (
             "a non-existent method",
             r#"{"jsonrpc": "2.0", "method": "foobar", "id": "1"}"#,
-            Some(json!({"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "1"})),
+            Some(
+                json!({"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "1"}),
+            ),
         ),
         (
             "invalid JSON",
             r#"{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]"#,
-            Some(json!({"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": null})),
+            Some(
+                json!({"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": null}),
+            ),
         ),
         (
             "an invalid Request object",
             r#"{"jsonrpc": "2.0", "method": 1, "params": "bar"}"#,
-            Some(json!({"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": null})),
+            Some(
+                json!({"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": null}),
+            ),
         ),
         (
             "a batch, invalid JSON",
@@ -234,17 +240,23 @@ fn spec_examples() -> Vec<(&'static str, &'static str, Option<Value>)> {
   {"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},
   {"jsonrpc": "2.0", "method"
 ]"#,
-            Some(json!({"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": null})),
+            Some(
+                json!({"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": null}),
+            ),
         ),
         (
             "an empty array",
             "[]",
-            Some(json!({"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": null})),
+            Some(
+                json!({"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": null}),
+            ),
         ),
         (
             "an invalid batch, but not empty",
             "[1]",
-            Some(json!([{"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": null}])),
+            Some(
+                json!([{"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": null}]),
+            ),
         ),
         (
             "an invalid batch",
@@ -392,11 +404,7 @@ async fn a_content_length_over_the_limit_is_refused_before_its_body_is_read() {
         .await
         .unwrap();
     let refused = peer.recv().await;
-    assert_eq!(
-        refused["error"]["code"],
-        code::FRAME_TOO_LARGE,
-        "{refused}"
-    );
+    assert_eq!(refused["error"]["code"], code::FRAME_TOO_LARGE, "{refused}");
     assert_eq!(refused["id"], Value::Null);
     // A line over the limit on a lines connection: the same, and the connection goes on.
     let server = start(Protocol::JsonRpc, Config::new().max_frame_size(1024));
@@ -414,14 +422,19 @@ async fn a_content_length_over_the_limit_is_refused_before_its_body_is_read() {
 async fn by_name_params_reach_a_typed_service_and_only_it() {
     let server = start(Protocol::JsonRpc, Config::new());
     let mut peer = Raw::connect(&server.path, false).await;
-    peer.send(r#"{"jsonrpc":"2.0","method":"subtract","params":{"minuend":5,"subtrahend":2},"id":1}"#)
-        .await;
+    peer.send(
+        r#"{"jsonrpc":"2.0","method":"subtract","params":{"minuend":5,"subtrahend":2},"id":1}"#,
+    )
+    .await;
     assert_eq!(peer.recv().await["result"], 3);
     peer.send(r#"{"jsonrpc":"2.0","method":"subtract","params":{"minuend":5,"x":2},"id":2}"#)
         .await;
     let unknown = peer.recv().await;
     assert_eq!(unknown["error"]["code"], code::INVALID_PARAMS, "{unknown}");
-    assert!(unknown["error"]["message"].as_str().unwrap().contains("`x`"));
+    assert!(unknown["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`x`"));
     // A plain route has no names.
     peer.send(r#"{"jsonrpc":"2.0","method":"add","params":{"a":1,"b":2},"id":3}"#)
         .await;
@@ -447,10 +460,7 @@ async fn cancel_request_and_deadlines_map_to_the_connections_own() {
         .await;
     let cancelled = peer.recv().await;
     assert_eq!(
-        (
-            cancelled["id"].clone(),
-            cancelled["error"]["code"].as_i64()
-        ),
+        (cancelled["id"].clone(), cancelled["error"]["code"].as_i64()),
         (json!("long one"), Some(code::CANCELLED)),
         "{cancelled}"
     );
@@ -491,7 +501,11 @@ async fn python_server(lsp: bool) {
                 let _ = notes_tx.send(text);
             }
         });
-    let protocol = if lsp { Protocol::Lsp } else { Protocol::JsonRpc };
+    let protocol = if lsp {
+        Protocol::Lsp
+    } else {
+        Protocol::JsonRpc
+    };
     let conn = Connection::builder()
         .protocol(protocol)
         .service(router)

@@ -163,7 +163,11 @@ where
         let calls = lines[..]
             .split(|&b| b == b'\n')
             .filter(|line| !line.is_empty())
-            .filter_map(|line| std::str::from_utf8(line).ok().and_then(|l| Frame::parse(l).ok()))
+            .filter_map(|line| {
+                std::str::from_utf8(line)
+                    .ok()
+                    .and_then(|l| Frame::parse(l).ok())
+            })
             .map(|frame| {
                 let peer = peer.clone();
                 async move {
@@ -179,13 +183,20 @@ where
                         {
                             Err(RpcError::method_not_found(method))
                         }
-                        _ => self.run(frame, timeout, peer).await.map(|(response, _)| response),
+                        _ => self
+                            .run(frame, timeout, peer)
+                            .await
+                            .map(|(response, _)| response),
                     };
                     id.map(|id| Frame::Reply { id, result })
                 }
             });
         let mut answers = Vec::new();
-        for reply in futures_util::future::join_all(calls).await.into_iter().flatten() {
+        for reply in futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+        {
             session.outgoing(&reply.to_line(), Framing::Lines, &mut answers);
         }
         if answers.is_empty() {

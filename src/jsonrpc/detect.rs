@@ -37,8 +37,14 @@ mod tests {
             (r#"["add",[2,3],1]"#, Some(Protocol::V1)),
             ("[7,5]", Some(Protocol::V1)),
             ("[-1,5]", Some(Protocol::V1)),
-            (r#"[null,null,{"code":1,"message":"x"}]"#, Some(Protocol::V1)),
-            (r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":1}"#, Some(Protocol::JsonRpc)),
+            (
+                r#"[null,null,{"code":1,"message":"x"}]"#,
+                Some(Protocol::V1),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"add","params":[2,3],"id":1}"#,
+                Some(Protocol::JsonRpc),
+            ),
             (r#" [ {"jsonrpc":"2.0"}]"#, Some(Protocol::JsonRpc)),
             ("[]", Some(Protocol::JsonRpc)),
             ("Content-Length: 5\r\n\r\n", Some(Protocol::Lsp)),

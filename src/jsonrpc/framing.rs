@@ -162,7 +162,10 @@ impl Deframer {
 
     fn header(&mut self, buf: &mut BytesMut) -> Option<Piece> {
         // Blank lines between messages are tolerated.
-        let blank = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+        let blank = buf
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
         buf.advance(blank);
         if buf.is_empty() {
             return None;
@@ -274,7 +277,11 @@ mod tests {
         for chunk in 1..input.len() {
             assert_eq!(
                 all(Framing::Lines, 64, input, chunk),
-                vec![message("{\"a\":1}"), message("{\"b\":2}"), message("{\"c\":3}")],
+                vec![
+                    message("{\"a\":1}"),
+                    message("{\"b\":2}"),
+                    message("{\"c\":3}")
+                ],
                 "chunk {chunk}"
             );
         }
@@ -293,7 +300,8 @@ mod tests {
 
     #[test]
     fn content_length_split_anywhere_gives_the_same_messages() {
-        let input = b"Content-Length: 7\r\n\r\n{\"a\":1}content-type: x\r\ncontent-length:2\r\n\r\n{}";
+        let input =
+            b"Content-Length: 7\r\n\r\n{\"a\":1}content-type: x\r\ncontent-length:2\r\n\r\n{}";
         for chunk in 1..input.len() {
             assert_eq!(
                 all(Framing::ContentLength, 64, input, chunk),
@@ -329,7 +337,10 @@ mod tests {
         ] {
             let input = format!("{bad}Content-Length: 2\r\n\r\n{{}}");
             let pieces = all(Framing::ContentLength, 64, input.as_bytes(), 5);
-            assert!(matches!(pieces[0], Piece::BadHeader(_)), "{bad:?}: {pieces:?}");
+            assert!(
+                matches!(pieces[0], Piece::BadHeader(_)),
+                "{bad:?}: {pieces:?}"
+            );
             assert_eq!(pieces[1..], [message("{}")], "{bad:?}");
         }
         let pieces = all(

@@ -186,12 +186,14 @@ impl<R: AsyncRead + Unpin> TranslatedRead<R> {
             match piece {
                 Piece::Message(message) => session.incoming(&message, &mut self.lines),
                 Piece::TooLarge(len) => {
-                    let len = len.map_or_else(|| format!("more than {}", self.max), |n| n.to_string());
-                    let message = format!(
-                        "frame too large: {len} bytes, the maximum is {}",
-                        self.max
+                    let len =
+                        len.map_or_else(|| format!("more than {}", self.max), |n| n.to_string());
+                    let message =
+                        format!("frame too large: {len} bytes, the maximum is {}", self.max);
+                    session.refuse(
+                        RpcError::new(code::FRAME_TOO_LARGE, message),
+                        &mut self.lines,
                     );
-                    session.refuse(RpcError::new(code::FRAME_TOO_LARGE, message), &mut self.lines);
                 }
                 Piece::BadHeader(why) => session.refuse(
                     RpcError::new(code::INVALID_FRAME, format!("invalid header: {why}")),

@@ -505,7 +505,10 @@ mod tests {
     fn notifications_by_name_params_and_cancel_request() {
         let session = Session::default();
         assert_eq!(
-            lines(&session, r#"{"jsonrpc":"2.0","method":"log","params":{"line":"a"}}"#),
+            lines(
+                &session,
+                r#"{"jsonrpc":"2.0","method":"log","params":{"line":"a"}}"#
+            ),
             [r#"["log",{"line":"a"}]"#]
         );
         assert_eq!(
