@@ -51,7 +51,11 @@ fuzz_target!(|data: &[u8]| {
             rest = &rest[n..];
             drain(&mut deframer, &mut buf, false, &mut out, max, lines);
             // What waits for more bytes: at most a header, or a message within the maximum.
-            assert!(buf.len() <= max.max(8 * 1024) + 4, "{} bytes kept", buf.len());
+            assert!(
+                buf.len() <= max.max(8 * 1024) + 4,
+                "{} bytes kept",
+                buf.len()
+            );
         }
         drain(&mut deframer, &mut buf, true, &mut out, max, lines);
         out
