@@ -549,3 +549,23 @@ async fn a_client_calls_a_foreign_json_rpc_server_over_lines() {
 async fn a_client_calls_a_foreign_json_rpc_server_over_content_length() {
     python_server(true).await;
 }
+
+#[tokio::test]
+async fn a_message_left_unfinished_closes_the_connection_after_the_partial_frame_timeout() {
+    for (protocol, partial) in [
+        (Protocol::JsonRpc, &b"{\"jsonrpc\":\"2.0\",\"meth"[..]),
+        (
+            Protocol::Lsp,
+            &b"Content-Length: 40\r\n\r\n{\"jsonrpc\""[..],
+        ),
+        (Protocol::Lsp, &b"Content-Len"[..]),
+    ] {
+        let config = Config::new().partial_frame_timeout(Duration::from_millis(200));
+        let server = start(protocol, config);
+        let mut peer = Raw::connect(&server.path, protocol == Protocol::Lsp).await;
+        peer.write.write_all(partial).await.unwrap();
+        let mut rest = Vec::new();
+        let read = within("the server to close", peer.read.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "{protocol:?} {partial:?}: {read:?}");
+    }
+}

@@ -119,7 +119,9 @@ impl<T: Transport> Transport for Translated<T> {
     }
 
     fn readable(read: &Self::Read) -> impl Future<Output = ()> + Send + '_ {
-        let ready = !read.lines.is_empty();
+        // In the middle of a message, the reader must wait inside `read`, where the partial
+        // frame timeout runs.
+        let ready = !read.lines.is_empty() || read.mid_message();
         let inner = T::readable(&read.inner);
         async move {
             if !ready {
