@@ -157,7 +157,7 @@ where
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0);
         let peer = PeerInfo::new(Identity::Http(HttpPeer::new(addr, parts.extensions)));
-        let session = Session::default();
+        let session = Session::new(self.config.max_frame_size);
         let mut lines = bytes::BytesMut::new();
         session.incoming(&body, &mut lines);
         let calls = lines[..]

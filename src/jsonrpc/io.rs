@@ -88,7 +88,7 @@ impl<T: Transport> Transport for Translated<T> {
         };
         let link = Arc::new(Link {
             mode: AtomicU8::new(mode),
-            session: Session::default(),
+            session: Session::new(self.max_frame_size),
         });
         let (read, write) = self.inner.split();
         let read = TranslatedRead {

@@ -32,13 +32,22 @@ const STAND_IN: &str = "$/jsonrpc.refused";
 const CANCEL: &str = "$/cancel";
 
 /// One connection's translation state, shared by its read and write halves.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Session {
     state: Mutex<State>,
 }
 
+impl Default for Session {
+    fn default() -> Self {
+        Session::new(crate::codec::DEFAULT_MAX_FRAME_SIZE)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
+    /// The most a batch's answer may hold (`Config::max_frame_size`): past it, the rest of
+    /// its members are answered -32003, so a batch never holds more memory than a frame.
+    max_batch_answer: usize,
     /// The peer's requests waiting for their answers, by the v1 id given to each.
     answers: HashMap<u64, Answer>,
     next_id: u64,
@@ -92,6 +101,16 @@ fn null() -> Box<RawValue> {
 }
 
 impl Session {
+    /// A session whose batch answers hold at most `max_frame_size` bytes.
+    pub(crate) fn new(max_frame_size: usize) -> Self {
+        Session {
+            state: Mutex::new(State {
+                max_batch_answer: max_frame_size,
+                ..State::default()
+            }),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -136,12 +155,12 @@ impl State {
                     let error = invalid("a request must be a JSON object or an array of them");
                     self.refuse(None, None, error, out)
                 }
-                Err(e) => self.refuse(None, None, parse_error(&e, text), out),
+                Err(e) => self.refuse(None, None, parse_error(&e), out),
             };
         }
         let items = match serde_json::from_str::<Vec<&RawValue>>(text) {
             Ok(items) => items,
-            Err(e) => return self.refuse(None, None, parse_error(&e, text), out),
+            Err(e) => return self.refuse(None, None, parse_error(&e), out),
         };
         if items.is_empty() {
             return self.refuse(None, None, invalid("an empty batch"), out);
@@ -336,7 +355,7 @@ impl State {
                 out.extend_from_slice(answer.id.get().as_bytes());
                 out.push(b'}');
                 if let Some(batch) = answer.batch {
-                    return self.batch_answer(batch, out);
+                    return self.batch_answer(batch, &answer.id, out);
                 }
                 return true;
             }
@@ -352,10 +371,25 @@ impl State {
 
     /// Adds one answer (in `out`) to its batch; the whole batch, as an array, into `out` once
     /// it is complete.
-    fn batch_answer(&mut self, batch: u64, out: &mut Vec<u8>) -> bool {
+    fn batch_answer(&mut self, batch: u64, id: &RawValue, out: &mut Vec<u8>) -> bool {
+        let max = self.max_batch_answer;
         let Some(waiting) = self.batches.get_mut(&batch) else {
             return true;
         };
+        if waiting.answers.len() + out.len() + 2 > max {
+            let error = RpcError::new(
+                code::FRAME_TOO_LARGE,
+                format!(
+                    "frame too large: the batch's answer would pass the maximum of {max} bytes"
+                ),
+            );
+            out.clear();
+            out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"error\":");
+            json(out, &error);
+            out.extend_from_slice(b",\"id\":");
+            out.extend_from_slice(id.get().as_bytes());
+            out.push(b'}');
+        }
         if !waiting.answers.is_empty() {
             waiting.answers.push(b',');
         }
@@ -444,8 +478,7 @@ fn invalid(why: &str) -> RpcError {
     RpcError::new(code::INVALID_FRAME, format!("invalid request: {why}"))
 }
 
-fn parse_error(e: &serde_json::Error, text: &str) -> RpcError {
-    let _ = text;
+fn parse_error(e: &serde_json::Error) -> RpcError {
     RpcError::new(code::PARSE_ERROR, format!("parse error: {e}"))
 }
 
@@ -592,6 +625,22 @@ mod tests {
         );
         // Not one of ours: ignored.
         assert!(lines(&session, r#"{"jsonrpc":"2.0","result":1,"id":"zz"}"#).is_empty());
+    }
+
+    #[test]
+    fn a_batch_answer_stays_within_the_maximum_frame_size() {
+        let session = Session::new(200);
+        lines(
+            &session,
+            r#"[{"jsonrpc":"2.0","method":"a","id":1},{"jsonrpc":"2.0","method":"b","id":2}]"#,
+        );
+        let big = |id: u64| format!("[{id},\"{}\"]", "x".repeat(80));
+        assert_eq!(answer(&session, &big(1)), "");
+        let sent = answer(&session, &big(2));
+        let sent: serde_json::Value = serde_json::from_str(&sent).unwrap();
+        assert_eq!(sent[0]["result"].as_str().map(str::len), Some(80));
+        assert_eq!(sent[1]["error"]["code"], code::FRAME_TOO_LARGE);
+        assert_eq!(sent[1]["id"], 2);
     }
 
     #[test]
