@@ -331,7 +331,7 @@ impl State {
                 call(out, &method, args.get());
                 out.extend_from_slice(b",\"id\":");
                 json(out, &id);
-                if meta.timeout_ms.is_some() {
+                if meta != crate::frame::Meta::default() {
                     out.extend_from_slice(b",\"meta\":");
                     json(out, &meta);
                 }
