@@ -16,12 +16,8 @@
 //! Every connection speaks what its first bytes show: protocol v1, JSON-RPC 2.0 objects one
 //! per line, or JSON-RPC 2.0 with `Content-Length` headers (`--protocol detect`, the default
 //! here, not the crate's: see `Protocol`). `--protocol v1|jsonrpc|lsp` fixes one instead
-//! (`v1` then runs on the stream as it is, with no detection). Try it without a client of
-//! this crate:
-//!
-//! ```text
-//! echo '{"jsonrpc":"2.0","method":"echo","params":[1,"two"],"id":1}' | nc -U -q1 ./test.sock
-//! ```
+//! (`v1` then runs on the stream as it is, with no detection). `examples/clients/` calls it
+//! from Python and Node with ordinary JSON-RPC 2.0 clients.
 //!
 //! Flags put tower layers around the handlers, so the limits can be tried from the command
 //! line (see `--help`, and the `layer` docs' "Order" section for why the stack is in this order):
